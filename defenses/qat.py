@@ -1,0 +1,97 @@
+"""Quantization-aware training: the straight-through helper.
+
+Inside :meth:`FlatQuantizer.straight_through` the module's parameters hold dequantized values (clean or
+bit-error-perturbed); forward and backward run on them, and on exit the float weights are restored while the
+gradients stay: ``optimizer.step()`` then applies the gradient computed at the quantized point to the float weights
+(the straight-through estimator).
+
+The whole selected parameter set is handled as one flat memory: one concatenation, per-tensor ranges by segmented
+reductions, one quantize pass, one dequantize pass, one multi-tensor copy back.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .quantization import QuantScheme, quantize_flat, segment_ids
+from .quantized_model import QuantizedModel, select_parameters
+
+__all__ = ["FlatQuantizer", "StraightThrough"]
+
+
+class StraightThrough:
+    """Handle yielded by :meth:`FlatQuantizer.straight_through`."""
+
+    def __init__(self, fq: "FlatQuantizer", qm: QuantizedModel):
+        self._fq = fq
+        self.qm = qm
+
+    def load(self, codes: torch.Tensor | None = None) -> None:
+        """Write the dequantized ``codes`` (default: the clean codes) into the parameters."""
+        flat = self.qm.dequantize(codes, dtype=self._fq.params[0].dtype)
+        torch._foreach_copy_(self._fq.datas, self._fq.split(flat))
+
+
+class FlatQuantizer:
+    """Quantizes a module's selected parameters (see :func:`select_parameters`) as one flat memory."""
+
+    def __init__(self, module: nn.Module, scheme: QuantScheme, include=None, exclude=None):
+        self.module = module
+        self.scheme = scheme
+        named = select_parameters(module, include, exclude)
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.lengths = [p.numel() for p in self.params]
+        self._seg = None
+
+    @property
+    def datas(self) -> list[torch.Tensor]:
+        return [p.data for p in self.params]
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [t.view(s) for t, s in zip(flat.split(self.lengths), self.shapes)]
+
+    def flat(self) -> torch.Tensor:
+        """The current float weights, concatenated (a new tensor)."""
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def seg(self, device) -> torch.Tensor:
+        if self._seg is None or self._seg.device != torch.device(device):
+            self._seg = segment_ids(self.lengths, device=device)
+        return self._seg
+
+    @torch.no_grad()
+    def quantize(self, flat: torch.Tensor | None = None) -> QuantizedModel:
+        """Quantize the current weights (or ``flat``) into a :class:`QuantizedModel`."""
+        flat = self.flat() if flat is None else flat
+        seg = self.seg(flat.device)
+        codes, scale, mid = quantize_flat(flat, seg, len(self.params), self.scheme)
+        qm = QuantizedModel(self.scheme, self.names, self.shapes, codes, scale, mid)
+        qm._expanded = (seg, scale[seg], mid[seg])
+        return qm
+
+    @contextmanager
+    def straight_through(self, load: bool = True):
+        """Quantize the current weights; inside, parameters hold dequantized values; float weights come back
+        on exit (gradients are kept). ``load=False`` leaves loading to the caller (``handle.load(codes)``)."""
+        with torch.no_grad():
+            saved = self.flat()
+            qm = self.quantize(saved)
+            handle = StraightThrough(self, qm)
+            if load:
+                handle.load()
+        try:
+            yield handle
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.datas, self.split(saved))
+
+    @torch.no_grad()
+    def clip_(self, w_max: float) -> None:
+        """Clamp every selected parameter to [-w_max, w_max] in place."""
+        for d in self.datas:
+            d.clamp_(-w_max, w_max)

@@ -1,0 +1,285 @@
+"""Quantization of float weights into real integer codes, and back.
+
+Conventions (see the paper-protocol design note):
+
+* ``m`` bits per word. Signed schemes store two's complement codes in int8/int16/int32 (``m`` in {8, 16, 32}).
+  Unsigned (offset) schemes store ``c + 2**(m-1)`` in uint8 for ``2 <= m <= 8``; bits ``m..7`` are protected.
+* Every tensor is mapped affinely onto [-1, 1] by a per-tensor *center* ``mid`` and *half range* ``half``:
+  ``x = clamp((w - mid) / half, -1, 1)``, then ``c = T(x * L)`` with ``L = 2**(m-1) - 1`` and ``T`` rounding
+  (to nearest, ties to even) or truncation (toward zero). Dequantization is ``w_hat = c * scale + mid`` with
+  ``scale = half / L`` (the step ``delta``).
+
+  - symmetric, fixed range ``q_max``: ``mid = 0``, ``half = q_max``;
+  - symmetric, adaptive: ``half = max|w|``; clipped adaptive: ``half = min(max|w|, w_max)``;
+  - asymmetric: ``[lo, hi] = [min w, max w]`` (clipped: both clamped to ``[-w_max, w_max]``),
+    ``mid = (hi + lo) / 2``, ``half = (hi - lo) / 2``.
+
+  A tensor with ``half == 0`` (constant, e.g. zero-initialised biases) uses ``half = 1`` so it maps to the
+  center code without NaN and dequantizes exactly to ``mid``.
+
+The same formulas run on one tensor (:func:`quantize_tensor`, the reference) and on a flat memory of many tensors
+with per-tensor (segmented) statistics (:func:`quantize_flat`); both give bit-identical codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+__all__ = [
+    "QuantScheme",
+    "normal",
+    "rquant",
+    "scheme_from_dict",
+    "quantize_tensor",
+    "dequantize_tensor",
+    "quantize_flat",
+    "dequantize_flat",
+    "segment_ids",
+]
+
+_RANGES = ("fixed", "adaptive", "clipped")
+_ROUNDING = ("round", "trunc")
+_SIGNED_DTYPES = {8: torch.int8, 16: torch.int16, 32: torch.int32}
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How float weights become integer codes.
+
+    Attributes:
+        bits: m, the number of bits per word (signed: 8, 16 or 32; unsigned: 2..8).
+        signed: two's complement codes (True) or unsigned offset codes in uint8 (False).
+        range: ``'fixed'`` (use ``q_max``), ``'adaptive'`` (per tensor) or ``'clipped'`` (per tensor, capped by
+            ``w_max``).
+        q_max: the fixed range for ``range='fixed'``.
+        w_max: the cap for ``range='clipped'`` (> 0).
+        asymmetric: per-tensor [min, max] range instead of a symmetric [-r, r].
+        rounding: ``'round'`` (to nearest) or ``'trunc'`` (toward zero).
+        label: optional preset name shown by :attr:`name` (not part of equality).
+    """
+
+    bits: int = 8
+    signed: bool = False
+    range: str = "adaptive"
+    q_max: float = 1.0
+    w_max: float | None = None
+    asymmetric: bool = False
+    rounding: str = "round"
+    label: str | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise TypeError(f"bits must be an int, got {self.bits!r}")
+        if self.signed:
+            if self.bits not in _SIGNED_DTYPES:
+                raise ValueError(
+                    f"signed codes need bits in {sorted(_SIGNED_DTYPES)} (int8/int16/int32), got bits={self.bits}")
+        elif not 2 <= self.bits <= 8:
+            raise ValueError(
+                f"unsigned (offset) codes live in uint8 and need 2 <= bits <= 8, got bits={self.bits}; "
+                "use signed=True for 16 or 32 bits")
+        if self.range not in _RANGES:
+            raise ValueError(f"range must be one of {_RANGES}, got {self.range!r}")
+        if self.rounding not in _ROUNDING:
+            raise ValueError(f"rounding must be one of {_ROUNDING}, got {self.rounding!r}")
+        if self.range == "fixed":
+            if not (float(self.q_max) > 0) or float(self.q_max) == float("inf"):
+                raise ValueError(f"q_max must be a finite number > 0, got {self.q_max!r}")
+            if self.asymmetric:
+                raise ValueError("range='fixed' is symmetric by definition; asymmetric=True needs range "
+                                 "'adaptive' or 'clipped'")
+        if self.range == "clipped":
+            if self.w_max is None or not (float(self.w_max) > 0) or float(self.w_max) == float("inf"):
+                raise ValueError(f"range='clipped' needs a finite w_max > 0, got w_max={self.w_max!r}")
+        elif self.w_max is not None and not (float(self.w_max) > 0):
+            raise ValueError(f"w_max must be > 0, got {self.w_max!r}")
+
+    # -- derived properties -------------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        """Storage dtype of the codes."""
+        return _SIGNED_DTYPES[self.bits] if self.signed else torch.uint8
+
+    @property
+    def levels(self) -> int:
+        """L = 2**(m-1) - 1: the largest code magnitude produced by quantization."""
+        return (1 << (self.bits - 1)) - 1
+
+    @property
+    def center(self) -> int:
+        """Code of the value ``mid`` (0 for signed codes, 2**(m-1) for unsigned ones)."""
+        return 0 if self.signed else 1 << (self.bits - 1)
+
+    @property
+    def protected(self) -> int:
+        """Bit mask of storage bits that never flip (bits m..7 of unsigned codes with m < 8)."""
+        if self.signed:
+            return 0
+        return 0xFF & ~((1 << self.bits) - 1)
+
+    @property
+    def code_min(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def code_max(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """float64 for 32-bit codes (float32 cannot hold them exactly), else float32."""
+        return torch.float64 if self.bits > 16 else torch.float32
+
+    @property
+    def name(self) -> str:
+        """Readable, compact name, e.g. ``u8-clipped0.1-asym-round``."""
+        rng = {"fixed": f"fixed{self.q_max:g}", "adaptive": "adaptive", "clipped": f"clipped{self.w_max or 0:g}"}
+        base = "-".join([f"{'s' if self.signed else 'u'}{self.bits}", rng[self.range],
+                         "asym" if self.asymmetric else "sym", self.rounding])
+        return f"{self.label}({base})" if self.label else base
+
+    def __str__(self) -> str:
+        return self.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def scheme_from_dict(d: dict) -> QuantScheme:
+    return QuantScheme(**d)
+
+
+def normal(bits: int = 8) -> QuantScheme:
+    """The paper's fragile baseline: global fixed q_max = 1, symmetric, unsigned offset codes, truncation."""
+    return QuantScheme(bits=bits, signed=False, range="fixed", q_max=1.0, asymmetric=False, rounding="trunc",
+                       label="normal")
+
+
+def rquant(bits: int = 8, w_max: float | None = None) -> QuantScheme:
+    """Robust quantization: per-tensor (clipped) adaptive, asymmetric, unsigned offset codes, round to nearest.
+
+    ``w_max=None`` gives the adaptive range (no cap); with weight clipping in training pass its ``w_max``.
+    """
+    return QuantScheme(bits=bits, signed=False, range="clipped" if w_max is not None else "adaptive",
+                       w_max=w_max, asymmetric=True, rounding="round", label="rquant")
+
+
+# -- range parameters ----------------------------------------------------------------------------------------------
+def _finish_range(lo: torch.Tensor | None, hi: torch.Tensor | None, amax: torch.Tensor | None,
+                  scheme: QuantScheme, like: torch.Tensor):
+    """Per-tensor (mid, half) from statistics; tensors of shape [T] (or 0-dim) in the compute dtype."""
+    dt = scheme.compute_dtype
+    if scheme.range == "fixed":
+        half = torch.full_like(amax if amax is not None else lo, float(scheme.q_max), dtype=dt)
+        mid = torch.zeros_like(half)
+        return mid, half
+    if scheme.asymmetric:
+        lo, hi = lo.to(dt), hi.to(dt)
+        if scheme.range == "clipped":
+            w = float(scheme.w_max)
+            lo, hi = lo.clamp(-w, w), hi.clamp(-w, w)
+        mid = (hi + lo) / 2
+        half = (hi - lo) / 2
+    else:
+        half = amax.to(dt)
+        if scheme.range == "clipped":
+            half = half.clamp(max=float(scheme.w_max))
+        mid = torch.zeros_like(half)
+    half = torch.where(half > 0, half, torch.ones_like(half))
+    return mid, half
+
+
+def _codes_from_x(w: torch.Tensor, mid, half, scheme: QuantScheme) -> torch.Tensor:
+    dt = scheme.compute_dtype
+    x = ((w.to(dt) - mid) / half).clamp_(-1.0, 1.0).mul_(scheme.levels)
+    x = x.round_() if scheme.rounding == "round" else x.trunc_()
+    if not scheme.signed:
+        x.add_(scheme.center)
+    return x.to(scheme.dtype)
+
+
+def _check_float(w: torch.Tensor, what: str = "w"):
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise TypeError(f"{what} must be a floating point tensor, got "
+                        f"{w.dtype if isinstance(w, torch.Tensor) else type(w).__name__}")
+    if w.numel() and not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{what} contains NaN or infinite values; cannot quantize")
+
+
+def quantize_tensor(w: torch.Tensor, scheme: QuantScheme):
+    """Reference: quantize one tensor. Returns ``(codes, scale, mid)``; ``scale``/``mid`` are 0-dim tensors."""
+    _check_float(w)
+    dt = scheme.compute_dtype
+    wd = w.detach()
+    if wd.numel() == 0:
+        z = torch.zeros((), dtype=dt, device=w.device)
+        return torch.empty(w.shape, dtype=scheme.dtype, device=w.device), z + 1, z
+    lo = wd.min().to(dt) if scheme.asymmetric else None
+    hi = wd.max().to(dt) if scheme.asymmetric else None
+    amax = wd.abs().max().to(dt) if not scheme.asymmetric else None
+    mid, half = _finish_range(lo, hi, amax, scheme, wd)
+    codes = _codes_from_x(wd, mid, half, scheme)
+    return codes, half / scheme.levels, mid
+
+
+def dequantize_tensor(codes: torch.Tensor, scale, mid, scheme: QuantScheme,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Reference: ``(code - center) * scale + mid`` as ``dtype``."""
+    return dequantize_expanded(codes, torch.as_tensor(scale), torch.as_tensor(mid), scheme, dtype=dtype)
+
+
+# -- flat (segmented) versions ------------------------------------------------------------------------------------
+def segment_ids(lengths, device=None) -> torch.Tensor:
+    """Word -> tensor index for a flat memory of tensors with the given lengths."""
+    lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
+    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+
+
+def quantize_flat(flat: torch.Tensor, seg: torch.Tensor, num_segments: int, scheme: QuantScheme):
+    """Quantize a flat memory of ``num_segments`` tensors at once (per-tensor ranges by segmented reductions).
+
+    Args:
+        flat: 1-D float tensor, the tensors concatenated in C order.
+        seg: 1-D int64 tensor, ``seg[i]`` = index of the tensor that word ``i`` belongs to (non-decreasing).
+    Returns:
+        ``(codes, scale, mid)``: codes 1-D of ``scheme.dtype``; scale and mid of shape ``[num_segments]``.
+    Bit-identical to :func:`quantize_tensor` applied tensor by tensor.
+    """
+    _check_float(flat, "flat")
+    dt = scheme.compute_dtype
+    f = flat.detach().to(dt)
+    base = torch.zeros(num_segments, dtype=dt, device=flat.device)
+    lo = hi = amax = None
+    if scheme.range != "fixed":
+        if scheme.asymmetric:
+            lo = base.clone().scatter_reduce_(0, seg, f, "amin", include_self=False)
+            hi = base.clone().scatter_reduce_(0, seg, f, "amax", include_self=False)
+        else:
+            amax = base.clone().scatter_reduce_(0, seg, f.abs(), "amax", include_self=False)
+    else:
+        amax = base
+    mid, half = _finish_range(lo, hi, amax, scheme, f)
+    codes = _codes_from_x(f, mid[seg], half[seg], scheme)
+    return codes, half / scheme.levels, mid
+
+
+def dequantize_flat(codes: torch.Tensor, seg: torch.Tensor, scale: torch.Tensor, mid: torch.Tensor,
+                    scheme: QuantScheme, dtype: torch.dtype = torch.float32,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Dequantize a flat memory: ``(code - center) * scale[seg] + mid[seg]``; optionally into ``out``."""
+    return dequantize_expanded(codes, scale[seg], mid[seg], scheme, dtype=dtype, out=out)
+
+
+def dequantize_expanded(codes: torch.Tensor, scale_w: torch.Tensor, mid_w: torch.Tensor, scheme: QuantScheme,
+                        dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Like :func:`dequantize_flat` with per-word scale/mid already expanded (the fast path for many patterns)."""
+    dt = scheme.compute_dtype
+    x = codes.to(dt)
+    if scheme.center:
+        x.sub_(scheme.center)
+    x.mul_(scale_w).add_(mid_w)  # two correctly rounded ops (no FMA): identical on every path
+    if out is not None:
+        return out.copy_(x)
+    return x.to(dtype)

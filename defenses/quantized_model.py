@@ -1,0 +1,241 @@
+"""The quantized model: a module's parameters as one flat memory of integer codes.
+
+Layout (see the bit-error-pattern design note): the included parameters, in ``named_parameters()`` order, each
+flattened in C order, one after the other. Tensor ``t`` starts at global word offset ``offsets[t]``. Attacks act on
+the flat ``codes`` buffer (or on per-tensor views of it) and the harness writes dequantized values back into the
+module's parameters in place.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .io import atomic_torch_save
+from .quantization import (QuantScheme, dequantize_expanded, quantize_flat, scheme_from_dict, segment_ids)
+
+__all__ = ["QuantizedModel", "select_parameters", "FORMAT"]
+
+FORMAT = "bitbench.quantized_model/1"
+
+
+def _as_patterns(p) -> list[str] | None:
+    if p is None:
+        return None
+    if isinstance(p, str):
+        return [s for s in (x.strip() for x in p.split(",")) if s]
+    return list(p)
+
+
+def select_parameters(module: nn.Module, include=None, exclude=None) -> list[tuple[str, nn.Parameter]]:
+    """The parameters that form the quantized memory, in ``named_parameters()`` order.
+
+    By default every trainable parameter (weights, biases, normalization parameters); buffers (running
+    statistics, fixed whitening layers) are never included. ``include`` / ``exclude`` are fnmatch patterns
+    (a list or a comma-separated string) on parameter names.
+    """
+    inc, exc = _as_patterns(include), _as_patterns(exclude)
+    out = []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if inc is not None and not any(fnmatch.fnmatchcase(name, pat) for pat in inc):
+            continue
+        if exc is not None and any(fnmatch.fnmatchcase(name, pat) for pat in exc):
+            continue
+        out.append((name, p))
+    if not out:
+        names = [n for n, _ in module.named_parameters()]
+        raise ValueError(f"no parameter matches include={include!r} exclude={exclude!r}; "
+                         f"parameters are: {names[:20]}{' ...' if len(names) > 20 else ''}")
+    return out
+
+
+class QuantizedModel:
+    """Integer codes of a module's parameters in one flat buffer, with per-tensor dequantization contexts.
+
+    Attributes:
+        scheme: the :class:`QuantScheme`.
+        names, shapes, offsets, lengths: the layout (tensor ``t`` is ``codes[offsets[t]:offsets[t]+lengths[t]]``).
+        codes: 1-D tensor of ``scheme.dtype`` (the clean memory; never modified by attacks).
+        scale, mid: per-tensor float tensors, ``w_hat = (code - center) * scale + mid``.
+        bits: m attackable bits per word; protected: bit mask of storage bits that never flip.
+    """
+
+    def __init__(self, scheme: QuantScheme, names: Sequence[str], shapes: Sequence[Sequence[int]],
+                 codes: torch.Tensor, scale: torch.Tensor, mid: torch.Tensor):
+        self.scheme = scheme
+        self.names = list(names)
+        self.shapes = [torch.Size(s) for s in shapes]
+        self.lengths = [int(torch.Size(s).numel()) for s in self.shapes]
+        self.offsets = [0]
+        for n in self.lengths[:-1]:
+            self.offsets.append(self.offsets[-1] + n)
+        if codes.dim() != 1 or codes.numel() != sum(self.lengths):
+            raise ValueError(f"codes must be 1-D with {sum(self.lengths)} words, got shape {tuple(codes.shape)}")
+        if codes.dtype != scheme.dtype:
+            raise ValueError(f"codes dtype {codes.dtype} does not match the scheme's {scheme.dtype}")
+        if scale.shape != (len(self.names),) or mid.shape != (len(self.names),):
+            raise ValueError("scale and mid need one entry per tensor")
+        self.codes = codes
+        self.scale = scale
+        self.mid = mid
+        self._expanded = None  # cached per-word (seg, scale, mid) for fast dequantization
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_module(cls, module: nn.Module, scheme: QuantScheme, include=None, exclude=None) -> "QuantizedModel":
+        """Quantize the selected parameters of ``module`` (see :func:`select_parameters`)."""
+        params = select_parameters(module, include, exclude)
+        names = [n for n, _ in params]
+        shapes = [tuple(p.shape) for _, p in params]
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1) for _, p in params])
+            seg = segment_ids([p.numel() for _, p in params], device=flat.device)
+            codes, scale, mid = quantize_flat(flat, seg, len(params), scheme)
+        qm = cls(scheme, names, shapes, codes, scale, mid)
+        qm._expanded = (seg, scale[seg], mid[seg])
+        return qm
+
+    # -- layout ------------------------------------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        return self.scheme.bits
+
+    @property
+    def protected(self) -> int:
+        return self.scheme.protected
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scheme.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    @property
+    def n_words(self) -> int:
+        return self.codes.numel()
+
+    @property
+    def n_bits(self) -> int:
+        """Attackable bits in the memory (words x m)."""
+        return self.n_words * self.bits
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return (f"QuantizedModel({self.scheme.name}, {len(self.names)} tensors, {self.n_words} words, "
+                f"device={self.device})")
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"{name!r} is not in the quantized memory; tensors are {self.names}") from None
+
+    def select(self, patterns=None) -> list[int]:
+        """Indices of the tensors whose names match any fnmatch pattern (all tensors for None)."""
+        pats = _as_patterns(patterns)
+        if pats is None:
+            return list(range(len(self.names)))
+        idx = [i for i, n in enumerate(self.names) if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+        if not idx:
+            raise ValueError(f"no quantized tensor matches {patterns!r}; tensors are {self.names}")
+        return idx
+
+    def views(self, codes: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per-tensor views (parameter shapes) into ``codes`` (default: the clean memory)."""
+        c = self.codes if codes is None else self._check_codes(codes)
+        return [c[o:o + n].view(s) for o, n, s in zip(self.offsets, self.lengths, self.shapes)]
+
+    def tensor(self, name: str, codes: torch.Tensor | None = None) -> torch.Tensor:
+        i = self.index(name)
+        c = self.codes if codes is None else self._check_codes(codes)
+        return c[self.offsets[i]:self.offsets[i] + self.lengths[i]].view(self.shapes[i])
+
+    def clone_codes(self) -> torch.Tensor:
+        """A fresh copy of the clean memory (never aliases it)."""
+        return self.codes.clone()
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        if not isinstance(codes, torch.Tensor):
+            raise TypeError(f"codes must be a tensor, got {type(codes).__name__}")
+        if codes.dtype != self.codes.dtype or codes.numel() != self.n_words:
+            raise ValueError(f"codes must hold {self.n_words} words of {self.codes.dtype}, got "
+                             f"{codes.numel()} of {codes.dtype}")
+        return codes.reshape(-1)
+
+    # -- dequantization ----------------------------------------------------------------------------------------
+    def _per_word(self):
+        if self._expanded is None or self._expanded[0].device != self.codes.device:
+            seg = segment_ids(self.lengths, device=self.codes.device)
+            self._expanded = (seg, self.scale.to(self.codes.device)[seg], self.mid.to(self.codes.device)[seg])
+        return self._expanded
+
+    def dequantize(self, codes: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat float values of ``codes`` (default: the clean memory)."""
+        c = self.codes if codes is None else self._check_codes(codes)
+        _, sw, mw = self._per_word()
+        return dequantize_expanded(c, sw, mw, self.scheme, dtype=dtype, out=out)
+
+    def dequantize_tensors(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        flat = self.dequantize(codes)
+        return {n: flat[o:o + k].view(s) for n, o, k, s in zip(self.names, self.offsets, self.lengths, self.shapes)}
+
+    def parameters_of(self, module: nn.Module) -> list[torch.Tensor]:
+        params = dict(module.named_parameters())
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise ValueError(f"module has no parameters {missing[:5]}: it does not match this quantized model")
+        out = [params[n] for n in self.names]
+        for n, p, s in zip(self.names, out, self.shapes):
+            if p.shape != s:
+                raise ValueError(f"parameter {n} has shape {tuple(p.shape)}, quantized model has {tuple(s)}")
+        return out
+
+    @torch.no_grad()
+    def load_into(self, module: nn.Module, codes: torch.Tensor | None = None) -> nn.Module:
+        """Dequantize ``codes`` (clean or perturbed) into ``module``'s parameters, in place; returns ``module``.
+
+        No deep copy, no re-quantization. Parameters that are not part of the memory are untouched.
+        """
+        params = self.parameters_of(module)
+        flat = self.dequantize(codes, dtype=params[0].dtype)
+        if flat.device != params[0].device:
+            flat = flat.to(params[0].device)
+        torch._foreach_copy_([p.data for p in params], [t.view(p.shape) for t, p in
+                                                         zip(flat.split(self.lengths), params)])
+        return module
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def to(self, device) -> "QuantizedModel":
+        qm = QuantizedModel(self.scheme, self.names, self.shapes, self.codes.to(device), self.scale.to(device),
+                            self.mid.to(device))
+        return qm
+
+    def state_dict(self) -> dict:
+        return {"format": FORMAT, "scheme": self.scheme.to_dict(), "names": list(self.names),
+                "shapes": [list(s) for s in self.shapes], "codes": self.codes.cpu(), "scale": self.scale.cpu(),
+                "mid": self.mid.cpu()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "QuantizedModel":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"not a quantized model (expected format {FORMAT!r})")
+        return cls(scheme_from_dict(d["scheme"]), d["names"], d["shapes"], d["codes"], d["scale"], d["mid"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically with ``torch.save`` (integers + contexts; loadable with ``weights_only=True``)."""
+        atomic_torch_save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location="cpu") -> "QuantizedModel":
+        return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
