@@ -1,0 +1,239 @@
+"""The attack contract and helpers shared by the attacks.
+
+An :class:`Attack` turns a quantized model (:class:`defenses.QuantizedModel`) into a sequence of perturbed integer
+memories (:class:`Perturbation`). Random attacks draw seeded bit-error patterns (one per pattern index ``k``, seed
+``base_seed + k``); adversarial attacks search for bit flips with the attacker's data and yield one perturbation.
+
+Rules every attack follows:
+
+* ``qm.codes`` (the clean memory) is never modified;
+* an adversarial attack may load candidate codes into ``model`` but gives the module back exactly as it got it
+  (parameter values, buffers, train/eval mode, ``requires_grad`` flags and ``.grad`` are untouched) before it yields;
+* an adversarial attack only sees ``data`` (the attacker split), never the evaluation data;
+* every hyperparameter has a default (the registry requires it) and a fixed seed makes the result reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defenses.quantization import dequantize_expanded
+
+__all__ = ["Perturbation", "Attack", "Victim", "check_rate", "check_int", "check_indices", "attack_batch",
+           "guard_module"]
+
+
+@dataclass
+class Perturbation:
+    """One perturbed memory.
+
+    Attributes:
+        codes: flat perturbed codes (same dtype and size as ``qm.codes``); may be a reused buffer that is only
+            valid until the next item is requested.
+        index: pattern index k.
+        seed: pattern seed (random attacks; None for deterministic or adversarial ones).
+        trace: adversarial attacks: every committed flip as ``{tensor, name, index, bit, loss, acc}`` (tensor: index
+            into ``qm.names``; index: flat C-order index inside that tensor; bit: 0 = LSB; loss/acc: attacker loss
+            and accuracy after the flip was committed).
+        info: extra facts, e.g. ``{'flips': number of bits that differ from the clean codes}``.
+    """
+
+    codes: torch.Tensor
+    index: int
+    seed: int | None
+    trace: list[dict] | None = None
+    info: dict = field(default_factory=dict)
+
+
+class Attack:
+    """Base class of attacks. Subclasses set :attr:`kind` and implement :meth:`perturbations`.
+
+    Instances created through the registry also carry ``registry_name``, ``params`` (every parameter, defaults
+    filled in) and ``spec`` (canonical spec string).
+    """
+
+    kind: str = "random"          # 'random' or 'adversarial'
+    registry_name: str = "attack"
+    rate: float | None = None      # bit error rate (random attacks), for result records
+    flips: int | None = None       # bit-flip budget (adversarial attacks), for result records
+
+    def num_perturbations(self) -> int:
+        return 1
+
+    def perturbations(self, qm, *, model: nn.Module | None = None, data=None, out: torch.Tensor | None = None,
+                      indices: Iterable[int] | None = None) -> Iterator[Perturbation]:
+        """Yield the perturbed memories of ``qm``.
+
+        Args:
+            qm: the :class:`defenses.QuantizedModel` (its clean codes are never modified).
+            model: the module whose parameters correspond to ``qm`` (needed by adversarial attacks).
+            data: ``(x, y)`` of the attacker split only, on the model's device (adversarial attacks).
+            out: optional preallocated buffer (``qm.codes``' dtype and size), reused for every item.
+            indices: only these pattern indices (sharding); default ``range(num_perturbations())``.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<attack {getattr(self, 'spec', type(self).__name__)}>"
+
+
+# -- argument checks -------------------------------------------------------------------------------------------------
+def check_rate(p, name: str = "p", allow_none: bool = False) -> float | None:
+    """A bit error rate as a fraction in [0, 1] (``0.01`` = 1%)."""
+    if p is None and allow_none:
+        return None
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(float(p)) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"{name} must be a bit error rate as a fraction in [0, 1] (0.01 = 1%), got {p!r}")
+    return float(p)
+
+
+def check_int(v, name: str, lo: int = 0, hi: int | None = None) -> int:
+    """An integer in [lo, hi] (floats with an integral value are accepted)."""
+    ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if not ok and isinstance(v, float) and v.is_integer():
+        v, ok = int(v), True
+    if not ok or v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be an integer {rng}, got {v!r}")
+    return int(v)
+
+
+def check_indices(indices, n: int) -> list[int]:
+    """Pattern indices to produce (default: all ``n``); each must be in [0, n)."""
+    if indices is None:
+        return list(range(n))
+    out = []
+    for k in indices:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= int(k) < n:
+            raise ValueError(f"pattern index {k!r} is outside 0..{n - 1}")
+        out.append(int(k))
+    return out
+
+
+def check_out(qm, out: torch.Tensor | None) -> torch.Tensor | None:
+    if out is None:
+        return None
+    if not isinstance(out, torch.Tensor) or out.dtype != qm.codes.dtype or out.numel() != qm.n_words \
+            or out.device != qm.codes.device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous tensor of {qm.n_words} words of {qm.codes.dtype} on "
+                         f"{qm.codes.device}")
+    if out.data_ptr() == qm.codes.data_ptr():
+        raise ValueError("out must not alias qm.codes (the clean memory is never modified)")
+    return out.view(-1)
+
+
+def attack_batch(data, batch: int | None, seed: int):
+    """The attacker's batch: ``batch`` examples of ``data = (x, y)`` drawn by ``seed`` (all if fewer)."""
+    if data is None:
+        raise ValueError("this adversarial attack needs data=(x, y) from the attacker split")
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise ValueError("data must be a pair (x, y) of tensors from the attacker split") from None
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.shape[0] != y.shape[0]:
+        raise ValueError("data must be a pair (x, y) of tensors with the same number of examples")
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("the attacker split is empty")
+    if batch is None or batch >= n:
+        return x, y
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(n, generator=g)[:batch].sort().values.to(x.device)
+    return x.index_select(0, idx), y.index_select(0, idx.to(y.device))
+
+
+@contextmanager
+def guard_module(model: nn.Module, params: list[torch.Tensor], train_mode: bool = False):
+    """Run an attack on ``model``: eval mode (or train mode), ``params`` requiring grad; on exit every parameter
+    value, buffer, the mode and the ``requires_grad`` flags are restored exactly."""
+    saved_params = [p.detach().clone() for p in model.parameters()]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in params]
+    try:
+        model.train(train_mode)
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(model.parameters(), saved_params):
+                p.copy_(s)
+            for b, s in zip(model.buffers(), saved_buffers):
+                b.copy_(s)
+        for m, t in zip(model.modules(), modes):
+            m.training = t
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+class Victim:
+    """The attacked model during an adversarial search: loads codes (whole memory or a few words), measures the
+    attacker's loss/accuracy and the gradient of the loss w.r.t. every quantized tensor.
+
+    Word-level writes give exactly the values ``qm.load_into`` would write (same dequantization arithmetic).
+    """
+
+    def __init__(self, qm, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        self.qm = qm
+        self.model = model
+        self.params = qm.parameters_of(model)
+        if x.is_inference() or y.is_inference():  # called under torch.inference_mode: autograd needs normal tensors
+            with torch.inference_mode(False):
+                x, y = x.clone(), y.clone()
+        self.x = x
+        self.y = y
+        self.dtype = self.params[0].dtype
+
+    def load(self, codes: torch.Tensor | None = None) -> None:
+        self.qm.load_into(self.model, codes)
+
+    def dequantize_words(self, t: int, codes: torch.Tensor) -> torch.Tensor:
+        """Dequantized values of codes of tensor ``t`` (1-D), in the parameters' dtype and device."""
+        qm = self.qm
+        n = codes.numel()
+        sw = qm.scale[t].to(codes.device).expand(n)
+        mw = qm.mid[t].to(codes.device).expand(n)
+        return dequantize_expanded(codes, sw, mw, qm.scheme, dtype=self.dtype).to(self.params[t].device)
+
+    @torch.no_grad()
+    def set_words(self, t: int, idx: torch.Tensor, codes: torch.Tensor) -> None:
+        """Write the dequantized ``codes`` of flat indices ``idx`` of tensor ``t`` into the parameter."""
+        p = self.params[t]
+        p.data.view(-1)[idx.to(p.device)] = self.dequantize_words(t, codes)
+
+    def _loss_acc(self, logits):
+        loss = F.cross_entropy(logits, self.y)
+        acc = (logits.detach().argmax(1) == self.y).float().mean().item()
+        return loss, acc
+
+    @torch.no_grad()
+    def loss_acc(self) -> tuple[float, float]:
+        loss, acc = self._loss_acc(self.model(self.x))
+        return loss.item(), acc
+
+    def loss_grad(self) -> tuple[float, float, list[torch.Tensor]]:
+        """Loss, accuracy and dL/dw per quantized tensor (``.grad`` of the parameters is not touched)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            logits = self.model(self.x)
+            loss, acc = self._loss_acc(logits)
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, self.params)]
+        return loss.item(), acc, grads
+
+    @torch.no_grad()
+    def predictions(self) -> torch.Tensor:
+        return self.model(self.x).argmax(1)
+
+    @property
+    def num_classes(self) -> int:
+        with torch.no_grad():
+            return int(self.model(self.x[:1]).shape[1])

@@ -1,0 +1,172 @@
+"""Budgeted bit attack (Stutz et al., TPAMI 2022), re-implemented from the facts in shared/design/adversarial.md.
+
+Maximise the cross-entropy on the attacker's batch over perturbed codes that differ from the clean codes in at most
+``eps`` bits, at most one bit per word. Projected gradient ascent, run in code space (``w = (q - center) * scale +
+mid``, so ``dL/dq = dL/dw * scale`` per tensor):
+
+1. gradient ``g = dL/dq`` at the current (projected) codes, normalised by its largest magnitude; momentum
+   ``v <- momentum * v + g``;
+2. step ``z = q + step * 2^m * v / max|v|`` (``step`` is a fraction of the code range, so the strongest component
+   moves by ``step * 2^m`` levels), re-quantized: rounded and clamped to the code range;
+3. projection (:func:`kernels.budget_projection`): the ``eps`` words whose codes moved most (ranked by ``|z - q0|``)
+   keep only their most significant changed bit, every other word is reset to its clean code;
+4. backtracking: the projected point is accepted if the attacker loss does not decrease, else it is rejected and
+   the step is halved.
+
+Restart 0 starts from the clean codes, restart ``r >= 1`` from ``eps`` random single-bit flips (seeded by ``seed`` and
+``r``). The perturbation with the highest attacker loss over all restarts and iterations is kept. The model runs in
+eval mode; the trace lists every flipped bit (all with the final loss/accuracy, the flips act together).
+"""
+
+from __future__ import annotations
+
+import torch
+
+import kernels
+from defenses.quantization import segment_ids
+
+from .base import Attack, Perturbation, Victim, attack_batch, check_indices, check_int, check_out, guard_module
+from .bfa import _WIDTH, _decode, _to_pattern
+from .registry import register_attack
+
+__all__ = ["BudgetAttack"]
+
+
+@register_attack("budget", pattern=r"budget_e(?P<eps>-?[0-9]+)",
+                 pattern_help="budget_e{eps} (projected-gradient attack, at most eps flipped bits, one per weight)")
+class BudgetAttack(Attack):
+    """Budgeted projected-gradient bit attack: at most eps flipped bits, at most one per weight, with restarts.
+
+    Args:
+        eps: budget: the most bits (= weights) that may differ from the clean codes.
+        iterations: gradient steps per restart.
+        restarts: number of runs (the first from the clean codes, the others from random eps-bit perturbations).
+        step: initial step, a fraction of the code range 2^m (top component moves step*2^m levels; halved if loss drops)
+        momentum: momentum of the normalised gradient.
+        seed: seed of the attacker batch selection and of the random restarts.
+        batch: attacker batch size (drawn from the attacker split with seed).
+        labels: 'true' (the attacker split's labels) or 'pred' (the clean model's predictions).
+    """
+
+    kind = "adversarial"
+
+    def __init__(self, eps: int = 40, iterations: int = 20, restarts: int = 1, step: float = 1.0,
+                 momentum: float = 0.9, seed: int = 0, batch: int = 128, labels: str = "true"):
+        self.eps = check_int(eps, "eps", 0)
+        self.iterations = check_int(iterations, "iterations", 0)
+        self.restarts = check_int(restarts, "restarts", 1)
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 16:
+            raise ValueError(f"step must be a fraction of the code range 2^m in (0, 16], got {step!r}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.step = float(step)
+        self.momentum = float(momentum)
+        self.seed = check_int(seed, "seed", 0)
+        self.batch = None if batch is None else check_int(batch, "batch", 1)
+        if labels not in ("true", "pred"):
+            raise ValueError(f"labels must be 'true' or 'pred', got {labels!r}")
+        self.labels = labels
+        self.flips = self.eps
+
+    def num_perturbations(self) -> int:
+        return 1
+
+    def _random_init(self, qm, clean: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, m = qm.n_words, qm.bits
+        attackable = [b for b in range(m) if not (int(qm.protected) >> b) & 1]
+        k = min(self.eps, n)
+        words = torch.randperm(n, generator=g)[:k]
+        bits = torch.tensor(attackable)[torch.randint(len(attackable), (k,), generator=g)]
+        width = _WIDTH[clean.dtype]
+        u = _to_pattern(clean, width).cpu()
+        u[words] ^= torch.ones(k, dtype=torch.int64) << bits
+        return _decode(u, clean.dtype, width).to(clean.dtype).to(clean.device)
+
+    def _trace(self, qm, clean: torch.Tensor, codes: torch.Tensor, loss: float, acc: float) -> list[dict]:
+        width = _WIDTH[clean.dtype]
+        d = (_to_pattern(clean, width) ^ _to_pattern(codes, width)).cpu()
+        words = torch.nonzero(d, as_tuple=True)[0]
+        offs = torch.tensor(qm.offsets, dtype=torch.int64)
+        ts = torch.searchsorted(offs, words, right=True) - 1
+        trace = []
+        for w, t in zip(words.tolist(), ts.tolist()):
+            v = int(d[w])
+            for b in range(width):
+                if (v >> b) & 1:
+                    trace.append({"tensor": t, "name": qm.names[t], "index": w - qm.offsets[t], "bit": b,
+                                  "loss": float(loss), "acc": float(acc)})
+        return trace
+
+    def run(self, qm, model, data, out: torch.Tensor | None = None, *, seed: int | None = None,
+            train_mode: bool = False) -> Perturbation:
+        """The attack on ``qm`` loaded into ``model`` with the attacker's ``data = (x, y)``.
+
+        ``seed`` overrides :attr:`seed` (AdvBET draws one per training step); ``train_mode`` runs the model in
+        training mode (buffers such as batch-norm statistics are restored afterwards).
+        """
+        if model is None:
+            raise ValueError("the budgeted attack needs model= (the module whose parameters correspond to qm)")
+        seed = self.seed if seed is None else int(seed)
+        x, y = attack_batch(data, self.batch, seed)
+        clean = qm.codes
+        dev = clean.device
+        width = _WIDTH[clean.dtype]
+        cmin, cmax = qm.scheme.code_min, qm.scheme.code_max
+        q0 = _decode(_to_pattern(clean, width), clean.dtype, width).to(torch.float64)
+        scale_w = qm.scale.to(device=dev, dtype=torch.float64)[segment_ids(qm.lengths, device=dev)]
+        levels = float(2 ** qm.bits)
+        params = qm.parameters_of(model)
+        best_codes, best_loss, best_acc, best_restart = clean.clone(), None, None, 0
+        evals = 0
+        with guard_module(model, params, train_mode):
+            victim = Victim(qm, model, x, y)
+            victim.load(clean)
+            if self.labels == "pred":
+                victim.y = victim.predictions()
+            for r in range(self.restarts):
+                g = torch.Generator().manual_seed((seed * 1_000_003 + r) % (1 << 63))
+                cur = clean.clone() if r == 0 else self._random_init(qm, clean, g)
+                victim.load(cur)
+                loss, acc, grads = victim.loss_grad()
+                evals += 1
+                if best_loss is None or loss > best_loss:
+                    best_codes, best_loss, best_acc, best_restart = cur.clone(), loss, acc, r
+                v = torch.zeros(qm.n_words, dtype=torch.float64, device=dev)
+                step = self.step * levels
+                for _ in range(self.iterations):
+                    gq = torch.cat([gr.reshape(-1) for gr in grads]).to(device=dev, dtype=torch.float64) * scale_w
+                    gmax = float(gq.abs().max()) if gq.numel() else 0.0
+                    if gmax == 0.0:
+                        break
+                    v.mul_(self.momentum).add_(gq / gmax)
+                    qcur = _decode(_to_pattern(cur, width), cur.dtype, width).to(torch.float64)
+                    z = qcur + (step / float(v.abs().max())) * v
+                    q = z.round().clamp_(cmin, cmax)
+                    q = _decode(q.to(torch.int64) & ((1 << width) - 1), clean.dtype, width).to(clean.dtype)
+                    cand = kernels.budget_projection(clean, q, self.eps, bits=qm.bits, score=(z - q0).abs())
+                    if torch.equal(cand, cur):
+                        continue
+                    victim.load(cand)
+                    c_loss, c_acc, c_grads = victim.loss_grad()
+                    evals += 1
+                    if c_loss >= loss:
+                        cur, loss, acc, grads = cand, c_loss, c_acc, c_grads
+                        if loss > best_loss:
+                            best_codes, best_loss, best_acc, best_restart = cur.clone(), loss, acc, r
+                    else:
+                        victim.load(cur)
+                        step *= 0.5
+        flips = kernels.hamming_total(clean, best_codes, bits=qm.bits)
+        trace = self._trace(qm, clean, best_codes, best_loss, best_acc)
+        if out is not None:
+            out.copy_(best_codes)
+            best_codes = out
+        info = {"flips": flips, "loss": float(best_loss), "acc": float(best_acc), "restart": best_restart,
+                "evaluations": evals, "batch": int(x.shape[0]), "seed": seed}
+        return Perturbation(codes=best_codes, index=0, seed=None, trace=trace, info=info)
+
+    def perturbations(self, qm, *, model=None, data=None, out=None, indices=None):
+        out = check_out(qm, out)
+        if 0 not in check_indices(indices, 1):
+            return
+        yield self.run(qm, model, data, out)

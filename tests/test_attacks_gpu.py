@@ -1,0 +1,99 @@
+"""Attacks on CUDA tensors: the same patterns as on the CPU, and the adversarial contract on the GPU.
+
+Skipped (with a reason) where CUDA is absent.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import kernels
+from attacks import create_attack
+from defenses import QuantizedModel, QuantScheme, TrainConfig, create_defense, rquant
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _module(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return m
+
+
+def _data(n=256, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    w = torch.randn(64, 10, generator=g)
+    return x, (x.flatten(1) @ w).argmax(1)
+
+
+@pytest.mark.parametrize("scheme", [rquant(8), rquant(4), QuantScheme(bits=8, signed=True),
+                                    QuantScheme(bits=16, signed=True)], ids=str)
+def test_random_and_errmap_patterns_match_cpu(scheme, tmp_path):
+    qm_cpu = QuantizedModel.from_module(_module(), scheme)
+    qm_gpu = qm_cpu.to("cuda")
+    n = qm_cpu.n_words
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "u.npy", np.full((n, 1, max(8, scheme.bits)), 0.03))
+    np.save(tmp_path / "many.npy", rng.choice(np.linspace(0, 0.2, 20), size=(n, 1, max(8, scheme.bits))))
+    np.save(tmp_path / "stuck.npy", rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(n, 1, max(8, scheme.bits)),
+                                               p=[0.9, 0.05, 0.05]))
+    specs = ["random_p0.03:patterns=3", "random_msb_p0.1:patterns=2", "random_p0.05:p10=0.01,patterns=2",
+             "random_p0.1:patterns=2,layers=3.*", f"errmap:file={tmp_path / 'u.npy'},patterns=2",
+             f"errmap:file={tmp_path / 'many.npy'},patterns=2", f"errmap:file={tmp_path / 'stuck.npy'}"]
+    for spec in specs:
+        a = create_attack(spec)
+        out = torch.empty_like(qm_gpu.codes)
+        for pc, pg in zip(a.perturbations(qm_cpu), a.perturbations(qm_gpu, out=out)):
+            assert pg.codes.is_cuda and pg.codes.dtype == qm_cpu.codes.dtype
+            assert torch.equal(pg.codes.cpu(), pc.codes), spec
+            assert pc.info["flips"] == pg.info["flips"]
+    r = next(create_attack("random_p0.03:patterns=1").perturbations(qm_cpu)).codes
+    e = next(create_attack(f"errmap:file={tmp_path / 'u.npy'},patterns=1").perturbations(qm_gpu)).codes
+    assert torch.equal(e.cpu(), r)
+
+
+@pytest.mark.parametrize("spec", ["bfa_n8", "bfa_n5:labels=pred", "budget_e12:iterations=4,restarts=2"])
+@pytest.mark.parametrize("scheme", [rquant(8), QuantScheme(bits=8, signed=True)], ids=str)
+def test_adversarial_attacks_on_the_gpu(spec, scheme):
+    model = _module().cuda()
+    qm = QuantizedModel.from_module(model, scheme)
+    qm.load_into(model)
+    x, y = _data()
+    data = (x.cuda(), y.cuda())
+    clean = qm.codes.clone()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = create_attack(spec)
+    p = next(a.perturbations(qm, model=model, data=data, out=torch.empty_like(qm.codes)))
+    assert p.codes.is_cuda
+    per_word = kernels.hamming_distance(clean, p.codes)
+    assert int(per_word.sum()) == p.info["flips"] == len(p.trace) <= a.flips
+    if spec.startswith("budget"):
+        assert int(per_word.max()) <= 1
+    assert torch.equal(qm.codes, clean)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        qm.load_into(model)
+        labels = model(data[0]).argmax(1) if "pred" in spec else data[1]
+        l0 = nn.functional.cross_entropy(model(data[0]), labels).item()
+        qm.load_into(model, p.codes)
+        l1 = nn.functional.cross_entropy(model(data[0]), labels).item()
+        qm.load_into(model)
+    assert l1 > l0
+
+
+def test_advbet_trains_on_the_gpu():
+    import attacks.advbet  # noqa: F401
+
+    x, y = _data(512)
+    model = _module()
+    d = create_defense("advbet:eps=10,iterations=2,threshold=none")
+    hist = d.train(model, x, y, TrainConfig(epochs=2, lr=0.05, schedule="constant", progress=False, device="cuda"),
+                   num_classes=10)
+    assert hist[-1]["bet_on"] == 1.0 and hist[-1]["adv_flips"] > 0
+    assert next(model.parameters()).is_cuda
