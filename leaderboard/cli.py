@@ -1,0 +1,111 @@
+"""Command-line functions for ``python -m benchmark submit|leaderboard`` (and ``python -m leaderboard.cli``).
+
+    submit <result files...> [--name NAME] [--citation TEXT] [--link URL] [--entries DIR] [--suite-file TOML]
+    leaderboard [--suite NAME] [--out FILE] [--entries DIR] [--plots DIR] [--configs DIR] [--check]
+
+Errors print one message on stderr and return 2. ``leaderboard --check`` writes nothing and returns 1 when the
+output file is not what the entries generate (for CI: "LEADERBOARD.md is stale").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .schema import EntryError, SuiteError
+
+__all__ = ["add_submit_arguments", "run_submit", "add_leaderboard_arguments", "run_leaderboard", "main"]
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("result_files", nargs="+", metavar="RESULT_FILE",
+                        help="harness result records (JSON), one per attack/rate, same suite/model/defense")
+    parser.add_argument("--name", default=None, help="row name, also the file name (default: <model>-<defense>)")
+    parser.add_argument("--citation", default=None, help="how to cite the defense")
+    parser.add_argument("--link", default=None, help="URL of the paper or code")
+    parser.add_argument("--entries", default=None, metavar="DIR",
+                        help="entries folder (default: leaderboard/entries of this package)")
+    parser.add_argument("--suite-file", default=None, metavar="TOML",
+                        help="suite file (default: configs/<suite>.toml of the records' suite)")
+    return parser
+
+
+def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--suite", action="append", default=None, metavar="NAME",
+                        help="only this suite (repeatable; default: every suite with entries)")
+    parser.add_argument("--out", default="LEADERBOARD.md", metavar="FILE",
+                        help="markdown file to write (default: LEADERBOARD.md in the current folder); '-' = stdout")
+    parser.add_argument("--entries", default=None, metavar="DIR",
+                        help="entries folder (default: leaderboard/entries of this package)")
+    parser.add_argument("--plots", default=None, metavar="DIR",
+                        help="also write <DIR>/<suite>.png (needs matplotlib) and link them from the markdown")
+    parser.add_argument("--configs", default=None, metavar="DIR",
+                        help="folder of suite TOML files (default: the configs package)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if --out differs from what the entries generate")
+    return parser
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from .entries import submit
+
+    try:
+        path = submit(args.result_files, name=args.name, citation=args.citation, link=args.link,
+                      out_dir=args.entries, suite_file=args.suite_file)
+    except (EntryError, SuiteError) as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}".lstrip(": "))
+    print(f"wrote {path}")
+    return 0
+
+
+def run_leaderboard(args: argparse.Namespace) -> int:
+    from .generate import generate_markdown, write_leaderboard
+
+    try:
+        if args.check or args.out == "-":
+            if args.plots:
+                return _fail("--plots cannot be combined with --check or --out -")
+            text = generate_markdown(args.entries, args.suite, configs_dir=args.configs)
+            if args.out == "-":
+                sys.stdout.write(text)
+                return 0
+            out = Path(args.out)
+            current = out.read_text(encoding="utf-8") if out.is_file() else None
+            if current != text:
+                print(f"{out} is stale: regenerate it with `python -m benchmark leaderboard --out {out}`",
+                      file=sys.stderr)
+                return 1
+            print(f"{out} is up to date")
+            return 0
+        path = write_leaderboard(args.out, args.entries, args.suite, configs_dir=args.configs,
+                                 plots_dir=args.plots)
+    except (EntryError, SuiteError) as e:
+        return _fail(str(e))
+    except ImportError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}".lstrip(": "))
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m leaderboard.cli",
+                                     description="Bit error robustness leaderboard: submit entries, generate tables.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_submit_arguments(sub.add_parser("submit", help="turn result records into a leaderboard entry"))
+    add_leaderboard_arguments(sub.add_parser("leaderboard", help="generate LEADERBOARD.md (and plots)"))
+    args = parser.parse_args(argv)
+    return run_submit(args) if args.command == "submit" else run_leaderboard(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Reading entries, turning harness result records into an entry (`submit`), and writing entries atomically.
+
+The entry files themselves live in the data folder ``leaderboard/entries/<suite>/<name>.json`` (next to this
+module; a folder without ``__init__.py``, so it does not shadow this module).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from .schema import (FORMAT, RECORD_FORMAT, EntryError, Suite, SuiteError, _is_int, _is_num, _show, load_suite,
+                     same_rate, validate_entry)
+
+__all__ = ["DEFAULT_ENTRIES_DIR", "load_entry", "load_entries", "load_record", "entry_from_records", "submit",
+           "write_entry", "dumps_entry", "entry_files", "default_entry_name"]
+
+DEFAULT_ENTRIES_DIR = Path(__file__).resolve().parent / "entries"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JSON output: stable, readable (lists of scalars on one line), trailing newline
+def _dump(v, indent: int) -> str:
+    pad, inner = " " * indent, " " * (indent + 2)
+    if isinstance(v, dict):
+        if not v:
+            return "{}"
+        if all(not isinstance(x, (dict, list)) for x in v.values()):
+            flat = json.dumps(v, ensure_ascii=False, allow_nan=False)
+            if len(flat) + indent <= 100:
+                return flat
+        items = [f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {_dump(x, indent + 2)}" for k, x in v.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(v, list):
+        if not v:
+            return "[]"
+        if all(not isinstance(x, (dict, list)) for x in v):
+            return "[" + ", ".join(json.dumps(x, ensure_ascii=False, allow_nan=False) for x in v) + "]"
+        return "[\n" + ",\n".join(inner + _dump(x, indent + 2) for x in v) + "\n" + pad + "]"
+    return json.dumps(v, ensure_ascii=False, allow_nan=False)
+
+
+def dumps_entry(entry: dict) -> str:
+    return _dump(entry, 0) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_entry(entry: dict, path: str | os.PathLike) -> Path:
+    """Write an entry atomically (temporary file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    _atomic_write(path, dumps_entry(entry))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading entries
+def _read_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise EntryError("", f"not valid JSON: {e}", path) from None
+    except OSError as e:
+        raise EntryError("", f"cannot read: {e.strerror or e}", path) from None
+
+
+def load_entry(path: str | os.PathLike, suite: Suite | None = None, *, configs_dir=None) -> dict:
+    """Read and validate one entry file; its folder must be its suite and its file name its ``name``.
+
+    Without ``suite`` the suite file is looked up by the entry's ``suite`` (unknown suite: refused)."""
+    path = Path(path)
+    entry = _read_json(path)
+    try:
+        if isinstance(entry, dict):
+            if isinstance(entry.get("name"), str) and entry["name"] != path.stem:
+                raise EntryError("name", f"{_show(entry['name'])} does not match the file name {path.name!r}")
+            if isinstance(entry.get("suite"), str) and entry["suite"] != path.parent.name:
+                raise EntryError("suite", f"{_show(entry['suite'])} does not match the folder "
+                                          f"{path.parent.name!r}")
+        validate_entry(entry)  # shape first: clear messages before the suite is looked up
+        if suite is None:
+            try:
+                suite = load_suite(entry["suite"], configs_dir)
+            except SuiteError as e:
+                raise EntryError("suite", str(e)) from None
+        validate_entry(entry, suite)
+    except EntryError as e:
+        raise e.with_source(path) from None
+    return entry
+
+
+def entry_files(entries_dir: str | os.PathLike | None = None, suites: Iterable[str] | None = None) -> dict:
+    """``{suite: [paths]}``, everything sorted (independent of the order the file system lists them)."""
+    root = Path(entries_dir) if entries_dir is not None else DEFAULT_ENTRIES_DIR
+    out: dict[str, list[Path]] = {}
+    if root.is_dir():
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+            files = sorted((p for p in d.glob("*.json") if not p.name.startswith(".")), key=lambda p: p.name)
+            if files:
+                out[d.name] = files
+    if suites is not None:
+        wanted = list(dict.fromkeys(suites))
+        out = {s: out.get(s, []) for s in sorted(wanted)}
+    return out
+
+
+def load_entries(entries_dir=None, suites: Iterable[str] | None = None, *, configs_dir=None) -> dict:
+    """``{suite_name: (Suite, [entry, ...])}`` for every suite folder (or the given ``suites``), validated.
+
+    Entries are sorted by name. All entries of a suite must share one eval split where the suite file does not
+    pin it."""
+    out = {}
+    for sname, files in entry_files(entries_dir, suites).items():
+        try:
+            suite = load_suite(sname, configs_dir)
+        except SuiteError as e:
+            where = files[0].parent if files else Path(entries_dir or DEFAULT_ENTRIES_DIR) / sname
+            raise EntryError("suite", str(e), where) from None
+        entries = [load_entry(p, suite) for p in files]
+        if suite.eval_split is None:
+            splits = {}
+            for p, e in zip(files, entries):
+                splits.setdefault(e["protocol"]["eval_split"], p)
+            if len(splits) > 1:
+                (a, pa), (b, pb) = sorted(splits.items(), key=lambda kv: str(kv[0]))[:2]
+                raise EntryError("protocol.eval_split", f"{_show(b)} differs from {_show(a)} of {pa.name}: "
+                                                        "results are not comparable", pb)
+        entries.sort(key=lambda e: e["name"])
+        out[sname] = (suite, entries)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# result records -> entry
+_RECORD_REQUIRED = {
+    "format": str, "suite": str, "dataset": str, "eval_split": str, "model": str, "model_options": dict,
+    "n_params": int, "defense": str, "defense_params": dict, "bits": int, "attack": str, "clean_err": float,
+    "rerr": dict, "n_patterns": int, "config_hash": str, "version": str, "date": str,
+}
+
+
+_KIND = {str: "a string", dict: "an object", int: "an integer", float: "a number"}
+
+
+def load_record(path: str | os.PathLike) -> dict:
+    """Read a harness result record (docs/formats.md) and check the fields a leaderboard entry uses."""
+    path = Path(path)
+    rec = _read_json(path)
+    try:
+        if not isinstance(rec, dict):
+            raise EntryError("", f"expected a JSON object, got {_show(rec)[:60]}")
+        if rec.get("format") != RECORD_FORMAT:
+            raise EntryError("format", f"expected {_show(RECORD_FORMAT)} (a result record), got "
+                                       f"{_show(rec.get('format'))}")
+        for k, t in _RECORD_REQUIRED.items():
+            if k not in rec:
+                raise EntryError(k, "missing")
+            v = rec[k]
+            ok = _is_num(v) if t is float else (_is_int(v) if t is int else isinstance(v, t))
+            if not ok:
+                raise EntryError(k, f"expected {_KIND[t]}, got {_show(v)}")
+        rate = rec.get("rate")
+        if rate is not None and not (_is_num(rate) and 0 <= rate <= 1):
+            raise EntryError("rate", f"expected a rate in [0, 1] or null, got {_show(rate)}")
+        for k in ("mean", "std", "min", "max"):
+            v = rec["rerr"].get(k)
+            if not (_is_num(v) and 0 <= v <= 1):
+                raise EntryError(f"rerr.{k}", f"expected a number in [0, 1], got {_show(v)}")
+        if not 0 <= rec["clean_err"] <= 1:
+            raise EntryError("clean_err", f"expected a number in [0, 1], got {_show(rec['clean_err'])}")
+        seeds = rec.get("seeds")
+        if seeds is not None and (not isinstance(seeds, list) or not all(_is_int(s) for s in seeds)):
+            raise EntryError("seeds", f"expected a list of integers or null, got {_show(seeds)[:80]}")
+    except EntryError as e:
+        raise e.with_source(path) from None
+    return rec
+
+
+def default_entry_name(model: str, defense: str) -> str:
+    """A file-safe row name: ``lenet`` + ``randbet:p=0.05`` -> ``lenet-randbet-p0.05``."""
+    s = f"{model}-{defense}".replace("=", "")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-._") or "entry"
+
+
+def _same_everywhere(recs, paths, key, *, approx=False):
+    first = recs[0][key]
+    for r, p in zip(recs[1:], paths[1:]):
+        v = r[key]
+        same = abs(v - first) <= 1e-6 if approx and _is_num(v) and _is_num(first) else v == first
+        if not same:
+            raise EntryError(key, f"{_show(v)} in {p} differs from {_show(first)} in {paths[0]}: one entry "
+                                  "needs records of the same suite, model and defense")
+    return first
+
+
+def entry_from_records(records: list[dict], suite: Suite, *, paths: list | None = None, name: str | None = None,
+                       citation: str | None = None, link: str | None = None) -> dict:
+    """Build (and validate against ``suite``) one entry from result records of the same suite/model/defense."""
+    if not records:
+        raise EntryError("results", "no result records given")
+    paths = [str(p) for p in (paths or [f"record {i}" for i in range(len(records))])]
+    for key in ("suite", "dataset", "eval_split", "model", "model_options", "defense", "bits", "n_params"):
+        _same_everywhere(records, paths, key)
+    for key in ("defense_name", "defense_params", "train_seed"):
+        if all(key in r for r in records):
+            _same_everywhere(records, paths, key)
+    clean = _same_everywhere(records, paths, "clean_err", approx=True)
+    r0 = records[0]
+    if r0["suite"] != suite.name:
+        raise EntryError("suite", f"the records are of suite {_show(r0['suite'])}, the suite file "
+                                  f"{suite.path or ''} is {_show(suite.name)}")
+
+    # protocol of the records, checked against the suite's
+    for key, mine, theirs in (("dataset", r0["dataset"], suite.dataset), ("bits", r0["bits"], suite.bits)):
+        if mine != theirs:
+            raise EntryError(key, f"{_show(mine)} in {paths[0]} differs from suite {_show(suite.name)} "
+                                  f"({_show(theirs)}): results are not comparable")
+    if suite.eval_split is not None and r0["eval_split"] != suite.eval_split:
+        raise EntryError("eval_split", f"{_show(r0['eval_split'])} in {paths[0]} differs from suite "
+                                       f"{_show(suite.name)} ({_show(suite.eval_split)}): results are not comparable")
+    results, pattern_seeds, by_rate = [], None, {}
+    for rec, p in zip(records, paths):
+        rate = rec.get("rate")
+        if rate is not None:
+            if rec["n_patterns"] != suite.patterns:
+                raise EntryError("n_patterns", f"{rec['n_patterns']} in {p} differs from suite "
+                                               f"{_show(suite.name)} patterns ({suite.patterns})")
+            seeds = rec.get("seeds")
+            if seeds is not None:
+                want = list(range(suite.base_seed, suite.base_seed + suite.patterns))
+                if seeds != want:
+                    raise EntryError("seeds", f"{_show(seeds)[:60]} in {p} are not the suite's pattern seeds "
+                                              f"base_seed={suite.base_seed} .. {want[-1]}")
+                pattern_seeds = want
+            for prev, q in by_rate.items():
+                if same_rate(prev, rate):
+                    raise EntryError("rate", f"duplicate rate {_show(rate)}: {q} and {p}")
+            if not any(same_rate(rate, x) for x in suite.rates):
+                raise EntryError("rate", f"{_show(rate)} in {p} is not one of the rates of suite "
+                                         f"{_show(suite.name)} {_show(list(suite.rates))}")
+            by_rate[rate] = p
+        else:
+            if rec["attack"] not in suite.attacks:
+                raise EntryError("attack", f"{_show(rec['attack'])} in {p} is neither a random bit error rate nor "
+                                           f"one of the attacks of suite {_show(suite.name)} "
+                                           f"{_show(list(suite.attacks))}")
+        res = {"attack": rec["attack"], "rate": rate}
+        if rec.get("flips") is not None:
+            res["flips"] = rec["flips"]
+        res["rerr"] = {k: rec["rerr"][k] for k in ("mean", "std", "min", "max")}
+        if isinstance(rec.get("per_pattern_rerr"), list):
+            res["per_pattern_rerr"] = rec["per_pattern_rerr"]
+        res["n_patterns"] = rec["n_patterns"]
+        res["config_hash"] = rec["config_hash"]
+        results.append(res)
+    missing = [x for x in suite.rates if not any(same_rate(x, y) for y in by_rate)]
+    if missing:
+        raise EntryError("results", "missing rates of suite " + _show(suite.name) + ": "
+                         + ", ".join(repr(m) for m in missing) + " (give one result record per rate)")
+    dup = {}
+    for res, p in zip(results, paths):
+        if res["attack"] in dup:
+            raise EntryError("attack", f"duplicate attack {_show(res['attack'])}: {dup[res['attack']]} and {p}")
+        dup[res["attack"]] = p
+    results.sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0, r["attack"]))
+
+    combined = hashlib.sha256(json.dumps(sorted((r["attack"], r["config_hash"]) for r in results))
+                              .encode()).hexdigest()[:16]
+    uniq = lambda key: "; ".join(sorted({str(r[key]) for r in records if r.get(key) is not None})) or None  # noqa
+    name = name or default_entry_name(r0["model"], r0["defense"])
+    entry = {
+        "format": FORMAT,
+        "suite": suite.name,
+        "name": name,
+        "model": r0["model"],
+        "model_options": r0["model_options"],
+        "n_params": r0["n_params"],
+        "defense": r0["defense"],
+        "defense_name": r0.get("defense_name") or r0["defense"].split(":", 1)[0],
+        "defense_params": r0["defense_params"],
+        "bits": r0["bits"],
+        "protocol": {**suite.protocol, "eval_split": r0["eval_split"]},
+        "clean_err": clean,
+        "results": results,
+        "version": uniq("version"),
+        "git_rev": uniq("git_rev"),
+        "config_hash": combined,
+        "seeds": {"train": r0.get("train_seed"), "patterns": pattern_seeds},
+        "device": uniq("device"),
+        "date": max(r["date"] for r in records),
+        "citation": citation,
+        "link": link,
+        "reported_by": "benchmark",
+    }
+    validate_entry(entry, suite)
+    return entry
+
+
+def submit(result_files, *, name: str | None = None, citation: str | None = None, link: str | None = None,
+           out_dir: str | os.PathLike | None = None, suite_file: str | os.PathLike | None = None,
+           configs_dir=None) -> Path:
+    """Turn harness result records (one file per attack/rate of one suite, model and defense) into one validated
+    entry ``<out_dir>/<suite>/<name>.json`` (default out_dir: ``leaderboard/entries``), written atomically.
+
+    An existing entry of the same name is replaced. Raises :class:`EntryError` (mixed suites/defenses, duplicate
+    or missing rates, protocol mismatch, malformed records) or :class:`SuiteError` (unknown suite file)."""
+    if isinstance(result_files, (str, os.PathLike)):
+        result_files = [result_files]
+    paths = [Path(p) for p in result_files]
+    if not paths:
+        raise EntryError("results", "no result files given")
+    seen = {}
+    for p in paths:
+        key = p.resolve()
+        if key in seen:
+            raise EntryError("results", f"{p} is given twice")
+        seen[key] = p
+    records = [load_record(p) for p in paths]
+    _same_everywhere(records, [str(p) for p in paths], "suite")
+    suite = load_suite(suite_file if suite_file is not None else records[0]["suite"], configs_dir)
+    if name is not None:
+        from .schema import NAME_RE
+        if not NAME_RE.fullmatch(name):
+            raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {_show(name)}")
+    entry = entry_from_records(records, suite, paths=paths, name=name, citation=citation, link=link)
+    root = Path(out_dir) if out_dir is not None else DEFAULT_ENTRIES_DIR
+    return write_entry(entry, root / suite.name / f"{entry['name']}.json")

@@ -1,0 +1,541 @@
+"""Leaderboard entry format, suite protocol and validation (pure Python: no torch, no harness imports).
+
+One JSON file per leaderboard row: ``leaderboard/entries/<suite>/<name>.json``. The tables and plots are a pure
+function of these files (RobustBench style). An entry is refused, with the exact field and the reason, when it is
+malformed, incomplete, or measured under another protocol than its suite's.
+
+Entry format ``bitbench.leaderboard_entry/1``
+--------------------------------------------
+Errors are fractions in [0, 1] (tables show percent). Field order as written by :func:`leaderboard.submit`.
+
+=================  ======================  =====================================================================
+field              type                    meaning
+=================  ======================  =====================================================================
+``format``         str                     ``"bitbench.leaderboard_entry/1"``
+``suite``          str                     suite name; must equal the entry's folder and name a suite TOML
+``name``           str                     row identifier ``[A-Za-z0-9._-]+``; must equal the file name stem
+``model``          str                     architecture (``lenet``, ``simplenet``, ...)
+``model_options``  object                  options of the model builder (may be ``{}``)
+``n_params``       int >= 1 or null        parameters in the quantized memory (words); null: unknown (paper)
+``defense``        str                     canonical defense spec (``randbet:p=0.05``)
+``defense_name``   str                     registry name (``randbet``)
+``defense_params`` object                  every defense parameter, defaults filled in
+``bits``           int in [1, 32]          bits per weight; must equal ``protocol.bits``
+``protocol``       object                  ``{dataset, eval_split, bits, rates, patterns, base_seed}``: the
+                                           suite's protocol; must equal it (``eval_split`` only where the suite
+                                           pins it; otherwise all entries of a suite must agree)
+``clean_err``      number in [0, 1]        error of the clean quantized model (null allowed for paper rows)
+``results``        [object]                one per attack, see below (sorted by rate, then attack)
+``version``        str or null             package version that produced the numbers (null for paper rows)
+``git_rev``        str or null             git revision, if known (optional)
+``config_hash``    str or null             hash over the per-result configuration hashes (null for paper rows)
+``seeds``          object                  ``{"train": int or null, "patterns": [int] or null}``; pattern seeds
+                                           must be ``base_seed .. base_seed + patterns - 1``
+``device``         str or null             where it ran, e.g. ``cpu``
+``date``           str or null             ISO 8601 (UTC) date of the newest result (or the paper's date)
+``citation``       str or null             how to cite the defense / paper (required for paper rows)
+``link``           str or null             URL of the paper or code (``http(s)://``)
+``reported_by``    ``"benchmark"|"paper"`` reproduced by this benchmark, or copied from a paper (marked † in
+                                           tables)
+``notes``          [str]                   optional remarks shown under the table (e.g. a ">12%" value that is not
+                                           a number and was left missing)
+=================  ======================  =====================================================================
+
+Each item of ``results``:
+
+====================  ======================  ==================================================================
+``attack``            str                     canonical attack spec (``random_p0.01``, ``bfa_n20``)
+``rate``              number in [0, 1] / null bit error rate of a random attack; one of the protocol's rates
+``flips``             int >= 0 or null        bit-flip budget of an adversarial attack (optional)
+``rerr``              object or null          ``{mean, std, min, max}`` over patterns, fractions; min <= mean <=
+                                              max. Paper rows: std/min/max may be null, and ``rerr`` itself may
+                                              be null (a value the paper does not give as a number)
+``per_pattern_rerr``  [number] (optional)     one per pattern (length ``protocol.patterns``); its mean must match
+                                              ``rerr.mean``
+``n_patterns``        int (optional)          must equal ``protocol.patterns``
+``config_hash``       str (optional)          the result record's configuration hash
+``note``              str (optional)          remark on this value (e.g. "reported as >12%")
+====================  ======================  ==================================================================
+
+Rules: rates are unique; a result either has a ``rate`` from the protocol's rates or an ``attack`` listed in the
+suite's extra ``attacks``; entries ``reported_by: "benchmark"`` must cover every rate of the suite with a full
+``rerr`` and carry ``version``, ``config_hash`` and ``clean_err``; ``reported_by: "paper"`` entries may cover a
+subset and must have a ``citation``. Unknown fields are refused (typos would otherwise vanish silently).
+
+Suites
+------
+Suite files are the harness's ``configs/<name>.toml`` (see docs/formats.md). The *protocol* of a suite is
+dataset, eval split, bits, rates, patterns and base_seed. The eval split is the suite's ``eval_split`` if it has
+one, ``"test[0:<n_eval>]"`` if it sets ``n_eval``, and otherwise not pinned by the file (the dataset's evaluation
+split). ``headline_rate`` (default: the largest rate) is the rate the leaderboard ranks by.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = ["FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "EntryError", "SuiteError", "Suite",
+           "load_suite", "find_suite_file", "list_suites", "validate_entry", "default_configs_dirs", "rate_key",
+           "same_rate", "format_rate", "ENTRY_FIELDS", "RESULT_FIELDS"]
+
+FORMAT = "bitbench.leaderboard_entry/1"
+RECORD_FORMAT = "bitbench.result/1"
+REPORTED_BY = ("benchmark", "paper")
+PROTOCOL_FIELDS = ("dataset", "eval_split", "bits", "rates", "patterns", "base_seed")
+ENTRY_FIELDS = ("format", "suite", "name", "model", "model_options", "n_params", "defense", "defense_name",
+                "defense_params", "bits", "protocol", "clean_err", "results", "version", "git_rev", "config_hash",
+                "seeds", "device", "date", "citation", "link", "reported_by", "notes")
+# fields that may be absent (the rest must be present, possibly null where the type allows)
+_OPTIONAL_FIELDS = {"git_rev", "notes", "defense_name"}
+RESULT_FIELDS = ("attack", "rate", "flips", "rerr", "per_pattern_rerr", "n_patterns", "config_hash", "note")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TOL = 1e-6  # tolerance of consistency checks between stored floats
+
+
+class EntryError(ValueError):
+    """A refused entry or result record: ``[source: ]field: reason``."""
+
+    def __init__(self, field: str, reason: str, source: str | os.PathLike | None = None):
+        self.field = field
+        self.reason = reason
+        self.source = None if source is None else str(source)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        msg = f"{self.field}: {self.reason}" if self.field else self.reason
+        return f"{self.source}: {msg}" if self.source else msg
+
+    def with_source(self, source) -> "EntryError":
+        return EntryError(self.field, self.reason, source)
+
+
+class SuiteError(ValueError):
+    """An unknown or malformed suite file."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rates
+def same_rate(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-15)
+
+
+def rate_key(rate: float) -> str:
+    """A canonical string for a rate (for dict keys and column matching)."""
+    return f"{float(rate):.10g}"
+
+
+def format_rate(rate: float) -> str:
+    """A rate as percent for humans: 0.0001 -> '0.01%'."""
+    return f"{float(rate) * 100:.6g}%"
+
+
+def _show(v: Any) -> str:
+    try:
+        return json.dumps(v, ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# suites
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    dataset: str
+    bits: int
+    rates: tuple
+    patterns: int
+    base_seed: int
+    headline_rate: float | None
+    eval_split: str | None = None
+    model: str | None = None
+    description: str = ""
+    attacks: tuple = ()
+    path: str | None = None
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def protocol(self) -> dict:
+        return {"dataset": self.dataset, "eval_split": self.eval_split, "bits": self.bits,
+                "rates": list(self.rates), "patterns": self.patterns, "base_seed": self.base_seed}
+
+
+def default_configs_dirs() -> list[Path]:
+    """Where suite TOML files are looked up: the ``configs`` package, then ``<repo>/configs``."""
+    dirs: list[Path] = []
+    try:
+        from importlib.resources import files
+
+        res = files("configs")
+        # a namespace package gives a MultiplexedPath; take every real folder
+        paths = getattr(res, "_paths", None) or [res]
+        for p in paths:
+            try:
+                q = Path(str(p))
+            except TypeError:  # pragma: no cover
+                continue
+            if q.is_dir():
+                dirs.append(q)
+    except Exception:  # no `configs` package importable: fall back to the source tree
+        pass
+    repo = Path(__file__).resolve().parent.parent / "configs"
+    if repo.is_dir() and all(repo.resolve() != d.resolve() for d in dirs):
+        dirs.append(repo)
+    return dirs
+
+
+def _dirs(configs_dir) -> list[Path]:
+    if configs_dir is None:
+        return default_configs_dirs()
+    if isinstance(configs_dir, (str, os.PathLike)):
+        return [Path(configs_dir)]
+    return [Path(d) for d in configs_dir]
+
+
+def list_suites(configs_dir=None) -> list[str]:
+    names = set()
+    for d in _dirs(configs_dir):
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.toml"))
+    return sorted(names)
+
+
+def find_suite_file(name: str, configs_dir=None) -> Path:
+    for d in _dirs(configs_dir):
+        p = d / f"{name}.toml"
+        if p.is_file():
+            return p
+    known = list_suites(configs_dir)
+    where = ", ".join(str(d) for d in _dirs(configs_dir)) or "no configs folder found"
+    raise SuiteError(f"unknown suite {name!r} (no {name}.toml in {where}; known: {', '.join(known) or 'none'})")
+
+
+def _suite_field(data: dict, key: str, kind, path, *, required=True, default=None):
+    if key not in data:
+        if required:
+            raise SuiteError(f"{path}: {key}: missing")
+        return default
+    v = data[key]
+    if kind is int:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif kind is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    else:
+        ok = isinstance(v, kind)
+    if not ok:
+        raise SuiteError(f"{path}: {key}: expected {getattr(kind, '__name__', kind)}, got {_show(v)}")
+    return v
+
+
+def load_suite(name_or_path: str | os.PathLike, configs_dir=None) -> Suite:
+    """Read a suite TOML by name (looked up in the configs folders) or by path."""
+    s = str(name_or_path)
+    if s.endswith(".toml") or os.sep in s or "/" in s:
+        path = Path(s)
+        if not path.is_file():
+            raise SuiteError(f"suite file not found: {path}")
+    else:
+        path = find_suite_file(s, configs_dir)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    name = _suite_field(data, "name", str, path, required=False, default=path.stem)
+    dataset = _suite_field(data, "dataset", str, path)
+    bits = _suite_field(data, "bits", int, path, required=False, default=8)
+    rates = _suite_field(data, "rates", list, path, required=False, default=[])
+    for i, r in enumerate(rates):
+        if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1):
+            raise SuiteError(f"{path}: rates[{i}]: expected a rate in [0, 1], got {_show(r)}")
+    for i, r in enumerate(rates):
+        for j in range(i):
+            if same_rate(r, rates[j]):
+                raise SuiteError(f"{path}: rates[{i}]: duplicate rate {r!r}")
+    rates = tuple(sorted(float(r) for r in rates))
+    patterns = _suite_field(data, "patterns", int, path, required=False, default=50)
+    base_seed = _suite_field(data, "base_seed", int, path, required=False, default=100)
+    headline = _suite_field(data, "headline_rate", float, path, required=False,
+                            default=rates[-1] if rates else None)
+    if headline is not None:
+        match = [r for r in rates if same_rate(r, headline)]
+        if not match:
+            raise SuiteError(f"{path}: headline_rate: {headline!r} is not one of the suite's rates "
+                             f"{list(rates)}")
+        headline = match[0]
+    eval_split = _suite_field(data, "eval_split", str, path, required=False)
+    if eval_split is None and "n_eval" in data:
+        n_eval = _suite_field(data, "n_eval", int, path)
+        eval_split = f"test[0:{n_eval}]"
+    attacks = _suite_field(data, "attacks", list, path, required=False, default=[])
+    return Suite(name=name, dataset=dataset, bits=bits, rates=rates, patterns=patterns, base_seed=base_seed,
+                 headline_rate=headline, eval_split=eval_split, model=data.get("model"),
+                 description=str(data.get("description", "") or "").strip(), attacks=tuple(str(a) for a in attacks),
+                 path=str(path), raw=data)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# entry validation
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _Checker:
+    def __init__(self, entry: dict):
+        self.e = entry
+
+    @staticmethod
+    def fail(path: str, reason: str):
+        raise EntryError(path, reason)
+
+    def str_(self, obj: dict, key: str, path: str, *, nullable=False, nonempty=True):
+        v = obj[key]
+        if v is None and nullable:
+            return None
+        if not isinstance(v, str) or (nonempty and not v.strip()):
+            what = "a non-empty string" + (" or null" if nullable else "")
+            self.fail(path, f"expected {what}, got {_show(v)}")
+        return v
+
+    def frac(self, v, path: str, *, nullable=False, what="a number in [0, 1]"):
+        if v is None and nullable:
+            return None
+        if not (_is_num(v) and 0 <= v <= 1):
+            self.fail(path, f"expected {what}{' or null' if nullable else ''}, got {_show(v)}")
+        return float(v)
+
+    def int_(self, v, path: str, lo=None, hi=None, *, nullable=False):
+        if v is None and nullable:
+            return None
+        if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (f" >= {lo}" if lo is not None
+                                                                                else "")
+            self.fail(path, f"expected an integer{rng}{' or null' if nullable else ''}, got {_show(v)}")
+        return v
+
+    def obj(self, v, path: str):
+        if not isinstance(v, dict):
+            self.fail(path, f"expected an object, got {_show(v)}")
+        return v
+
+
+def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
+    """Check one entry (a parsed JSON object); with ``suite``, also that it follows the suite's protocol.
+
+    Returns the entry unchanged; raises :class:`EntryError` (field path + reason) at the first problem."""
+    c = _Checker(entry)
+    if not isinstance(entry, dict):
+        raise EntryError("", f"expected a JSON object, got {_show(entry)[:60]}")
+    for k in entry:
+        if k not in ENTRY_FIELDS:
+            raise EntryError(k, "unknown field (allowed: " + ", ".join(ENTRY_FIELDS) + ")")
+    for k in ENTRY_FIELDS:
+        if k not in entry and k not in _OPTIONAL_FIELDS:
+            raise EntryError(k, "missing")
+    if entry["format"] != FORMAT:
+        raise EntryError("format", f"expected {_show(FORMAT)}, got {_show(entry['format'])}")
+    reported_by = entry["reported_by"]
+    if reported_by not in REPORTED_BY:
+        raise EntryError("reported_by", f"expected one of {', '.join(map(_show, REPORTED_BY))}, got "
+                                        f"{_show(reported_by)}")
+    paper = reported_by == "paper"
+
+    c.str_(entry, "suite", "suite")
+    name = c.str_(entry, "name", "name")
+    if not NAME_RE.fullmatch(name):
+        raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {_show(name)}")
+    c.str_(entry, "model", "model")
+    c.obj(entry["model_options"], "model_options")
+    c.int_(entry["n_params"], "n_params", 1, nullable=True)
+    if entry["n_params"] is None and not paper:
+        raise EntryError("n_params", "expected an integer >= 1 (null only for paper rows), got null")
+    c.str_(entry, "defense", "defense")
+    if "defense_name" in entry:
+        c.str_(entry, "defense_name", "defense_name")
+    c.obj(entry["defense_params"], "defense_params")
+    bits = c.int_(entry["bits"], "bits", 1, 32)
+
+    # protocol
+    proto = c.obj(entry["protocol"], "protocol")
+    for k in proto:
+        if k not in PROTOCOL_FIELDS:
+            raise EntryError(f"protocol.{k}", "unknown field (allowed: " + ", ".join(PROTOCOL_FIELDS) + ")")
+    for k in PROTOCOL_FIELDS:
+        if k not in proto:
+            raise EntryError(f"protocol.{k}", "missing")
+    c.str_(proto, "dataset", "protocol.dataset")
+    c.str_(proto, "eval_split", "protocol.eval_split", nullable=True)
+    c.int_(proto["bits"], "protocol.bits", 1, 32)
+    if proto["bits"] != bits:
+        raise EntryError("bits", f"{bits} differs from protocol.bits ({proto['bits']})")
+    rates = proto["rates"]
+    if not isinstance(rates, list):
+        raise EntryError("protocol.rates", f"expected a list of rates, got {_show(rates)}")
+    for i, r in enumerate(rates):
+        if not (_is_num(r) and 0 <= r <= 1):
+            raise EntryError(f"protocol.rates[{i}]", f"expected a rate in [0, 1], got {_show(r)}")
+    patterns = c.int_(proto["patterns"], "protocol.patterns", 1)
+    base_seed = c.int_(proto["base_seed"], "protocol.base_seed")
+
+    if suite is not None:
+        if entry["suite"] != suite.name:
+            raise EntryError("suite", f"{_show(entry['suite'])} is not the suite {_show(suite.name)}")
+        sp = suite.protocol
+        for k in PROTOCOL_FIELDS:
+            if k == "eval_split" and sp[k] is None:
+                continue  # not pinned by the suite file
+            mine, theirs = proto[k], sp[k]
+            if k == "rates":
+                same = len(mine) == len(theirs) and all(same_rate(a, b) for a, b in zip(sorted(mine), theirs))
+            else:
+                same = mine == theirs
+            if not same:
+                raise EntryError(f"protocol.{k}", f"{_show(mine)} differs from suite {_show(suite.name)} "
+                                                  f"({_show(theirs)}): results are not comparable")
+
+    clean = entry["clean_err"]
+    if clean is None and not paper:
+        raise EntryError("clean_err", "expected a number in [0, 1], got null (null only for paper rows)")
+    c.frac(clean, "clean_err", nullable=paper)
+
+    # results
+    results = entry["results"]
+    if not isinstance(results, list):
+        raise EntryError("results", f"expected a list, got {_show(results)}")
+    if not results and not paper:
+        raise EntryError("results", "empty: a benchmark entry needs a result for every rate of the suite")
+    seen_rates: list[tuple[float, int]] = []
+    seen_attacks: dict[str, int] = {}
+    for i, r in enumerate(results):
+        p = f"results[{i}]"
+        c.obj(r, p)
+        for k in r:
+            if k not in RESULT_FIELDS:
+                raise EntryError(f"{p}.{k}", "unknown field (allowed: " + ", ".join(RESULT_FIELDS) + ")")
+        for k in ("attack", "rate", "rerr"):
+            if k not in r:
+                raise EntryError(f"{p}.{k}", "missing")
+        attack = c.str_(r, "attack", f"{p}.attack")
+        if attack in seen_attacks:
+            raise EntryError(f"{p}.attack", f"duplicate attack {_show(attack)} (also results[{seen_attacks[attack]}])")
+        seen_attacks[attack] = i
+        rate = r["rate"]
+        if rate is not None:
+            if not (_is_num(rate) and 0 <= rate <= 1):
+                raise EntryError(f"{p}.rate", f"expected a rate in [0, 1] or null, got {_show(rate)}")
+            for prev, j in seen_rates:
+                if same_rate(prev, rate):
+                    raise EntryError(f"{p}.rate", f"duplicate rate {_show(rate)} (also results[{j}])")
+            if not any(same_rate(rate, x) for x in rates):
+                raise EntryError(f"{p}.rate", f"{_show(rate)} is not one of the protocol's rates {_show(rates)}")
+            seen_rates.append((rate, i))
+        elif suite is not None and attack not in suite.attacks:
+            raise EntryError(f"{p}.attack", f"{_show(attack)} is neither a rate attack nor one of the suite's "
+                                            f"attacks {_show(list(suite.attacks))}")
+        if "flips" in r:
+            c.int_(r["flips"], f"{p}.flips", 0, nullable=True)
+        if "n_patterns" in r:
+            n = c.int_(r["n_patterns"], f"{p}.n_patterns", 1)
+            if n != patterns and rate is not None:
+                raise EntryError(f"{p}.n_patterns", f"{n} differs from protocol.patterns ({patterns})")
+        if "config_hash" in r:
+            c.str_(r, "config_hash", f"{p}.config_hash")
+        if "note" in r:
+            c.str_(r, "note", f"{p}.note")
+        rerr = r["rerr"]
+        if rerr is None:
+            if not paper:
+                raise EntryError(f"{p}.rerr", "expected an object {mean, std, min, max}, got null "
+                                              "(null only for paper rows)")
+            continue
+        c.obj(rerr, f"{p}.rerr")
+        for k in rerr:
+            if k not in ("mean", "std", "min", "max"):
+                raise EntryError(f"{p}.rerr.{k}", "unknown field (allowed: mean, std, min, max)")
+        for k in ("mean", "std", "min", "max"):
+            if k not in rerr:
+                if paper and k != "mean":
+                    continue
+                raise EntryError(f"{p}.rerr.{k}", "missing")
+            c.frac(rerr[k], f"{p}.rerr.{k}", nullable=paper and k != "mean")
+        mean, lo, hi = rerr["mean"], rerr.get("min"), rerr.get("max")
+        if lo is not None and mean < lo - _TOL:
+            raise EntryError(f"{p}.rerr.min", f"{_show(lo)} is larger than the mean {_show(mean)}")
+        if hi is not None and mean > hi + _TOL:
+            raise EntryError(f"{p}.rerr.max", f"{_show(hi)} is smaller than the mean {_show(mean)}")
+        if "per_pattern_rerr" in r and r["per_pattern_rerr"] is not None:
+            pp = r["per_pattern_rerr"]
+            if not isinstance(pp, list):
+                raise EntryError(f"{p}.per_pattern_rerr", f"expected a list of numbers in [0, 1], got {_show(pp)}")
+            for j, v in enumerate(pp):
+                c.frac(v, f"{p}.per_pattern_rerr[{j}]")
+            if rate is not None and len(pp) != patterns:
+                raise EntryError(f"{p}.per_pattern_rerr", f"{len(pp)} values, expected protocol.patterns = "
+                                                          f"{patterns}")
+            if pp and abs(sum(pp) / len(pp) - mean) > _TOL:
+                raise EntryError(f"{p}.rerr.mean", f"{_show(mean)} does not match the mean of per_pattern_rerr "
+                                                   f"({sum(pp) / len(pp):.6g})")
+    if not paper:
+        missing = [x for x in rates if not any(same_rate(x, y) for y, _ in seen_rates)]
+        if missing:
+            raise EntryError("results", "missing rates of the suite: " + ", ".join(f"{m!r}" for m in missing)
+                             + " (only paper rows may give a subset)")
+
+    # provenance
+    for k in ("version", "config_hash"):
+        if entry[k] is None and not paper:
+            raise EntryError(k, "expected a non-empty string, got null (null only for paper rows)")
+        c.str_(entry, k, k, nullable=True)
+    if "git_rev" in entry:
+        c.str_(entry, "git_rev", "git_rev", nullable=True)
+    seeds = c.obj(entry["seeds"], "seeds")
+    for k in seeds:
+        if k not in ("train", "patterns"):
+            raise EntryError(f"seeds.{k}", "unknown field (allowed: train, patterns)")
+    for k in ("train", "patterns"):
+        if k not in seeds:
+            raise EntryError(f"seeds.{k}", "missing")
+    c.int_(seeds["train"], "seeds.train", nullable=True)
+    ps = seeds["patterns"]
+    if ps is not None:
+        if not isinstance(ps, list) or not all(_is_int(s) for s in ps):
+            raise EntryError("seeds.patterns", f"expected a list of integers or null, got {_show(ps)}")
+        want = list(range(base_seed, base_seed + patterns))
+        if ps != want:
+            raise EntryError("seeds.patterns", f"expected base_seed .. base_seed + patterns - 1 = "
+                                               f"[{want[0]}, ..., {want[-1]}], got {_show(ps)[:80]}")
+    c.str_(entry, "device", "device", nullable=True)
+    date = c.str_(entry, "date", "date", nullable=True)
+    if date is not None:
+        try:
+            datetime.fromisoformat(date.replace("Z", "+00:00"))
+        except ValueError:
+            raise EntryError("date", f"expected an ISO 8601 date, got {_show(date)}") from None
+    c.str_(entry, "citation", "citation", nullable=True)
+    if paper and entry["citation"] is None:
+        raise EntryError("citation", "required for rows reported by a paper")
+    link = c.str_(entry, "link", "link", nullable=True)
+    if link is not None and not re.match(r"https?://\S+$", link):
+        raise EntryError("link", f"expected an http(s) URL, got {_show(link)}")
+    if "notes" in entry:
+        notes = entry["notes"]
+        if not isinstance(notes, list) or not all(isinstance(n, str) and n.strip() for n in notes):
+            raise EntryError("notes", f"expected a list of non-empty strings, got {_show(notes)}")
+    return entry
