@@ -1,0 +1,371 @@
+"""Command line: ``python -m benchmark {run,suite,list,train,info,perf,submit,leaderboard}``.
+
+Exit codes: 0 success, 2 bad usage (unknown names, invalid values, missing data files, incompatible options),
+1 an unexpected failure, 130 interrupted (finished cells are kept; a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+from .errors import UsageError
+
+
+def _rates(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        pct = part.endswith("%")
+        try:
+            v = float(part[:-1] if pct else part) / (100 if pct else 1)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid rate {part!r}: give fractions like 0.01 (= 1%) or percentages like 1%") from None
+        if not 0 <= v <= 1:
+            raise argparse.ArgumentTypeError(f"rate {part!r} is outside [0, 1] (rates are fractions: 0.01 = 1%)")
+        out.append(v)
+    if not out:
+        raise argparse.ArgumentTypeError("no rates given")
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser, *, suite_positional: bool = False) -> None:
+    if not suite_positional:
+        p.add_argument("--suite", default="default",
+                       help="packaged suite name or TOML path (default: the embedded 'default' suite)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--data-dir", default=None, help="folder with a local dataset (MNIST IDX, CIFAR batches, HDF5)")
+    p.add_argument("--cache-dir", default=None, help="checkpoint cache (default: $BITBENCH_CACHE or "
+                                                     "~/.cache/bitbench)")
+    p.add_argument("--results-dir", default="results", help="where result records are written (default ./results)")
+    p.add_argument("--epochs", type=_nonneg_int, default=None, help="override the suite's training epochs")
+    p.add_argument("--patterns", type=_positive_int, default=None,
+                   help="override the number of bit-error patterns per rate")
+    p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table",
+                   help="output format on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or messages on stderr")
+    p.add_argument("--retrain", action="store_true", help="ignore cached checkpoints and train again")
+    p.add_argument("--rerun", action="store_true", help="recompute results even if matching records exist")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmark",
+                                 description="Bit-error robustness benchmark for quantized neural networks.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train/load defended models, attack them, print the robust-error table",
+                       description="Train (or load) each defended model, run each attack, print RErr.")
+    p.add_argument("--defense", action="append", default=None,
+                   help="defense spec, e.g. randbet or randbet:p=0.02,w_max=0.05 (repeatable; default: the "
+                        "suite's defenses)")
+    p.add_argument("--attack", action="append", default=None,
+                   help="attack spec, e.g. random_p0.01, random_msb_p0.01, bfa_n20 (repeatable)")
+    p.add_argument("--rates", type=_rates, default=None,
+                   help="rate sweep shorthand: comma-separated rates (0.01 or 1%%) -> random_p<rate> attacks")
+    _common(p)
+
+    p = sub.add_parser("suite", help="run the full grid of a suite and print the comparison table")
+    p.add_argument("suite", help="packaged suite name (default, mnist, cifar10, cifar100) or configs/<name>.toml")
+    p.add_argument("--std", action="store_true", help="show mean ± std in the comparison table")
+    _common(p, suite_positional=True)
+
+    p = sub.add_parser("train", help="train (or load) defended models and report their clean error")
+    p.add_argument("--defense", action="append", default=None, help="defense spec (repeatable)")
+    p.add_argument("--save-quantized", default=None, metavar="DIR",
+                   help="also save each quantized model (integer codes + contexts) into DIR")
+    _common(p)
+
+    p = sub.add_parser("list", help="list defenses, attacks, datasets, models and suites")
+    p.add_argument("what", nargs="?", default="all",
+                   choices=("all", "defenses", "attacks", "datasets", "models", "suites"))
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'rand*'")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("info", help="package version, kernel backends, devices, library versions")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("perf", help="performance measurements (kernels, harness, train)")
+    p.add_argument("what", choices=("kernels", "harness", "train", "all"))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", action="store_true", help="one JSON record per row")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
+
+    try:
+        from leaderboard import cli as lcli
+
+        p = sub.add_parser("submit", help="turn result records into a validated leaderboard entry")
+        lcli.add_submit_arguments(p)
+        p = sub.add_parser("leaderboard", help="generate LEADERBOARD.md (and plots) from the entries")
+        lcli.add_leaderboard_arguments(p)
+    except (ImportError, AttributeError):  # pragma: no cover - leaderboard is part of the package
+        pass
+    return ap
+
+
+# -- commands ------------------------------------------------------------------------------------------------------
+def _log(args):
+    return None if not args.no_progress else (lambda msg: None)
+
+
+def _harness(args, suite):
+    from .harness import Harness, RunOptions, default_cache_dir
+
+    if args.epochs is not None:
+        suite = suite.replace(train=dict(suite.train, epochs=args.epochs))
+    if args.patterns is not None:
+        suite = suite.replace(patterns=args.patterns)
+    opt = RunOptions(cache_dir=args.cache_dir or default_cache_dir(), results_dir=args.results_dir,
+                     device=args.device, progress=not args.no_progress, retrain=args.retrain, rerun=args.rerun,
+                     data_dir=args.data_dir)
+    return Harness(suite, opt)
+
+
+def _validate_specs(defenses, attacks):
+    from attacks.registry import ATTACKS
+    from defenses import DEFENSES
+
+    for d in defenses:
+        DEFENSES.resolve(d)
+        DEFENSES.create(d)
+    for a in attacks:
+        ATTACKS.resolve(a)
+        ATTACKS.create(a)
+
+
+def _emit(df, fmt, records):
+    from .tables import render
+
+    print(render(df, fmt, records))
+
+
+def cmd_run(args) -> int:
+    from .suites import load_suite
+    from .tables import run_table
+
+    suite = load_suite(args.suite)
+    defenses = args.defense or list(suite.defenses)
+    attacks = list(args.attack or [])
+    if args.rates:
+        attacks += [f"random_p{r!r}" for r in args.rates]
+    if not attacks:
+        attacks = suite.rate_attacks() + list(suite.attacks)
+    if not defenses:
+        raise UsageError(f"suite {suite.name!r} names no defenses; pass --defense")
+    _validate_specs(defenses, attacks)  # fail fast, before any training
+    h = _harness(args, suite)
+    records = []
+    for d in defenses:
+        for a in attacks:
+            records.append(h.run_cell(d, a))
+    _emit(run_table(records), args.format, records)
+    return 0
+
+
+def cmd_suite(args) -> int:
+    from .suites import load_suite
+    from .tables import suite_table
+
+    suite = load_suite(args.suite)
+    attacks = suite.rate_attacks() + list(suite.attacks)
+    if not suite.defenses or not attacks:
+        raise UsageError(f"suite {suite.name!r} needs defenses and rates or attacks")
+    _validate_specs(suite.defenses, attacks)
+    h = _harness(args, suite)
+    records = [h.run_cell(d, a) for d in suite.defenses for a in attacks]
+    _emit(suite_table(records, show_std=args.std), args.format, records)
+    return 0
+
+
+def cmd_train(args) -> int:
+    import pandas as pd
+
+    from .suites import load_suite
+
+    suite = load_suite(args.suite)
+    defenses = args.defense or list(suite.defenses)
+    _validate_specs(defenses, [])
+    h = _harness(args, suite)
+    rows = []
+    for d in defenses:
+        dep = h.deploy(d)
+        err = h.clean_error(d)
+        row = {"defense": dep.defense.spec, "scheme": dep.qm.scheme.name, "words": dep.qm.n_words,
+               "clean Err %": f"{100 * err:.2f}", "train s": f"{dep.train_seconds:.1f}",
+               "checkpoint": h.checkpoint_path(dep.defense, dep.key)}
+        if args.save_quantized:
+            path = os.path.join(args.save_quantized, f"{suite.name}-{suite.model}-{dep.defense.spec}.pt"
+                                .replace(":", "_").replace(",", "_"))
+            dep.qm.save(path)
+            row["quantized"] = path
+        rows.append(row)
+    from .tables import render
+
+    print(render(pd.DataFrame(rows), args.format, rows))
+    return 0
+
+
+def _list_rows(what: str, pattern: str) -> dict:
+    import fnmatch
+
+    from attacks.registry import ATTACKS
+    from defenses import DEFENSES
+
+    from .data import describe_datasets
+    from .models import list_models
+    from .suites import list_suites, load_suite
+
+    out = {}
+    if what in ("all", "defenses"):
+        out["defenses"] = [e for e in DEFENSES.describe() if fnmatch.fnmatchcase(e["name"], pattern)]
+    if what in ("all", "attacks"):
+        out["attacks"] = [e for e in ATTACKS.describe() if fnmatch.fnmatchcase(e["name"], pattern)]
+    if what in ("all", "datasets"):
+        out["datasets"] = [{"name": k, "summary": v} for k, v in describe_datasets().items()
+                           if fnmatch.fnmatchcase(k, pattern)]
+    if what in ("all", "models"):
+        ms = list_models()
+        out["models"] = [{"name": k, "summary": v if isinstance(v, str) else json.dumps(v, default=str)}
+                         for k, v in ms.items() if fnmatch.fnmatchcase(k, pattern)]
+    if what in ("all", "suites"):
+        rows = []
+        for n in list_suites():
+            if fnmatch.fnmatchcase(n, pattern):
+                s = load_suite(n)
+                rows.append({"name": n, "summary": s.description, "dataset": s.dataset, "model": s.model,
+                             "defenses": s.defenses, "rates": s.rates, "patterns": s.patterns})
+        out["suites"] = rows
+    return out
+
+
+def cmd_list(args) -> int:
+    data = _list_rows(args.what, args.pattern)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    for section, rows in data.items():
+        print(f"{section}:")
+        if not rows:
+            print("  (none)")
+        for r in rows:
+            print(f"  {r['name']:<16} {r.get('summary', '')}")
+            if r.get("form"):
+                print(f"  {'':<16} form: {r['form']}")
+            for k, v in (r.get("params") or {}).items():
+                doc = (r.get("param_docs") or {}).get(k, "")
+                print(f"  {'':<16}   {k}={v!r}{'  ' + doc if doc else ''}")
+            if section == "suites":
+                print(f"  {'':<16}   dataset={r['dataset']} model={r['model']} patterns={r['patterns']}")
+                print(f"  {'':<16}   defenses={r['defenses']}")
+                print(f"  {'':<16}   rates={r['rates']}")
+        print()
+    return 0
+
+
+def info_dict() -> dict:
+    import platform
+
+    import numpy
+    import torch
+
+    import kernels
+
+    from . import __version__
+    from .harness import git_revision
+
+    libs = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    for mod in ("cffi", "pandas", "tabulate", "h5py", "tqdm", "cupy", "matplotlib", "torchvision"):
+        try:
+            m = __import__(mod)
+            libs[mod] = getattr(m, "__version__", "?")
+        except Exception:
+            libs[mod] = None
+    devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    return {"version": __version__, "git_rev": git_revision(), "kernels": kernels.backends(),
+            "devices": devices, "torch_threads": torch.get_num_threads(), "libraries": libs}
+
+
+def cmd_info(args) -> int:
+    d = info_dict()
+    if args.json:
+        print(json.dumps(d, indent=2, default=str))
+        return 0
+    print(f"bitbench {d['version']} (git {d['git_rev'] or 'unknown'})")
+    print("kernel backends: " + json.dumps(d["kernels"], default=str))
+    print("devices: " + ", ".join(d["devices"]) + f"; torch threads: {d['torch_threads']}")
+    print("libraries: " + ", ".join(f"{k} {v or '-'}" for k, v in d["libraries"].items()))
+    return 0
+
+
+def cmd_perf(args) -> int:
+    from . import perf
+
+    return perf.main(args)
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not args.command:
+        ap.print_help()
+        return 2
+    handlers = {"run": cmd_run, "suite": cmd_suite, "train": cmd_train, "list": cmd_list, "info": cmd_info,
+                "perf": cmd_perf}
+    try:
+        if args.command in handlers:
+            return handlers[args.command](args)
+        from leaderboard import cli as lcli
+
+        return lcli.run_submit(args) if args.command == "submit" else lcli.run_leaderboard(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished results and checkpoints are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # map the project's 'bad input' errors to exit code 2
+        if _is_usage_error(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_usage_error(e: Exception) -> bool:
+    from defenses.registry import SpecError
+
+    from .suites import SuiteError
+
+    try:
+        from .data import DataError
+    except ImportError:  # pragma: no cover
+        DataError = SuiteError
+    return isinstance(e, (UsageError, SpecError, SuiteError, DataError, FileNotFoundError))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

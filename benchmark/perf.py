@@ -1,0 +1,213 @@
+"""Performance measurements: ``python -m benchmark perf {kernels,harness,train,all} [--device] [--json]``.
+
+* ``kernels``: ``random_flip`` per backend against the original approach (one float uniform per bit).
+* ``harness``: seconds per bit-error pattern of our evaluation loop, against the original code's loop (deep copy
+  of the model, re-quantization, one float uniform per bit, a DataLoader) and against the floor (pure inference of
+  the clean model on the same split).
+* ``train``: one plain forward+backward step, one quantization-aware step, one RandBET step, and their ratios.
+
+These are benchmarks, not tests: numbers vary with the machine; the targets are stated next to them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["perf_harness", "perf_train", "main"]
+
+
+def _timeit(fn, repeats: int, warmup: int = 1, sync=None) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _sync(device):
+    return (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else None
+
+
+def _lenet_setup(device, train_epochs: int = 0):
+    from defenses import rquant
+
+    from .data import load_dataset
+    from .models import build_model
+
+    ds = load_dataset("mnist5k")
+    model = build_model("lenet", num_classes=10, in_channels=1, image_size=28, mean=ds.mean, std=ds.std,
+                        seed=0).to(device)
+    return ds, model, rquant(8)
+
+
+def _original_pattern_loop(model, scheme, x, y, p: float, seed: int, batch_size: int) -> float:
+    """The original code's per-pattern loop: deep copy, re-quantize every tensor, one float uniform per bit,
+    evaluate through a DataLoader. Returns the error (used only for timing)."""
+    from defenses.quantization import dequantize_tensor, quantize_tensor
+
+    m = copy.deepcopy(model)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    with torch.no_grad():
+        for prm in m.parameters():
+            codes, scale, mid = quantize_tensor(prm.data, scheme)
+            bits = torch.rand(codes.numel(), scheme.bits, generator=gen, device=codes.device) < p
+            weights = (1 << torch.arange(scheme.bits, device=codes.device)).to(torch.int64)
+            mask = (bits.to(torch.int64) * weights).sum(1).to(codes.dtype).view_as(codes)
+            prm.data.copy_(dequantize_tensor(codes ^ mask, scale, mid, scheme).view_as(prm))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
+    wrong = 0
+    m.eval()
+    with torch.no_grad():
+        for xb, yb in loader:
+            wrong += (m(xb).argmax(1) != yb).sum().item()
+    return wrong / len(y)
+
+
+def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool = False) -> list[dict]:
+    """Per-pattern seconds: floor (clean inference), our loop, the original loop; LeNet on the embedded data."""
+    from attacks import create_attack
+    from defenses import QuantizedModel
+
+    from .evaluate import evaluate_attack, predict
+
+    device = torch.device(device)
+    ds, model, scheme = _lenet_setup(device)
+    if quick:
+        patterns = min(patterns, 5)
+    x, y = ds.test_x.to(device), ds.test_y.to(device)
+    qm = QuantizedModel.from_module(model, scheme)
+    qm = qm.to(device)
+    sync = _sync(device)
+    reps = max(3, patterns // 2)
+    floor = _timeit(lambda: predict(model, x), reps, warmup=2, sync=sync)
+    attack = create_attack(f"random_p{p!r}", patterns=patterns)
+    clean_pred = predict(model, x)
+
+    def ours():
+        evaluate_attack(model, qm, attack, x, y, clean_pred=clean_pred)
+
+    t_ours = _timeit(ours, 3, warmup=1, sync=sync) / patterns
+    n_orig = max(2, patterns // 4)
+
+    def orig():
+        for k in range(n_orig):
+            _original_pattern_loop(model, scheme, x, y, p, 100 + k, batch_size=100)
+
+    t_orig = _timeit(orig, 2, warmup=1, sync=sync) / n_orig
+    base = {"device": str(device), "model": "lenet", "dataset": "mnist5k", "n_eval": int(y.shape[0]),
+            "words": qm.n_words, "p": p}
+    return [dict(base, loop="floor (clean inference)", ms_per_pattern=1e3 * floor, ratio_to_floor=1.0),
+            dict(base, loop="bitbench", ms_per_pattern=1e3 * t_ours, ratio_to_floor=t_ours / floor,
+                 target="<= 1.15x floor", speedup_vs_original=t_orig / t_ours),
+            dict(base, loop="original (deepcopy+requant+uniform/bit+DataLoader)", ms_per_pattern=1e3 * t_orig,
+                 ratio_to_floor=t_orig / floor)]
+
+
+def _train_models(device, quick: bool):
+    """(name, model, x, y) for the train benchmark: LeNet on CPU; SimpleNet width 64 + group norm on a GPU."""
+    from .data import load_dataset
+    from .models import build_model
+
+    out = []
+    dev = torch.device(device)
+    if dev.type == "cpu" or quick:
+        ds = load_dataset("mnist5k")
+        m = build_model("lenet", num_classes=10, in_channels=1, image_size=28, mean=ds.mean, std=ds.std, seed=0)
+        out.append(("lenet", m.to(dev), ds.train_x[:128].to(dev), ds.train_y[:128].to(dev)))
+    if dev.type == "cuda":
+        g = torch.Generator().manual_seed(0)
+        m = build_model("simplenet", num_classes=10, in_channels=3, image_size=32, norm="rgn", width=64, seed=0)
+        x = torch.rand(128, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (128,), generator=g)
+        out.append(("simplenet-w64-rgn", m.to(dev), x.to(dev), y.to(dev)))
+    return out
+
+
+def perf_train(device="cpu", quick: bool = False, repeats: int | None = None) -> list[dict]:
+    """One training step, three ways: plain forward+backward (+SGD), QAT, RandBET (p = 1%)."""
+    from defenses import RandBETStep, TrainConfig, Trainer, rquant
+
+    rows = []
+    sync = _sync(device)
+    for name, model, x, y in _train_models(device, quick):
+        reps = repeats or (5 if quick else 30)
+        cfg = TrainConfig(epochs=1, device=str(device), progress=False)
+        plain = Trainer(model, cfg)
+        qat = Trainer(model, cfg, scheme=rquant(8, 0.1), w_max=0.1)
+        rb_step = RandBETStep(0.01, threshold=None, seed=0)
+        rb = Trainer(model, cfg, scheme=rquant(8, 0.1), step=rb_step, w_max=0.1)
+
+        def one(tr):
+            def f():
+                tr.optimizer.zero_grad(set_to_none=True)
+                tr.step(tr, x, y)
+                tr.optimizer.step()
+            return f
+
+        t_plain = _timeit(one(plain), reps, warmup=3, sync=sync)
+        t_qat = _timeit(one(qat), reps, warmup=3, sync=sync)
+        t_rb = _timeit(one(rb), reps, warmup=3, sync=sync)
+        base = {"device": str(device), "model": name, "batch": int(x.shape[0]),
+                "params": sum(p.numel() for p in model.parameters())}
+        rows += [dict(base, step="plain fwd+bwd", ms=1e3 * t_plain, ratio=1.0),
+                 dict(base, step="QAT", ms=1e3 * t_qat, ratio=t_qat / t_plain,
+                      target="<= 1.10x (CPU) / 1.3x (GPU)"),
+                 dict(base, step="RandBET p=1%", ms=1e3 * t_rb, ratio=t_rb / t_plain,
+                      target="<= 2.2x (CPU) / 2.6x (GPU)")]
+    return rows
+
+
+def _print(rows: list[dict], as_json: bool, title: str) -> None:
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    for c in df.columns:
+        if df[c].dtype.kind == "f":
+            df[c] = df[c].map(lambda v: f"{v:.3f}" if v == v else "")
+    print(f"# {title}")
+    print(df.to_markdown(index=False, tablefmt="simple"))
+    print()
+
+
+def main(args) -> int:
+    what = args.what
+    dev = args.device
+    if torch.device(dev).type == "cuda" and not torch.cuda.is_available():
+        from .errors import UsageError
+
+        raise UsageError("--device cuda was asked for but CUDA is not available")
+    if what in ("kernels", "all"):
+        from . import perf_kernels
+
+        sizes = (60_000, 1_000_000) if args.quick else (60_000, 5_500_000, 25_000_000)
+        rows = perf_kernels.run(sizes=sizes, p=0.01, device=dev)
+        if args.json:
+            _print(rows, True, "")
+        else:
+            print("# kernels: random_flip vs one float uniform per bit (p = 1%, uint8 words)")
+            print(perf_kernels.format_table(rows))
+            print()
+    if what in ("harness", "all"):
+        _print(perf_harness(dev, quick=args.quick), args.json,
+               "harness: ms per bit-error pattern (LeNet, embedded MNIST test split)")
+    if what in ("train", "all"):
+        _print(perf_train(dev, quick=args.quick), args.json, "train: one step at batch 128")
+    return 0
