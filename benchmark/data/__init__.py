@@ -1,0 +1,10 @@
+"""Datasets (embedded default ``mnist5k`` plus local files; never a download) and plain-torch augmentation.
+
+    from benchmark.data import load_dataset, list_datasets, Augment, batches
+    ds = load_dataset("mnist5k")            # float32 N,C,H,W in [0, 1]; int64 labels
+"""
+from .augment import Augment, autoaugment, batches, cutout, random_crop, random_hflip
+from .loaders import DataError, Dataset, default_data_dir, describe_datasets, list_datasets, load_dataset
+
+__all__ = ["Dataset", "DataError", "list_datasets", "describe_datasets", "load_dataset", "default_data_dir",
+           "Augment", "random_crop", "random_hflip", "cutout", "autoaugment", "batches"]

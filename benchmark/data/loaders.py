@@ -1,0 +1,545 @@
+"""Datasets: the common `Dataset` record, split rules, and loaders for local files (never a download).
+
+Names (see `list_datasets`):
+
+- ``mnist5k``        embedded 5,000 MNIST digits (default; see `benchmark.data.embedded`).
+- ``sklearn_digits`` scikit-learn's bundled 8x8 digits (needs scikit-learn).
+- ``mnist``          the four IDX files, gzipped or not, in ``data_dir`` (or ``data_dir/mnist``,
+                     ``data_dir/MNIST/raw``, ``data_dir/MNIST``).
+- ``cifar10``        ``cifar-10-batches-py/{data_batch_1..5,test_batch}`` (python pickles as distributed);
+                     ``data_dir`` may be that folder, its parent, or hold ``cifar-10-python.tar.gz``.
+- ``cifar100``       ``cifar-100-python/{train,test}`` (``fine_labels``); same folder rules.
+- ``h5``             the original code's HDF5 files ``train_images.h5, train_labels.h5, test_images.h5,
+                     test_labels.h5`` in ``data_dir`` (images NHWC float32 in [0, 1]; the single dataset in each
+                     file is used, whatever its name).
+- ``npz``            one generic ``.npz`` or HDF5 file with ``train_images, train_labels, test_images,
+                     test_labels`` (NHWC or NCHW, uint8 0..255 or float in [0, 1]; optional ``num_classes``);
+                     ``data_dir`` is the file or a folder holding exactly one ``.npz``/``.h5``/``.hdf5``.
+
+Evaluation / attacker split of the test images (local datasets): with >= 10,000 test images (MNIST, CIFAR),
+the evaluation split is test images 0 .. N-1001 and the attacker split the last 1,000 (the paper evaluated
+CIFAR on test images 0..8999 and gave 9000..9999 to the attacker). With fewer test images, the attacker gets the
+last ``max(1, N // 10)`` and evaluation the rest. ``n_eval`` keeps only the first ``n_eval`` evaluation images.
+The built-in small sets (mnist5k, sklearn_digits) take their attacker images from the training set instead; see
+`benchmark.data.embedded`.
+
+``data_dir=None`` means ``$BITBENCH_DATA`` if set, else ``./data``.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import tarfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+__all__ = ["Dataset", "DataError", "list_datasets", "load_dataset", "split_eval_attack", "default_data_dir"]
+
+
+class DataError(ValueError):
+    """A dataset is missing, malformed, or cannot be loaded (the message says what was expected, and where)."""
+
+
+@dataclass
+class Dataset:
+    """Images as float32 N,C,H,W in [0, 1]; labels int64. ``test_*`` is the evaluation split; ``attack_*`` the
+    attacker's split for gradient-guided attacks, disjoint from the evaluation split."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    attack_x: torch.Tensor
+    attack_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[2])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.train_x.shape[1:])  # type: ignore[return-value]
+
+    def __repr__(self) -> str:  # keep it short: no tensor dumps
+        return (f"Dataset(name={self.name!r}, train={tuple(self.train_x.shape)}, test={tuple(self.test_x.shape)}, "
+                f"attack={tuple(self.attack_x.shape)}, num_classes={self.num_classes})")
+
+
+_DESCRIPTIONS = {
+    "mnist5k": "embedded: 5,000 MNIST digits (4,000 train / 1,000 test; 500 attacker images from train)",
+    "mnist": "local MNIST IDX files (gz or plain); eval = test 0..8999, attacker = test 9000..9999",
+    "cifar10": "local CIFAR-10 python batches; eval = test 0..8999, attacker = test 9000..9999",
+    "cifar100": "local CIFAR-100 python files (fine labels); eval = test 0..8999, attacker = test 9000..9999",
+    "h5": "local HDF5 files of the original code (train_images.h5, train_labels.h5, test_images.h5, test_labels.h5)",
+    "npz": "one local .npz/.h5 file with train_images, train_labels, test_images, test_labels",
+    "sklearn_digits": "scikit-learn's bundled 8x8 digits (needs scikit-learn)",
+}
+
+
+def list_datasets() -> list[str]:
+    return list(_DESCRIPTIONS)
+
+
+def describe_datasets() -> dict[str, str]:
+    return dict(_DESCRIPTIONS)
+
+
+def default_data_dir() -> str:
+    return os.environ.get("BITBENCH_DATA") or os.path.join(os.getcwd(), "data")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _to_nchw_float(x: np.ndarray, what: str, layout: str = "auto") -> torch.Tensor:
+    """Validate an image array and return float32 N,C,H,W in [0, 1].
+
+    Accepts N,H,W (one channel), N,H,W,C or N,C,H,W with C in {1, 3, 4}; uint8 / integer 0..255 (divided by 255)
+    or float in [0, 1]. ``layout`` 'nhwc' / 'nchw' forces the 4-d layout; 'auto' picks the square spatial pair,
+    then the side with a channel count."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[:, None]
+        layout = "nchw"
+    if x.ndim != 4:
+        raise DataError(f"{what}: expected images of shape N,H,W or N,H,W,C or N,C,H,W, got shape {x.shape}")
+    if layout == "auto":
+        nhwc = x.shape[1] == x.shape[2] and x.shape[3] in (1, 3, 4)
+        nchw = x.shape[2] == x.shape[3] and x.shape[1] in (1, 3, 4)
+        if nhwc and nchw:
+            layout = "nhwc" if x.shape[3] <= x.shape[1] else "nchw"
+        elif nhwc or nchw:
+            layout = "nhwc" if nhwc else "nchw"
+        elif x.shape[3] in (1, 3, 4):
+            layout = "nhwc"
+        elif x.shape[1] in (1, 3, 4):
+            layout = "nchw"
+        else:
+            raise DataError(f"{what}: cannot tell the channel axis of shape {x.shape} "
+                            "(expected 1, 3 or 4 channels first or last)")
+    if layout == "nhwc":
+        x = x.transpose(0, 3, 1, 2)
+    if x.shape[0] == 0 or min(x.shape[2:]) < 1:
+        raise DataError(f"{what}: empty image array of shape {x.shape}")
+    if x.dtype == np.uint8:
+        out = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
+    elif np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise DataError(f"{what}: integer pixel values must lie in 0..255, found [{lo}, {hi}]")
+        out = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).div_(255.0)
+    elif np.issubdtype(x.dtype, np.floating):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"{what}: image values contain NaN or inf")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-6 or hi > 1.0 + 1e-6:
+            raise DataError(f"{what}: float pixel values must lie in [0, 1] (uint8 0..255 is also accepted), "
+                            f"found [{lo:.4g}, {hi:.4g}]")
+        out = torch.from_numpy(x).clamp_(0.0, 1.0)
+    else:
+        raise DataError(f"{what}: unsupported image dtype {x.dtype}")
+    return out.contiguous()
+
+
+def _to_labels(y: np.ndarray, n: int, what: str, num_classes: int | None = None) -> torch.Tensor:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{what}: labels must be one-dimensional (N or N,1), got shape {y.shape}")
+    if y.shape[0] != n:
+        raise DataError(f"{what}: {y.shape[0]} labels for {n} images")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"{what}: labels must be integers")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what}: unsupported label dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if n and y.min() < 0:
+        raise DataError(f"{what}: label out of range: found {int(y.min())} (labels must be >= 0)")
+    if num_classes is not None and n and y.max() >= num_classes:
+        raise DataError(f"{what}: label out of range: found {int(y.max())}, "
+                        f"expected 0..{num_classes - 1} ({num_classes} classes)")
+    return torch.from_numpy(y)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of N,C,H,W images, accumulated in float64 in chunks."""
+    c = x.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, x.shape[0], 8192):
+        chunk = x[i:i + 8192].to(torch.float64)
+        s += chunk.sum(dim=(0, 2, 3))
+        s2 += chunk.square().sum(dim=(0, 2, 3))
+    cnt = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / cnt
+    std = (s2 / cnt - mean.square()).clamp_min(0).sqrt().clamp_min(1e-8)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def split_eval_attack(n_test: int, n_eval: int | None = None) -> tuple[slice, slice, str]:
+    """The evaluation / attacker split rule for a test set of ``n_test`` images (indices in file order).
+
+    n_test >= 10,000: attacker = the last 1,000, evaluation = the rest (paper: eval 0..8999, attacker 9000..9999).
+    Smaller: attacker = the last max(1, n_test // 10). ``n_eval`` keeps only the first n_eval evaluation images."""
+    if n_test < 2:
+        raise DataError(f"need at least 2 test images to form evaluation and attacker splits, got {n_test}")
+    n_attack = 1000 if n_test >= 10000 else max(1, n_test // 10)
+    avail = n_test - n_attack
+    rule = (f"evaluation = test images 0..{avail - 1}, attacker = the last {n_attack} test images "
+            f"({n_test - n_attack}..{n_test - 1})")
+    if n_eval is not None:
+        n_eval = _check_n_eval(n_eval, avail)
+        rule += f"; evaluation limited to the first {n_eval}"
+    else:
+        n_eval = avail
+    return slice(0, n_eval), slice(avail, n_test), rule
+
+
+def _check_n_eval(n_eval: int, avail: int) -> int:
+    if not isinstance(n_eval, (int, np.integer)) or isinstance(n_eval, bool) or n_eval < 1:
+        raise DataError(f"n_eval must be a positive integer, got {n_eval!r}")
+    if n_eval > avail:
+        raise DataError(f"n_eval={n_eval} exceeds the {avail} evaluation images available")
+    return int(n_eval)
+
+
+def finalize(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+             num_classes: int, *, n_eval: int | None, info: dict) -> Dataset:
+    """Apply the local-dataset eval/attacker rule to a (train, test) pair and build the `Dataset`."""
+    if tuple(train_x.shape[1:]) != tuple(test_x.shape[1:]):
+        raise DataError(f"{name}: train images {tuple(train_x.shape[1:])} and test images "
+                        f"{tuple(test_x.shape[1:])} differ in shape")
+    ev, at, rule = split_eval_attack(test_x.shape[0], n_eval)
+    mean, std = channel_stats(train_x)
+    info = dict(info)
+    info.setdefault("split", rule)
+    info["sizes"] = {"train": int(train_x.shape[0]), "test": int(ev.stop - ev.start),
+                     "attack": int(at.stop - at.start), "test_total": int(test_x.shape[0])}
+    info["n_train"] = int(train_x.shape[0])
+    info["eval_split"] = f"test[{ev.start}:{ev.stop}]"
+    info["attack_split"] = f"test[{at.start}:{at.stop}]"
+    return Dataset(name=name, train_x=train_x, train_y=train_y,
+                   test_x=test_x[ev], test_y=test_y[ev], attack_x=test_x[at], attack_y=test_y[at],
+                   num_classes=int(num_classes), mean=mean, std=std, info=info)
+
+
+# ----------------------------------------------------------------------------------------------- MNIST (IDX)
+
+_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def _read_maybe_gz(path: str) -> bytes:
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise DataError(f"{path}: broken gzip stream ({e})") from None
+    return raw
+
+
+def read_idx(path: str, expect_ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file (gzipped or not) of unsigned bytes; check magic number, dimensions and length."""
+    raw = _read_maybe_gz(path)
+    if len(raw) < 4:
+        raise DataError(f"{path}: truncated IDX file (no header)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()}, expected 0000080{ndim})")
+    if expect_ndim is not None and ndim != expect_ndim:
+        raise DataError(f"{path}: IDX file has {ndim} dimensions, expected {expect_ndim}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:header])
+    count = int(np.prod(dims)) if dims else 0
+    if len(raw) - header != count:
+        raise DataError(f"{path}: truncated or oversized IDX file: header says {dims} = {count} bytes of data, "
+                        f"found {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def _find_mnist_dir(data_dir: str) -> tuple[str, dict[str, str]]:
+    cands = [data_dir, os.path.join(data_dir, "mnist"), os.path.join(data_dir, "MNIST", "raw"),
+             os.path.join(data_dir, "MNIST")]
+    for d in cands:
+        found = {}
+        for key, base in _MNIST_FILES.items():
+            for fname in (base, base + ".gz"):
+                p = os.path.join(d, fname)
+                if os.path.isfile(p):
+                    found[key] = p
+                    break
+        if len(found) == 4:
+            return d, found
+    expected = ", ".join(f"{b}[.gz]" for b in _MNIST_FILES.values())
+    raise DataError(f"mnist: files not found. Expected {expected} in one of: " + ", ".join(cands)
+                    + " (nothing is downloaded; pass data_dir / --data-dir)")
+
+
+def _load_mnist(data_dir: str, n_eval: int | None) -> Dataset:
+    d, files = _find_mnist_dir(data_dir)
+    arrs = {}
+    for key, p in files.items():
+        arrs[key] = read_idx(p, expect_ndim=3 if key.endswith("images") else 1)
+    tx = _to_nchw_float(arrs["train_images"], files["train_images"], layout="nchw")
+    ty = _to_labels(arrs["train_labels"], tx.shape[0], files["train_labels"], 10)
+    sx = _to_nchw_float(arrs["test_images"], files["test_images"], layout="nchw")
+    sy = _to_labels(arrs["test_labels"], sx.shape[0], files["test_labels"], 10)
+    return finalize("mnist", tx, ty, sx, sy, 10, n_eval=n_eval,
+                    info={"source": os.path.abspath(d), "files": {k: os.path.basename(v) for k, v in files.items()}})
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Only what the CIFAR python batches need: numpy arrays and builtin containers."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"),
+        ("__builtin__", "object"), ("builtins", "object"),
+        ("_codecs", "encode"),  # bytes as written by Python 3 pickles, protocol < 3
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset pickle")
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        obj = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - any failure is a malformed file
+        raise DataError(f"{where}: cannot read the python pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a pickled dict, got {type(obj).__name__}")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+_CIFAR = {
+    "cifar10": {"folder": "cifar-10-batches-py", "tar": "cifar-10-python.tar.gz",
+                "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
+                "label_key": "labels", "classes": 10},
+    "cifar100": {"folder": "cifar-100-python", "tar": "cifar-100-python.tar.gz",
+                 "train": ["train"], "test": ["test"], "label_key": "fine_labels", "classes": 100},
+}
+
+
+def _cifar_reader(name: str, data_dir: str) -> tuple[str, Callable[[str], bytes]]:
+    spec = _CIFAR[name]
+    needed = spec["train"] + spec["test"]
+    for d in (data_dir, os.path.join(data_dir, spec["folder"])):
+        if all(os.path.isfile(os.path.join(d, f)) for f in needed):
+            def read(f, d=d):
+                with open(os.path.join(d, f), "rb") as fh:
+                    return fh.read()
+            return d, read
+    tars = [data_dir] if data_dir.endswith((".tar.gz", ".tgz", ".tar")) else [os.path.join(data_dir, spec["tar"])]
+    for t in tars:
+        if os.path.isfile(t):
+            try:
+                tf = tarfile.open(t)
+                members = {m.name.split("/")[-1]: m for m in tf.getmembers() if m.isfile()}
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise DataError(f"{name}: cannot read archive {t} ({e})") from None
+            missing = [f for f in needed if f not in members]
+            if missing:
+                raise DataError(f"{name}: archive {t} lacks {', '.join(missing)}")
+
+            def read(f, tf=tf, members=members):
+                return tf.extractfile(members[f]).read()
+            return t, read
+    raise DataError(f"{name}: files not found. Expected {spec['folder']}/{{{', '.join(needed)}}} (python pickles as "
+                    f"distributed) in {data_dir} or {os.path.join(data_dir, spec['folder'])}, or the archive "
+                    f"{os.path.join(data_dir, spec['tar'])} (nothing is downloaded; pass data_dir / --data-dir)")
+
+
+def _read_cifar_part(name: str, files: list[str], read, source: str) -> tuple[np.ndarray, np.ndarray]:
+    spec = _CIFAR[name]
+    xs, ys = [], []
+    for f in files:
+        where = f"{source}/{f}" if not source.endswith(f) else source
+        d = _unpickle(read(f), where)
+        if "data" not in d or spec["label_key"] not in d:
+            raise DataError(f"{where}: missing key 'data' or '{spec['label_key']}' (found {sorted(map(str, d))})")
+        x = np.asarray(d["data"])
+        y = np.asarray(d[spec["label_key"]])
+        if x.ndim != 2 or x.shape[1] != 3072 or x.dtype != np.uint8:
+            raise DataError(f"{where}: 'data' must be uint8 of shape N,3072, got {x.dtype} {x.shape}")
+        if y.shape != (x.shape[0],):
+            raise DataError(f"{where}: {y.shape} labels for {x.shape[0]} images")
+        _to_labels(y, x.shape[0], where, spec["classes"])  # validates range
+        xs.append(x)
+        ys.append(y.astype(np.int64))
+    return np.concatenate(xs).reshape(-1, 3, 32, 32), np.concatenate(ys)
+
+
+def _load_cifar(name: str, data_dir: str, n_eval: int | None) -> Dataset:
+    spec = _CIFAR[name]
+    source, read = _cifar_reader(name, data_dir)
+    trx, try_ = _read_cifar_part(name, spec["train"], read, source)
+    tex, tey = _read_cifar_part(name, spec["test"], read, source)
+    return finalize(name, _to_nchw_float(trx, source, "nchw"), torch.from_numpy(try_),
+                    _to_nchw_float(tex, source, "nchw"), torch.from_numpy(tey), spec["classes"], n_eval=n_eval,
+                    info={"source": os.path.abspath(source), "labels": spec["label_key"]})
+
+
+# ----------------------------------------------------------------------------------------------- HDF5 / npz
+
+_H5_FILES = ("train_images.h5", "train_labels.h5", "test_images.h5", "test_labels.h5")
+
+
+def _h5_single(path: str) -> np.ndarray:
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py is a dependency
+        raise DataError("reading HDF5 files needs h5py (pip install h5py)") from None
+    try:
+        with h5py.File(path, "r") as f:
+            names: list[str] = []
+            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            if len(names) == 1:
+                return f[names[0]][()]
+            base = os.path.splitext(os.path.basename(path))[0]
+            for pref in ("tensor", base):
+                if pref in names:
+                    return f[pref][()]
+            raise DataError(f"{path}: expected a single dataset in the file, found {names or 'none'}")
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read HDF5 file ({type(e).__name__}: {e})") from None
+
+
+def _infer_classes(*ys: torch.Tensor, given: int | None = None, where: str) -> int:
+    top = max(int(y.max()) for y in ys if y.numel()) + 1
+    if given is not None:
+        if top > given:
+            raise DataError(f"{where}: label out of range: found {top - 1}, num_classes is {given}")
+        return int(given)
+    if top < 2:
+        raise DataError(f"{where}: labels hold fewer than 2 classes")
+    return top
+
+
+def _load_h5(data_dir: str, n_eval: int | None) -> Dataset:
+    paths = {f: os.path.join(data_dir, f) for f in _H5_FILES}
+    missing = [f for f, p in paths.items() if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"h5: missing {', '.join(missing)} in {os.path.abspath(data_dir)}. Expected the original "
+                        f"code's files {', '.join(_H5_FILES)} (images NHWC float32 in [0, 1], integer labels)")
+    a = {f: _h5_single(p) for f, p in paths.items()}
+    tx = _to_nchw_float(a["train_images.h5"], paths["train_images.h5"], "nhwc" if a["train_images.h5"].ndim == 4
+                        else "auto")
+    sx = _to_nchw_float(a["test_images.h5"], paths["test_images.h5"], "nhwc" if a["test_images.h5"].ndim == 4
+                        else "auto")
+    ty = _to_labels(a["train_labels.h5"], tx.shape[0], paths["train_labels.h5"])
+    sy = _to_labels(a["test_labels.h5"], sx.shape[0], paths["test_labels.h5"])
+    k = _infer_classes(ty, sy, where=data_dir)
+    return finalize("h5", tx, ty, sx, sy, k, n_eval=n_eval, info={"source": os.path.abspath(data_dir)})
+
+
+_NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def _find_generic_file(data_dir: str) -> str:
+    if os.path.isfile(data_dir):
+        return data_dir
+    if not os.path.isdir(data_dir):
+        raise DataError(f"npz: {data_dir} does not exist. Expected a .npz/.h5 file with keys "
+                        f"{', '.join(_NPZ_KEYS)}, or a folder holding exactly one such file")
+    files = sorted(f for f in os.listdir(data_dir) if f.endswith((".npz", ".h5", ".hdf5"))
+                   and f not in _H5_FILES)
+    if len(files) != 1:
+        raise DataError(f"npz: expected exactly one .npz/.h5/.hdf5 file with keys {', '.join(_NPZ_KEYS)} in "
+                        f"{os.path.abspath(data_dir)}, found {files or 'none'}")
+    return os.path.join(data_dir, files[0])
+
+
+def _load_generic(data_dir: str, n_eval: int | None) -> Dataset:
+    path = _find_generic_file(data_dir)
+    arrs: dict[str, np.ndarray] = {}
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.files)
+                for k in _NPZ_KEYS + ("num_classes",):
+                    if k in z.files:
+                        arrs[k] = z[k]
+        else:
+            import h5py
+            with h5py.File(path, "r") as f:
+                keys = list(f.keys())
+                for k in _NPZ_KEYS + ("num_classes",):
+                    if k in f:
+                        arrs[k] = f[k][()]
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"npz: cannot read {path} ({type(e).__name__}: {e})") from None
+    missing = [k for k in _NPZ_KEYS if k not in arrs]
+    if missing:
+        raise DataError(f"npz: {path} lacks {', '.join(missing)}; expected keys {', '.join(_NPZ_KEYS)} "
+                        f"(optional num_classes), found {keys}")
+    tx = _to_nchw_float(arrs["train_images"], f"{path}:train_images")
+    sx = _to_nchw_float(arrs["test_images"], f"{path}:test_images")
+    given = None
+    if "num_classes" in arrs:
+        nc = np.asarray(arrs["num_classes"])
+        if nc.size != 1 or not np.issubdtype(nc.dtype, np.integer) or int(nc.reshape(())) < 1:
+            raise DataError(f"npz: {path}: num_classes must be a positive integer scalar, got {nc!r}")
+        given = int(nc.reshape(()))
+    ty = _to_labels(arrs["train_labels"], tx.shape[0], f"{path}:train_labels", given)
+    sy = _to_labels(arrs["test_labels"], sx.shape[0], f"{path}:test_labels", given)
+    k = _infer_classes(ty, sy, given=given, where=path)
+    return finalize("npz", tx, ty, sx, sy, k, n_eval=n_eval, info={"source": os.path.abspath(path)})
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+def load_dataset(name: str, data_dir: str | None = None, *, n_eval: int | None = None) -> Dataset:
+    """Load a dataset by name (see `list_datasets`). Local datasets read ``data_dir`` (default: $BITBENCH_DATA or
+    ./data); nothing is ever downloaded. ``n_eval`` keeps only the first n_eval evaluation images."""
+    key = name.lower().replace("-", "_")
+    if key in ("mnist5k", "sklearn_digits"):
+        from . import embedded
+        if key == "mnist5k":
+            return embedded.load_mnist5k(n_eval=n_eval)
+        return embedded.load_sklearn_digits(n_eval=n_eval)
+    if key not in _DESCRIPTIONS:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    d = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+    if key == "mnist":
+        return _load_mnist(d, n_eval)
+    if key in _CIFAR:
+        return _load_cifar(key, d, n_eval)
+    if key == "h5":
+        return _load_h5(d, n_eval)
+    return _load_generic(d, n_eval)

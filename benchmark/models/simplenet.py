@@ -1,0 +1,52 @@
+"""SimpleNet (Hasanpour et al. 2016, "Lets keep it simple"), the method paper's CIFAR model."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .layers import Normalize, init_weights, check_norm, make_norm, scaled
+
+__all__ = ["SimpleNet", "SIMPLENET_LAYERS"]
+
+# (output channels at width 64, kernel size, max-pool after the layer)
+SIMPLENET_LAYERS = (
+    (64, 3, False), (128, 3, False), (128, 3, False), (128, 3, True),
+    (128, 3, False), (128, 3, False), (256, 3, True),
+    (256, 3, False), (256, 3, True),
+    (512, 3, True),
+    (2048, 1, False), (256, 1, True),
+    (256, 3, False),
+)
+
+
+class SimpleNet(nn.Module):
+    """13 conv layers (3x3, except two 1x1 bottleneck layers 2048 -> 256), each conv - norm - ReLU, with 2x2 max
+    pools (ceil mode, so 28 px and 32 px inputs both work) after layers 4, 7, 9, 10 and 12, a global max pool and
+    one linear classifier. Widths 64,128,128,128,128,128,256,256,256,512,2048,256,256 at ``width`` = 64, scaled by
+    width/64. About 5.49M parameters at width 64 with 10 classes and group norm. No dropout."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, norm: str = "none",
+                 width: int | None = None, mean=None, std=None):
+        super().__init__()
+        norm = check_norm(norm)
+        bias = norm == "none"
+        self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
+        layers: list[nn.Module] = []
+        c_in, s = in_channels, image_size
+        for c, k, pool in SIMPLENET_LAYERS:
+            c = scaled(c, width, 64)
+            layers += [nn.Conv2d(c_in, c, k, padding=k // 2, bias=bias), make_norm(norm, c), nn.ReLU(inplace=True)]
+            if pool and s > 1:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+                s = (s + 1) // 2
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.classifier = nn.Linear(c_in, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(self.normalize(x))), 1))

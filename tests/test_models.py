@@ -1,0 +1,155 @@
+"""Architectures: shapes, parameter counts, norm options, the whitening layer, seeding, a quick training check."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmark.models import NORMS, Normalize, build_model, count_parameters, group_count, list_models
+from defenses.norms import ReparamBatchNorm1d, ReparamBatchNorm2d, ReparamGroupNorm
+
+ALL_NORMS = ["none", "bn", "gn", "rbn", "rgn"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a small, shared CPU this is steadier (and often faster) than oversubscribed
+    OpenMP threads. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+CASES = [("lenet5", 1, 28, None), ("lenet5", 3, 32, None), ("lenet5", 1, 8, None), ("mlp", 1, 28, None),
+         ("simplenet", 3, 32, 16), ("simplenet", 1, 28, 16), ("resnet20", 3, 32, None), ("resnet20", 1, 28, 8)]
+
+
+def test_registry():
+    models = list_models()
+    assert set(models) == {"lenet5", "mlp", "simplenet", "resnet20"}
+    for info in models.values():
+        assert info["description"] and "width" in info["defaults"] and info["norms"] == list(NORMS)
+        assert info["recommended_norm"] in NORMS
+    assert list(NORMS) == ALL_NORMS
+
+
+@pytest.mark.parametrize("name,c,s,width", CASES)
+@pytest.mark.parametrize("norm", ALL_NORMS)
+def test_forward_shapes(name, c, s, width, norm):
+    m = build_model(name, num_classes=7, in_channels=c, image_size=s, norm=norm, width=width, seed=0)
+    m.train()
+    out = m(torch.rand(3, c, s, s))
+    assert out.shape == (3, 7) and torch.isfinite(out).all()
+    m.eval()
+    with torch.no_grad():
+        assert m(torch.rand(2, c, s, s)).shape == (2, 7)
+    kinds = {type(mod) for mod in m.modules()}
+    expected = {"none": None, "bn": (nn.BatchNorm2d, nn.BatchNorm1d), "gn": nn.GroupNorm,
+                "rbn": (ReparamBatchNorm2d, ReparamBatchNorm1d), "rgn": ReparamGroupNorm}[norm]
+    if expected is None:
+        assert not any(issubclass(k, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)) for k in kinds)
+    else:
+        exp = expected if isinstance(expected, tuple) else (expected,)
+        assert kinds & set(exp)
+        if norm in ("bn", "gn"):
+            assert not kinds & {ReparamBatchNorm2d, ReparamBatchNorm1d, ReparamGroupNorm}
+    if norm in ("rbn", "rgn"):  # reparameterized: weight 0 at init (scale 1)
+        for mod in m.modules():
+            if isinstance(mod, (ReparamGroupNorm, ReparamBatchNorm2d, ReparamBatchNorm1d)):
+                assert torch.count_nonzero(mod.weight) == 0
+
+
+def test_parameter_counts():
+    simple = build_model("simplenet", num_classes=10, in_channels=3, image_size=32, norm="gn")
+    n = count_parameters(simple)
+    assert n == 5_493_834 and abs(n - 5.5e6) < 0.1e6
+    assert count_parameters(build_model("simplenet", num_classes=10, in_channels=3, image_size=32)) == 5_489_290
+    convs = [mod for mod in simple.modules() if isinstance(mod, nn.Conv2d)]
+    assert len(convs) == 13
+    assert [c.out_channels for c in convs] == [64, 128, 128, 128, 128, 128, 256, 256, 256, 512, 2048, 256, 256]
+    res = build_model("resnet20", num_classes=10, in_channels=3, image_size=32, norm="bn")
+    assert count_parameters(res) == 269_722
+    assert len([mod for mod in res.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]) == 20
+    assert count_parameters(build_model("lenet5", num_classes=10, in_channels=1, image_size=28)) == 61_706
+    half = build_model("simplenet", num_classes=10, in_channels=3, image_size=32, width=32)
+    assert [mod.out_channels for mod in half.modules() if isinstance(mod, nn.Conv2d)][:2] == [32, 64]
+
+
+def test_normalize_layer():
+    norm = Normalize((0.5, 0.25, 0.1), (0.5, 0.5, 0.2))
+    assert list(norm.parameters()) == []
+    assert set(dict(norm.named_buffers())) == {"mean", "std"}
+    x = torch.rand(2, 3, 4, 4)
+    expect = (x - torch.tensor([0.5, 0.25, 0.1]).view(1, 3, 1, 1)) / torch.tensor([0.5, 0.5, 0.2]).view(1, 3, 1, 1)
+    assert torch.allclose(norm(x), expect)
+    with pytest.raises(ValueError):
+        Normalize((0.5,), (0.0,))
+    m0 = build_model("lenet5", num_classes=10, in_channels=1, image_size=28, seed=3)
+    m1 = build_model("lenet5", num_classes=10, in_channels=1, image_size=28, mean=(0.13,), std=(0.31,), seed=3)
+    assert isinstance(m1.normalize, Normalize) and isinstance(m0.normalize, nn.Identity)
+    # the whitening layer adds no parameters, and parameter order / values are unchanged
+    assert [n for n, _ in m0.named_parameters()] == [n for n, _ in m1.named_parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(m0.parameters(), m1.parameters()))
+    assert "normalize.mean" in m1.state_dict()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(m1(x), m0((x - 0.13) / 0.31), atol=1e-5)
+    with pytest.raises(ValueError, match="mean"):
+        build_model("lenet5", num_classes=10, in_channels=3, image_size=32, mean=(0.1,), std=(0.2,))
+
+
+def test_seeded_init_is_deterministic_and_leaves_global_rng():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = build_model("resnet20", num_classes=10, in_channels=3, image_size=32, norm="rgn", seed=5)
+    assert torch.equal(state, torch.get_rng_state())
+    b = build_model("resnet20", num_classes=10, in_channels=3, image_size=32, norm="rgn", seed=5)
+    c = build_model("resnet20", num_classes=10, in_channels=3, image_size=32, norm="rgn", seed=6)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+    assert a.build_spec["name"] == "resnet20" and a.build_spec["seed"] == 5 and a.build_spec["norm"] == "rgn"
+    rebuilt = build_model(**{k: v for k, v in a.build_spec.items()})
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), rebuilt.parameters()))
+
+
+def test_bad_arguments():
+    kw = dict(num_classes=10, in_channels=1, image_size=28)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("vgg16", **kw)
+    with pytest.raises(ValueError, match="unknown norm"):
+        build_model("lenet5", norm="ln", **kw)
+    with pytest.raises(ValueError, match="unknown option"):
+        build_model("lenet5", depth=3, **kw)
+    with pytest.raises(ValueError, match="width"):
+        build_model("lenet5", width=0, **kw)
+    assert count_parameters(build_model("mlp", depth=1, width=32, **kw)) == 784 * 32 + 32 * 10 + 10 + 32
+
+
+def test_group_count():
+    assert [group_count(c) for c in (1, 2, 6, 16, 64, 128, 2048)] == [1, 1, 3, 8, 32, 32, 32]
+
+
+def test_lenet_trains_on_embedded_mnist():
+    """Plain float SGD on the embedded digits: >= 90% test accuracy within a few epochs (a real-data check)."""
+    from benchmark.data import batches, load_dataset
+
+    ds = load_dataset("mnist5k")
+    model = build_model("lenet5", num_classes=10, in_channels=1, image_size=28, mean=ds.mean, std=ds.std, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    epochs = 6
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * 32)
+    gen = torch.Generator().manual_seed(0)
+    t = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for x, y in batches(ds.train_x, ds.train_y, 128, shuffle=True, generator=gen):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(ds.test_x).argmax(1) == ds.test_y).float().mean().item()
+    assert acc >= 0.90, f"LeNet reached only {acc:.3f} after {epochs} epochs ({time.perf_counter() - t:.1f} s)"
