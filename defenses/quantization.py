@@ -14,8 +14,9 @@ Conventions (see the paper-protocol design note):
   - asymmetric: ``[lo, hi] = [min w, max w]`` (clipped: both clamped to ``[-w_max, w_max]``),
     ``mid = (hi + lo) / 2``, ``half = (hi - lo) / 2``.
 
-  A tensor with ``half == 0`` (constant, e.g. zero-initialised biases) uses ``half = 1`` so it maps to the
-  center code without NaN and dequantizes exactly to ``mid``.
+  A tensor with ``half == 0`` (constant, e.g. zero-initialised biases, or a clipped asymmetric range whose ends
+  both clamp to the same bound) uses ``half = 1`` without NaN; every word of it maps to the center code and
+  dequantizes exactly to ``mid``.
 
 The same formulas run on one tensor (:func:`quantize_tensor`, the reference) and on a flat memory of many tensors
 with per-tensor (segmented) statistics (:func:`quantize_flat`); both give bit-identical codes.
@@ -169,12 +170,15 @@ def rquant(bits: int = 8, w_max: float | None = None) -> QuantScheme:
 # -- range parameters ----------------------------------------------------------------------------------------------
 def _finish_range(lo: torch.Tensor | None, hi: torch.Tensor | None, amax: torch.Tensor | None,
                   scheme: QuantScheme, like: torch.Tensor):
-    """Per-tensor (mid, half) from statistics; tensors of shape [T] (or 0-dim) in the compute dtype."""
+    """Per-tensor (mid, half, live) from statistics; tensors of shape [T] (or 0-dim) in the compute dtype.
+
+    ``live`` is None, or (for a clipped asymmetric range, the only one where ``half == 0`` can hold for words that
+    differ from ``mid``) a bool tensor, False where ``half`` was 0 (see :func:`_codes_from_x`)."""
     dt = scheme.compute_dtype
     if scheme.range == "fixed":
         half = torch.full_like(amax if amax is not None else lo, float(scheme.q_max), dtype=dt)
         mid = torch.zeros_like(half)
-        return mid, half
+        return mid, half, None
     if scheme.asymmetric:
         lo, hi = lo.to(dt), hi.to(dt)
         if scheme.range == "clipped":
@@ -187,13 +191,19 @@ def _finish_range(lo: torch.Tensor | None, hi: torch.Tensor | None, amax: torch.
         if scheme.range == "clipped":
             half = half.clamp(max=float(scheme.w_max))
         mid = torch.zeros_like(half)
-    half = torch.where(half > 0, half, torch.ones_like(half))
-    return mid, half
+    positive = half > 0
+    live = positive if (scheme.asymmetric and scheme.range == "clipped") else None
+    half = torch.where(positive, half, torch.ones_like(half))
+    return mid, half, live
 
 
-def _codes_from_x(w: torch.Tensor, mid, half, scheme: QuantScheme) -> torch.Tensor:
+def _codes_from_x(w: torch.Tensor, mid, half, scheme: QuantScheme, live=None) -> torch.Tensor:
+    """``live`` (bool, broadcastable to ``w``): False where the tensor's range is degenerate (``half == 0``
+    before it was replaced by 1); those words get the center code."""
     dt = scheme.compute_dtype
     x = ((w.to(dt) - mid) / half).clamp_(-1.0, 1.0).mul_(scheme.levels)
+    if live is not None:
+        x = torch.where(live, x, torch.zeros_like(x))
     x = x.round_() if scheme.rounding == "round" else x.trunc_()
     if not scheme.signed:
         x.add_(scheme.center)
@@ -213,14 +223,15 @@ def quantize_tensor(w: torch.Tensor, scheme: QuantScheme):
     _check_float(w)
     dt = scheme.compute_dtype
     wd = w.detach()
-    if wd.numel() == 0:
+    if wd.numel() == 0:  # same (mid, scale) as an empty segment of quantize_flat
         z = torch.zeros((), dtype=dt, device=w.device)
-        return torch.empty(w.shape, dtype=scheme.dtype, device=w.device), z + 1, z
+        mid, half, _ = _finish_range(z, z, z, scheme, wd)
+        return torch.empty(w.shape, dtype=scheme.dtype, device=w.device), half / scheme.levels, mid
     lo = wd.min().to(dt) if scheme.asymmetric else None
     hi = wd.max().to(dt) if scheme.asymmetric else None
     amax = wd.abs().max().to(dt) if not scheme.asymmetric else None
-    mid, half = _finish_range(lo, hi, amax, scheme, wd)
-    codes = _codes_from_x(wd, mid, half, scheme)
+    mid, half, live = _finish_range(lo, hi, amax, scheme, wd)
+    codes = _codes_from_x(wd, mid, half, scheme, live)
     return codes, half / scheme.levels, mid
 
 
@@ -260,8 +271,8 @@ def quantize_flat(flat: torch.Tensor, seg: torch.Tensor, num_segments: int, sche
             amax = base.clone().scatter_reduce_(0, seg, f.abs(), "amax", include_self=False)
     else:
         amax = base
-    mid, half = _finish_range(lo, hi, amax, scheme, f)
-    codes = _codes_from_x(f, mid[seg], half[seg], scheme)
+    mid, half, live = _finish_range(lo, hi, amax, scheme, f)
+    codes = _codes_from_x(f, mid[seg], half[seg], scheme, None if live is None else live[seg])
     return codes, half / scheme.levels, mid
 
 

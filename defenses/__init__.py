@@ -1,0 +1,11 @@
+"""Defenses: quantization schemes, the quantized model, clipping, reparameterized norms, training recipes and
+the defense registry."""
+
+from .quantization import QuantScheme, normal, rquant, quantize_tensor, dequantize_tensor  # noqa: F401
+from .quantized_model import QuantizedModel, select_parameters  # noqa: F401
+from .qat import FlatQuantizer  # noqa: F401
+from .training import TrainConfig, Trainer, QATStep, train, evaluate_error  # noqa: F401
+from .randbet import RandBETStep  # noqa: F401
+from .base import Defense  # noqa: F401
+from .registry import Registry, SpecError  # noqa: F401
+from .zoo import DEFENSES, register_defense, list_defenses, create_defense  # noqa: F401

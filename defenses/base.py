@@ -1,0 +1,55 @@
+"""The defense contract: a quantization scheme plus how the model is trained."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .quantization import QuantScheme
+from .quantized_model import QuantizedModel
+from .training import QATStep, Trainer, TrainConfig
+
+__all__ = ["Defense"]
+
+
+class Defense:
+    """A recipe that produces a deployed quantized model.
+
+    Subclasses set the quantization :meth:`scheme`, optional weight clipping (:attr:`w_max`) and the training
+    step (:meth:`make_step`). Instances created through the registry also carry ``registry_name``, ``params``
+    (every parameter, defaults filled in) and ``spec`` (canonical spec string).
+    """
+
+    registry_name = "defense"
+    w_max: float | None = None
+
+    def scheme(self) -> QuantScheme:
+        raise NotImplementedError
+
+    def make_step(self, *, seed: int, num_classes: int | None = None):
+        """The training step object (default: quantization-aware training)."""
+        return QATStep()
+
+    def identity(self) -> dict:
+        """What determines the trained weights (for checkpoint keys)."""
+        return {"defense": getattr(self, "registry_name", type(self).__name__),
+                "params": dict(getattr(self, "params", {})), "scheme": self.scheme().to_dict()}
+
+    def trainer(self, model: nn.Module, config: TrainConfig, *, augment=None, num_classes: int | None = None,
+                wrap=None, include=None, exclude=None) -> Trainer:
+        return Trainer(model, config, scheme=self.scheme(), step=self.make_step(seed=config.seed,
+                                                                                   num_classes=num_classes),
+                       w_max=self.w_max, augment=augment, wrap=wrap, include=include, exclude=exclude)
+
+    def train(self, model: nn.Module, train_x, train_y, config: TrainConfig, *, augment=None,
+              num_classes: int | None = None, checkpoint=None, key=None, wrap=None, include=None, exclude=None):
+        """Train ``model`` in place with this recipe; returns the per-epoch history."""
+        t = self.trainer(model, config, augment=augment, num_classes=num_classes, wrap=wrap, include=include,
+                         exclude=exclude)
+        return t.fit(train_x, train_y, checkpoint=checkpoint, key=key)
+
+    def quantize(self, model: nn.Module, include=None, exclude=None) -> QuantizedModel:
+        """The deployed model: integer codes of the trained weights."""
+        return QuantizedModel.from_module(model, self.scheme(), include=include, exclude=exclude)
+
+    def __repr__(self) -> str:
+        return f"<defense {getattr(self, 'spec', type(self).__name__)}>"

@@ -1,0 +1,324 @@
+"""A small registry (timm style): a decorator is the whole registration.
+
+Entries are classes or factory functions whose parameters all have defaults. They are looked up by *spec strings*:
+
+* ``name`` -- the defaults;
+* ``name:key=value,key=value`` -- overrides (values parsed by the type of the default);
+* parametric names declared by a regular expression, e.g. ``random_p0.01`` -> ``random`` with ``p=0.01``
+  (overrides may follow: ``random_p0.01:patterns=10``).
+
+Third-party packages add entries without editing this project through an entry-point group (``bitbench.defenses``
+or ``bitbench.attacks``): the entry point may name a module (imported; its decorators register) or a class/factory
+(registered under the entry point's name).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["Registry", "RegistryEntry", "SpecError", "parse_spec", "format_spec", "parse_value"]
+
+
+class SpecError(ValueError):
+    """An unknown name or parameter, or a value that does not parse."""
+
+
+@dataclass
+class RegistryEntry:
+    name: str
+    obj: Callable
+    params: dict  # name -> default
+    doc: str
+    pattern: re.Pattern | None = None
+    pattern_help: str | None = None
+    param_docs: dict = field(default_factory=dict)
+    source: str = "builtin"
+
+    def describe(self) -> str:
+        return self.doc.strip().splitlines()[0] if self.doc and self.doc.strip() else ""
+
+
+def parse_value(text: str, default: Any):
+    """Parse ``text`` by the type of ``default`` (bool, int, float, str; None: best guess)."""
+    t = text.strip()
+    low = t.lower()
+    if low in ("none", "null"):
+        return None
+    if isinstance(default, bool):
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise SpecError(f"expected a boolean (true/false), got {text!r}")
+    if isinstance(default, int):
+        try:
+            return int(t)
+        except ValueError:
+            try:
+                f = float(t)
+            except ValueError:
+                raise SpecError(f"expected an integer, got {text!r}") from None
+            if f.is_integer():
+                return int(f)
+            raise SpecError(f"expected an integer, got {text!r}") from None
+    if isinstance(default, float) or default is None:
+        try:
+            v = float(t)
+            if default is None and re.fullmatch(r"[+-]?\d+", t):
+                return int(t)
+            return v
+        except ValueError:
+            if isinstance(default, float):
+                raise SpecError(f"expected a number, got {text!r}") from None
+            return t
+    return t
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``'name:k=v,k2=v2'`` -> ``('name', {'k': 'v', 'k2': 'v2'})`` (values unparsed)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"a spec must be a non-empty string like 'name' or 'name:key=value', got {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    kv: dict[str, str] = {}
+    if rest.strip():
+        for part in rest.split(","):
+            if not part.strip():
+                continue
+            k, eq, v = part.partition("=")
+            if not eq or not k.strip():
+                raise SpecError(f"in {spec!r}: {part!r} is not key=value")
+            kv[k.strip()] = v.strip()
+    return name.strip(), kv
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def format_spec(name: str, params: dict, defaults: dict | None = None, pattern: re.Pattern | None = None) -> str:
+    """Canonical spec string; with ``defaults`` only the parameters that differ from them are written.
+
+    With a parametric ``pattern`` (e.g. ``random_p(?P<p>...)``) its parameters go into the name
+    (``random_p0.01``) whenever that name parses back to the same values.
+    """
+    in_name: dict = {}
+    if pattern is not None:
+        template = _template(pattern.pattern)
+        if template is not None:
+            try:
+                cand = template.format(**{k: _fmt(params[k]) for k in pattern.groupindex})
+            except KeyError:
+                cand = None
+            m = pattern.fullmatch(cand) if cand else None
+            if m and all(parse_value(m.group(k), params[k]) == params[k] for k in pattern.groupindex):
+                name, in_name = cand, dict.fromkeys(pattern.groupindex)
+    items = [(k, v) for k, v in sorted(params.items())
+             if k not in in_name and (defaults is None or defaults.get(k, object()) != v)]
+    return name if not items else name + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in items)
+
+
+def _template(regex: str) -> str | None:
+    """``'random_p(?P<p>[0-9.]+)'`` -> ``'random_p{p}'`` (None if the rest is not literal text)."""
+    t = re.sub(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)", r"{\1}", regex)
+    rest = re.sub(r"\{\w+\}", "", t)
+    if re.search(r"[\\^$.|?*+()\[\]{}]", rest):
+        return None
+    return t
+
+
+def _signature_params(obj) -> dict:
+    sig = inspect.signature(obj)
+    out = {}
+    for p in sig.parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is inspect.Parameter.empty:
+            raise TypeError(f"registered entry {obj!r}: parameter {p.name!r} has no default (every parameter "
+                            "needs one)")
+        out[p.name] = p.default
+    return out
+
+
+def _param_docs(doc: str) -> dict:
+    """``name: text`` lines of an ``Args:``/``Parameters:`` docstring section."""
+    docs, on = {}, False
+    for line in (doc or "").splitlines():
+        s = line.strip()
+        if s in ("Args:", "Parameters:"):
+            on = True
+            continue
+        if on:
+            m = re.match(r"(\w+)(?:\s*\(.*?\))?:\s*(.*)", s)
+            if m:
+                docs[m.group(1)] = m.group(2)
+            elif not s or s.endswith(":"):
+                on = False if s.endswith(":") else on
+    return docs
+
+
+class Registry:
+    """A named collection of entries of one kind (``'defense'``, ``'attack'``)."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None):
+        self.kind = kind
+        self.group = entry_point_group
+        self._entries: dict[str, RegistryEntry] = {}
+        self._loaded_entry_points = False
+        self.entry_point_errors: dict[str, str] = {}
+
+    # -- registration ------------------------------------------------------------------------------------------
+    def register(self, name: str | Callable | None = None, *, pattern: str | None = None,
+                 pattern_help: str | None = None, override: bool = False):
+        """Decorator: ``@REG.register('name')`` / ``@REG.register`` on a class or factory function.
+
+        ``pattern`` is a regular expression for parametric names whose named groups are parameters
+        (e.g. ``r'random_p(?P<p>[0-9.eE+-]+)'``).
+        """
+        if callable(name) and not isinstance(name, str):
+            return self.register()(name)
+
+        def deco(obj):
+            n = name or getattr(obj, "name", None) or obj.__name__.lower()
+            if not re.fullmatch(r"[A-Za-z][\w.\-]*", n):
+                raise ValueError(f"invalid {self.kind} name {n!r}: letters, digits, '_', '-', '.'")
+            if n in self._entries and not override and self._entries[n].obj is not obj:
+                raise ValueError(f"{self.kind} {n!r} is already registered")
+            doc = inspect.getdoc(obj) or ""
+            init = obj.__init__ if inspect.isclass(obj) else obj
+            self._entries[n] = RegistryEntry(
+                name=n, obj=obj, params=_signature_params(init), doc=doc,
+                pattern=re.compile(pattern) if pattern else None, pattern_help=pattern_help,
+                param_docs=_param_docs(doc) | _param_docs(inspect.getdoc(init) or ""),
+                source=getattr(obj, "__module__", "?"))
+            return obj
+
+        return deco
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def load_entry_points(self, force: bool = False) -> None:
+        """Import third-party entries from the entry-point group (once)."""
+        if self.group is None or (self._loaded_entry_points and not force):
+            return
+        self._loaded_entry_points = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self.group):
+            try:
+                obj = ep.load()
+            except Exception as e:  # a broken plugin must not break the benchmark; it is reported by `list`
+                self.entry_point_errors[ep.name] = f"{type(e).__name__}: {e}"
+                continue
+            if callable(obj) and not inspect.ismodule(obj):
+                if ep.name not in self._entries:
+                    self.register(ep.name)(obj)
+                    self._entries[ep.name].source = f"entry point {ep.value}"
+
+    # -- lookup ------------------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        self.load_entry_points()
+        return sorted(self._entries)
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a shell-style wildcard (``'rand*'``)."""
+        return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
+
+    def entry(self, name: str) -> RegistryEntry:
+        self.load_entry_points()
+        if name in self._entries:
+            return self._entries[name]
+        raise SpecError(self._unknown(name))
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.resolve(name)
+            return True
+        except SpecError:
+            return False
+
+    def _unknown(self, name: str) -> str:
+        names = self.names()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        pats = [e.pattern_help for e in self._entries.values() if e.pattern_help]
+        msg = f"unknown {self.kind} {name!r}."
+        if close:
+            msg += f" Did you mean: {', '.join(close)}?"
+        msg += f" Registered {self.kind}s: {', '.join(names) or '(none)'}"
+        if pats:
+            msg += f"; parametric forms: {', '.join(pats)}"
+        return msg
+
+    def resolve(self, spec: str) -> tuple[RegistryEntry, dict]:
+        """Spec string -> (entry, full parameter dict with defaults filled in and values parsed)."""
+        name, kv = parse_spec(spec)
+        self.load_entry_points()
+        entry = self._entries.get(name)
+        raw: dict[str, str] = {}
+        if entry is None:
+            for e in self._entries.values():
+                m = e.pattern.fullmatch(name) if e.pattern else None
+                if m:
+                    entry = e
+                    raw = {k: v for k, v in m.groupdict().items() if v is not None}
+                    break
+        if entry is None:
+            raise SpecError(self._unknown(name))
+        for k in kv:
+            if k in raw:
+                raise SpecError(f"{spec!r} sets {k!r} twice (in the name and as key={k})")
+        raw.update(kv)
+        params = dict(entry.params)
+        for k, v in raw.items():
+            if k not in entry.params:
+                close = difflib.get_close_matches(k, list(entry.params), n=2, cutoff=0.5)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise SpecError(f"{self.kind} {entry.name!r} has no parameter {k!r}.{hint} Valid parameters: "
+                                + ", ".join(f"{p}={_fmt(d)}" for p, d in entry.params.items()))
+            try:
+                params[k] = parse_value(v, entry.params[k])
+            except SpecError as e:
+                raise SpecError(f"{self.kind} {entry.name!r}, parameter {k!r}: {e}") from None
+        return entry, params
+
+    def create(self, spec: str, **overrides):
+        """Instantiate the entry named by ``spec`` (``overrides`` are already-typed parameter values)."""
+        entry, params = self.resolve(spec)
+        for k in overrides:
+            if k not in entry.params:
+                raise SpecError(f"{self.kind} {entry.name!r} has no parameter {k!r}; valid: {list(entry.params)}")
+        params.update(overrides)
+        try:
+            obj = entry.obj(**params)
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"{self.kind} {spec!r}: {e}") from e
+        try:
+            obj.registry_name = entry.name
+            obj.params = dict(params)
+            obj.spec = format_spec(entry.name, params, entry.params, entry.pattern)
+        except AttributeError:
+            pass
+        return obj
+
+    def canonical(self, spec: str) -> str:
+        """The canonical spec (name plus only the non-default parameters, sorted)."""
+        entry, params = self.resolve(spec)
+        return format_spec(entry.name, params, entry.params, entry.pattern)
+
+    def describe(self) -> list[dict]:
+        """One dict per entry: name, summary, parameters with defaults and docs, parametric form, source."""
+        out = []
+        for n in self.names():
+            e = self._entries[n]
+            out.append({"name": n, "summary": e.describe(), "params": dict(e.params),
+                        "param_docs": dict(e.param_docs), "form": e.pattern_help, "source": e.source})
+        return out

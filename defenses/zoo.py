@@ -1,0 +1,137 @@
+"""The paper's defenses: Normal, RQuant, Clipping, RandBET."""
+
+from __future__ import annotations
+
+import math
+
+from .base import Defense
+from .quantization import QuantScheme, normal as normal_scheme, rquant as rquant_scheme
+from .randbet import RandBETStep
+from .registry import Registry
+
+__all__ = ["DEFENSES", "register_defense", "list_defenses", "create_defense", "Normal", "RQuant", "Clip", "RandBET"]
+
+DEFENSES = Registry("defense", entry_point_group="bitbench.defenses")
+register_defense = DEFENSES.register
+
+
+def list_defenses(pattern: str = "*") -> list[str]:
+    """Registered defense names matching a wildcard, e.g. ``list_defenses('rand*')``."""
+    return DEFENSES.list(pattern)
+
+
+def create_defense(spec: str, **overrides) -> Defense:
+    """Instantiate a defense from ``'name'`` or ``'name:key=value,...'``."""
+    return DEFENSES.create(spec, **overrides)
+
+
+def _check_bits(bits):
+    QuantScheme(bits=bits)  # raises a clear error for bits outside 2..8
+
+
+def _check_wmax(w_max):
+    if not (isinstance(w_max, (int, float)) and not isinstance(w_max, bool) and 0 < w_max < math.inf):
+        raise ValueError(f"w_max must be a finite number > 0, got {w_max!r}")
+
+
+@register_defense("normal")
+class Normal(Defense):
+    """Quantization-aware training with the paper's fragile Normal quantization (global range 1, truncation).
+
+    Args:
+        bits: bits per weight (2..8, unsigned offset codes in uint8).
+    """
+
+    def __init__(self, bits: int = 8):
+        _check_bits(bits)
+        self.bits = bits
+
+    def scheme(self) -> QuantScheme:
+        return normal_scheme(self.bits)
+
+
+@register_defense("rquant")
+class RQuant(Defense):
+    """Robust quantization: per-tensor, asymmetric, unsigned offset codes, round to nearest.
+
+    Args:
+        bits: bits per weight (2..8, unsigned offset codes in uint8).
+    """
+
+    def __init__(self, bits: int = 8):
+        _check_bits(bits)
+        self.bits = bits
+
+    def scheme(self) -> QuantScheme:
+        return rquant_scheme(self.bits)
+
+
+@register_defense("clip")
+class Clip(Defense):
+    """RQuant plus weight clipping: every parameter clamped to [-w_max, w_max] after each step.
+
+    Args:
+        w_max: clipping bound (0.1 in the paper; 0.05 is stronger).
+        bits: bits per weight (2..8).
+    """
+
+    def __init__(self, w_max: float = 0.1, bits: int = 8):
+        _check_bits(bits)
+        _check_wmax(w_max)
+        self.bits = bits
+        self.w_max = float(w_max)
+
+    def scheme(self) -> QuantScheme:
+        return rquant_scheme(self.bits, self.w_max)
+
+
+def resolve_threshold(threshold, num_classes: int | None):
+    """``'auto'``: the paper's curriculum threshold, 1.75 (CIFAR-10, MNIST) or 3.5 (CIFAR-100: > 10 classes)."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, str):
+        if threshold.lower() == "auto":
+            return 3.5 if (num_classes or 10) > 10 else 1.75
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            raise ValueError(f"threshold must be a number, 'auto' or none, got {threshold!r}") from None
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    return float(threshold)
+
+
+@register_defense("randbet")
+class RandBET(Defense):
+    """Random bit error training: RQuant + clipping + averaging clean and bit-error gradients, with curriculum.
+
+    Args:
+        p: bit error rate of the training patterns (a fraction: 0.01 = 1%).
+        w_max: clipping bound.
+        bits: bits per weight (2..8).
+        threshold: curriculum loss threshold; 'auto' = 1.75 (10 classes) or 3.5 (100 classes); none = always on.
+        grad_clip: the perturbed gradient is clipped elementwise to [-grad_clip, grad_clip].
+    """
+
+    def __init__(self, p: float = 0.01, w_max: float = 0.1, bits: int = 8, threshold: str = "auto",
+                 grad_clip: float = 0.05):
+        _check_bits(bits)
+        _check_wmax(w_max)
+        if not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"p must be a rate (fraction) in [0, 1], got {p!r}")
+        resolve_threshold(threshold, 10)
+        if not (isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool) and grad_clip > 0):
+            raise ValueError(f"grad_clip must be a number > 0, got {grad_clip!r}")
+        self.p = float(p)
+        self.w_max = float(w_max)
+        self.bits = bits
+        self.threshold = threshold
+        self.grad_clip = float(grad_clip)
+
+    def scheme(self) -> QuantScheme:
+        return rquant_scheme(self.bits, self.w_max)
+
+    def make_step(self, *, seed: int, num_classes: int | None = None):
+        return RandBETStep(self.p, grad_clip=self.grad_clip, threshold=resolve_threshold(self.threshold,
+                                                                                         num_classes),
+                           seed=1_000_003 + int(seed))
