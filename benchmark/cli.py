@@ -136,7 +136,12 @@ def _log(args):
 
 
 def _harness(args, suite):
+    from .distributed import init_from_env
     from .harness import Harness, RunOptions, default_cache_dir
+
+    dist, device = init_from_env(args.device)
+    args._dist = dist
+    args.device = device
 
     if args.epochs is not None:
         suite = suite.replace(train=dict(suite.train, epochs=args.epochs))
@@ -145,7 +150,7 @@ def _harness(args, suite):
     opt = RunOptions(cache_dir=args.cache_dir or default_cache_dir(), results_dir=args.results_dir,
                      device=args.device, progress=not args.no_progress, retrain=args.retrain, rerun=args.rerun,
                      data_dir=args.data_dir)
-    return Harness(suite, opt)
+    return Harness(suite, opt, dist=dist)
 
 
 def _validate_specs(defenses, attacks):
@@ -160,10 +165,16 @@ def _validate_specs(defenses, attacks):
         ATTACKS.create(a)
 
 
-def _emit(df, fmt, records):
+def _is_main(args) -> bool:
+    d = getattr(args, "_dist", None)
+    return d is None or d.is_main
+
+
+def _emit(df, fmt, records, args=None):
     from .tables import render
 
-    print(render(df, fmt, records))
+    if args is None or _is_main(args):  # under torchrun only rank 0 prints
+        print(render(df, fmt, records))
 
 
 def cmd_run(args) -> int:
@@ -185,7 +196,7 @@ def cmd_run(args) -> int:
     for d in defenses:
         for a in attacks:
             records.append(h.run_cell(d, a))
-    _emit(run_table(records), args.format, records)
+    _emit(run_table(records), args.format, records, args)
     return 0
 
 
@@ -200,7 +211,7 @@ def cmd_suite(args) -> int:
     _validate_specs(suite.defenses, attacks)
     h = _harness(args, suite)
     records = [h.run_cell(d, a) for d in suite.defenses for a in attacks]
-    _emit(suite_table(records, show_std=args.std), args.format, records)
+    _emit(suite_table(records, show_std=args.std), args.format, records, args)
     return 0
 
 
@@ -220,7 +231,7 @@ def cmd_train(args) -> int:
         row = {"defense": dep.defense.spec, "scheme": dep.qm.scheme.name, "words": dep.qm.n_words,
                "clean Err %": f"{100 * err:.2f}", "train s": f"{dep.train_seconds:.1f}",
                "checkpoint": h.checkpoint_path(dep.defense, dep.key)}
-        if args.save_quantized:
+        if args.save_quantized and _is_main(args):
             path = os.path.join(args.save_quantized, f"{suite.name}-{suite.model}-{dep.defense.spec}.pt"
                                 .replace(":", "_").replace(",", "_"))
             dep.qm.save(path)
@@ -228,7 +239,8 @@ def cmd_train(args) -> int:
         rows.append(row)
     from .tables import render
 
-    print(render(pd.DataFrame(rows), args.format, rows))
+    if _is_main(args):
+        print(render(pd.DataFrame(rows), args.format, rows))
     return 0
 
 
@@ -340,7 +352,12 @@ def main(argv=None) -> int:
                 "perf": cmd_perf}
     try:
         if args.command in handlers:
-            return handlers[args.command](args)
+            try:
+                return handlers[args.command](args)
+            finally:
+                d = getattr(args, "_dist", None)
+                if d is not None and d.enabled:
+                    d.close()
         from leaderboard import cli as lcli
 
         return lcli.run_submit(args) if args.command == "submit" else lcli.run_leaderboard(args)
@@ -349,9 +366,14 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     except Exception as e:  # map the project's 'bad input' errors to exit code 2
+        d = getattr(args, "_dist", None)
+        where = f"rank {d.rank}/{d.world}: " if d is not None and d.enabled else ""
         if _is_usage_error(e):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"{where}error: {e}", file=sys.stderr)
             return 2
+        if where:
+            print(f"{where}failed: {type(e).__name__}: {e}; no partial result files are written (rank 0 writes "
+                  "each finished record atomically); rerun the same command to resume", file=sys.stderr)
         raise
 
 

@@ -256,7 +256,7 @@ class Harness:
             aug_opts = self.augment_options()
             augment = Augment.from_config(aug_opts) if any(aug_opts.values()) else None
             history = defense.train(model, ds.train_x, ds.train_y, cfg, augment=augment,
-                                    num_classes=ds.num_classes, checkpoint=path, key=key)
+                                    num_classes=ds.num_classes, checkpoint=path, key=key, wrap=self._ddp_wrap())
             trained_now = True
         train_s = time.perf_counter() - t0
         if trained_now:
@@ -266,6 +266,19 @@ class Harness:
         dep = DeployedModel(defense, model, qm, key, train_s, trained_now, history)
         self._deployed[spec] = dep
         return dep
+
+    def _ddp_wrap(self):
+        """DistributedDataParallel under torchrun (None in a single process)."""
+        if not self.dist.enabled:
+            return None
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dev = self.device
+
+        def wrap(m):
+            return DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+        return wrap
 
     # -- attacks -----------------------------------------------------------------------------------------------
     def canonical_attack(self, spec: str) -> tuple[str, object]:
@@ -308,6 +321,8 @@ class Harness:
                 return old
         (x, y), (ax, ay) = self._eval_tensors()
         dist = self.dist
+        if dist.enabled and os.environ.get("BITBENCH_INJECT_FAILURE_RANK") == str(dist.rank):
+            raise RuntimeError("failure injected by BITBENCH_INJECT_FAILURE_RANK (a test of rank failures)")
         if dist.enabled and indices is None:
             indices = dist.shard(attack.num_perturbations())
             sharded = True

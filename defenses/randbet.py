@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import kernels
 
-from .training import QATStep, _accuracy
+from .training import QATStep, _accuracy, all_reduce_mean
 
 __all__ = ["RandBETStep", "curriculum_next"]
 
@@ -95,7 +95,11 @@ class RandBETStep(QATStep):
                             gp = gp.clamp(-self.grad_clip, self.grad_clip)
                         p.grad = (gp if gc is None else gc + gp) / 2
         if self.threshold is not None:
-            self.active = curriculum_next(was_active, stats["loss"], p_loss, self.threshold)
+            # Under torch.distributed every rank decides on the same (rank-averaged) losses.
+            losses = all_reduce_mean([stats["loss"], stats["loss"] if p_loss is None else p_loss],
+                                     trainer.device)
+            self.active = curriculum_next(was_active, losses[0], None if p_loss is None else losses[1],
+                                          self.threshold)
         return stats
 
     def state_dict(self) -> dict:

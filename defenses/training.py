@@ -120,6 +120,28 @@ class QATStep:
         return {"step": self.name}
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of an initialized torch.distributed process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_mean(values: list[float], device) -> list[float]:
+    """Mean over ranks (identity without torch.distributed)."""
+    rank, world = dist_info()
+    if world == 1:
+        return list(values)
+    import torch.distributed as dist
+
+    dev = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator):
     perm = torch.randperm(n, generator=generator)
     for i in range(0, n, batch_size):
@@ -128,6 +150,10 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
 
 class Trainer:
     """Trains ``model`` on tensors with a quantization scheme (or none), clipping and a step hook.
+
+    Under torch.distributed (``torchrun``) pass ``wrap=DistributedDataParallel``-style wrapping: every rank draws
+    the same global batch order and takes its share of each batch (rank::world); gradients are averaged by DDP;
+    only rank 0 writes checkpoints.
 
     Args:
         model: the network (float weights are kept; the deployed model is quantized afterwards).
@@ -206,6 +232,7 @@ class Trainer:
         if n == 0:
             raise ValueError("no training data")
         done_here = 0
+        rank, world = dist_info()
         from tqdm.auto import tqdm
 
         while self.epoch < c.epochs:
@@ -217,14 +244,20 @@ class Trainer:
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             count = 0
-            bar = tqdm(total=n, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="img", leave=False,
-                       disable=not c.progress, file=sys.stderr)
+            bar = tqdm(total=n // world, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="img", leave=False,
+                       disable=not c.progress or rank != 0, file=sys.stderr)
             self.model.train()
             for idx in _batches(n, c.batch_size, self.generator):
+                if len(idx) < world:  # too few images to give every rank one: skipped alike on all ranks
+                    continue
                 x = train_x[idx].to(self.device, non_blocking=True)
                 y = train_y[idx].to(self.device, non_blocking=True)
                 if self.augment is not None:
+                    # The global batch is augmented on every rank (one generator stream, identical on all ranks),
+                    # then each rank takes its share: the data order never diverges between ranks.
                     x = self.augment(x, self.generator)
+                if world > 1:
+                    x, y, idx = x[rank::world], y[rank::world], idx[rank::world]
                 self.optimizer.zero_grad(set_to_none=True)
                 stats = self.step(self, x, y)
                 self.optimizer.step()
@@ -247,9 +280,12 @@ class Trainer:
             self.epoch += 1
             done_here += 1
             if checkpoint is not None:
-                d = self.state_dict()
-                d["key"] = key
-                atomic_torch_save(d, checkpoint)
+                if rank == 0:  # under torch.distributed only rank 0 writes; the others wait for the file
+                    d = self.state_dict()
+                    d["key"] = key
+                    atomic_torch_save(d, checkpoint)
+                if world > 1:
+                    torch.distributed.barrier()
         return self.history
 
 
