@@ -1,7 +1,7 @@
 """Speed of ``kernels.random_flip`` per backend against the original approach (one float32 uniform per bit).
 
     python -m benchmark.perf_kernels [--device cuda] [--json] [--json-out FILE] [--sizes 60000 5500000]
-                                     [--repeats 5] [--backends c,torch]
+                                     [--repeats 5] [--backends c,torch] [--threads N]
 
 The baseline is what the original code did for one random bit-error pattern: ``torch.rand(N, m) < p`` (one
 float32 uniform per bit), pack the m flip bits of each word into a mask, xor. Both are measured in the same run on
@@ -127,8 +127,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--backends", default=None, help="comma-separated subset of torch,c,cupy")
     ap.add_argument("--json-out", default=None, metavar="FILE", help="also write the records as JSON to FILE")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(N) (also the C kernel's)")
     args = ap.parse_args(argv)
     names = args.backends.split(",") if args.backends else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         recs = run(sizes=args.sizes, p=args.p, device=args.device, repeats=args.repeats, backends=names)
     except (ValueError, RuntimeError) as e:

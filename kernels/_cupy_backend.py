@@ -1,0 +1,135 @@
+"""CUDA backend through CuPy (RawModule compiled from flip_cuda.cu by NVRTC), loaded lazily.
+
+Tensors are handed over without copies (DLPack) and kernels run on torch's current stream of the tensor's device.
+Without CuPy or a usable driver, kernels/ uses the torch reference on the GPU instead.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+
+_cupy = None
+_error: str | None = None
+_probed = False
+_modules: dict = {}
+_sms: dict = {}
+_lock = threading.Lock()
+
+_SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flip_cuda.cu")
+_THREADS = 256
+
+
+def load():
+    """The cupy module, or None with :func:`error` saying why."""
+    global _cupy, _error, _probed
+    if not _probed:
+        with _lock:
+            if not _probed:
+                if not torch.cuda.is_available():
+                    _error = "CUDA not available to torch"
+                else:
+                    try:
+                        import cupy  # noqa: PLC0415 (lazy on purpose)
+                        if cupy.cuda.runtime.getDeviceCount() < 1:
+                            raise RuntimeError("no CUDA device visible to CuPy")
+                        _cupy = cupy
+                    except Exception as e:  # ImportError, CUDARuntimeError, driver mismatch ...
+                        _error = f"CuPy is not usable ({type(e).__name__}: {e})"
+                _probed = True
+    return _cupy
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def error() -> str | None:
+    load()
+    return _error
+
+
+def source() -> str:
+    with open(_SOURCE_PATH, encoding="utf-8") as f:
+        return f.read()
+
+
+def _module(dev: int):
+    mod = _modules.get(dev)
+    if mod is None:
+        cp = load()
+        if cp is None:
+            raise RuntimeError(_error)
+        with cp.cuda.Device(dev):
+            mod = cp.RawModule(code=source())  # plain C++ without headers: no options needed
+            for name in ("bb_flip_u8", "bb_flip_u16", "bb_flip_u32", "bb_philox_many"):
+                mod.get_function(name)  # compile now so that errors surface here
+        _modules[dev] = mod
+        _sms[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
+    return mod
+
+
+def _launch(x: torch.Tensor, name: str, grid: int, args_fn):
+    """Launch kernel ``name`` on torch's current stream of x's device; args_fn(cupy) builds the arguments."""
+    cp = load()
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    mod = _module(dev)
+    kern = mod.get_function(name)
+    with cp.cuda.Device(dev):
+        stream = cp.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream, dev)
+        with stream:
+            kern((grid,), (_THREADS,), args_fn(cp))
+
+
+#: C types of the scalar kernel arguments after (x, out, prot), in order (see flip_cuda.cu).
+SCALAR_TYPES = ("int32", "uint32", "int64", "uint64", "uint32", "uint32", "uint32", "uint32", "uint32", "uint32",
+                "int32")
+
+
+def kernel_scalars(use_prot: bool, attack: int, n: int, offset: int, seed: int, t01: int, t10: int,
+                   mask_only: bool) -> tuple:
+    """The scalar arguments of bb_flip_u{8,16,32} after (x, out, prot), as Python ints (types: SCALAR_TYPES)."""
+    en01, en10 = int(t01 != 0), int(t10 != 0)
+    return (int(use_prot), attack, n, offset, seed & 0xFFFFFFFF, seed >> 32, (t01 - en01) & 0xFFFFFFFF,
+            (t10 - en10) & 0xFFFFFFFF, en01, en10, int(mask_only))
+
+
+def flip(x: torch.Tensor, out: torch.Tensor, prot: torch.Tensor | None, width: int, attack: int, offset: int,
+         seed: int, t01: int, t10: int, mask_only: bool) -> None:
+    """x, out (and prot) are contiguous CUDA tensors of the same dtype, shape and device; writes into out."""
+    import numpy as np  # noqa: PLC0415
+
+    n = x.numel()
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    _module(dev)
+    grid = max(1, min((n + _THREADS - 1) // _THREADS, _sms[dev] * 32))
+    scalars = tuple(getattr(np, t)(v) for t, v in
+                    zip(SCALAR_TYPES, kernel_scalars(prot is not None, attack, n, offset, seed, t01, t10, mask_only)))
+
+    def args(cp):
+        xc = cp.from_dlpack(x.reshape(-1))
+        oc = cp.from_dlpack(out.view(-1))
+        pc = cp.from_dlpack(prot.reshape(-1)) if prot is not None else xc
+        return (xc, oc, pc) + scalars
+
+    _launch(x, f"bb_flip_u{width}", grid, args)
+
+
+def philox4x32_10(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Philox on the GPU for n pairs: counter [n, 4], key [n, 2] (uint32 values in int64 CUDA tensors)
+    -> int64 [n, 4]. For known-answer tests."""
+    import numpy as np  # noqa: PLC0415
+
+    from ._common import from_pattern
+
+    n = counter.shape[0]
+    c = from_pattern(counter.to(torch.int64) & 0xFFFFFFFF, torch.int32).contiguous()
+    k = from_pattern(key.to(torch.int64) & 0xFFFFFFFF, torch.int32).contiguous()
+    o = torch.empty_like(c)
+
+    def args(cp):
+        return (cp.from_dlpack(c.view(-1)), cp.from_dlpack(k.view(-1)), cp.from_dlpack(o.view(-1)), np.int64(n))
+
+    _launch(c, "bb_philox_many", max(1, (n + _THREADS - 1) // _THREADS), args)
+    return o.to(torch.int64) & 0xFFFFFFFF

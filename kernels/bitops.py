@@ -1,0 +1,193 @@
+"""Bit operations on integer tensors (uint8, int8, int16, int32), on their two's-complement bit patterns.
+
+Bit 0 is the least significant bit; for signed dtypes bit width-1 is the sign bit. ``bits`` (m) restricts an
+operation to the m low bits where it applies (default: the whole word). Masks are a Python int (applied to every
+word; the unsigned pattern or its signed reading) or an integer tensor broadcastable to x (same dtype not needed).
+Inputs are never modified.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from ._common import (check_bits, check_dtype, check_same, check_tensor, from_pattern, int_pattern,
+                      low_mask, pattern_scalar, to_pattern)
+
+__all__ = [
+    "to_bits", "from_bits", "bit_and", "bit_or", "bit_xor", "flip_bits", "set_bits", "clear_bits", "popcount",
+    "hamming_distance", "hamming_total", "msb_value", "msb_projection", "budget_projection",
+]
+
+
+def to_bits(x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+    """uint8 tensor [..., m] of 0/1: element [..., b] is bit b of x (bit 0 = LSB; m = bits, default the width)."""
+    width = check_tensor(x, "x")
+    m = check_bits(bits, width)
+    shifts = torch.arange(m, dtype=x.dtype, device=x.device)
+    # (x >> b) & 1 is bit b of the pattern also for signed x (arithmetic shift only fills bits above b).
+    return ((x.unsqueeze(-1) >> shifts) & 1).to(torch.uint8)
+
+
+def from_bits(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`to_bits`: 0/1 tensor [..., m] (m <= width; missing high bits are 0) -> tensor of dtype."""
+    width = check_dtype(dtype)
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"b must be a torch.Tensor of 0/1 values; got {type(b).__name__}")
+    if b.is_floating_point() or b.is_complex():
+        raise TypeError(f"b must be an integer or bool tensor of 0/1 values; got dtype {b.dtype}")
+    if b.dim() == 0 or not 1 <= b.shape[-1] <= width:
+        raise ValueError(f"b must have shape [..., m] with 1 <= m <= {width} for {dtype}; got {tuple(b.shape)}")
+    b64 = b.to(torch.int64)
+    if b.dtype != torch.bool and b64.numel() and bool(((b64 != 0) & (b64 != 1)).any()):
+        raise ValueError("b must contain only 0 and 1")
+    shifts = torch.arange(b.shape[-1], dtype=torch.int64, device=b.device)
+    return from_pattern((b64 << shifts).sum(-1), dtype)
+
+
+def _mask_operand(x: torch.Tensor, mask, width: int, name: str = "mask"):
+    """A mask as a Python scalar of x's dtype or a tensor of x's dtype (same bit pattern)."""
+    if isinstance(mask, torch.Tensor):
+        if mask.dtype == torch.bool or mask.is_floating_point() or mask.is_complex():
+            raise TypeError(f"{name} must be an integer tensor or an int; got dtype {mask.dtype}")
+        check_same(x, mask, "x", name, dtype=False, shape=False)
+        try:
+            torch.broadcast_shapes(x.shape, mask.shape)
+        except RuntimeError:
+            raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to x's shape "
+                             f"{tuple(x.shape)}") from None
+        if mask.dtype == x.dtype:
+            return mask
+        m64 = mask.to(torch.int64)
+        if m64.numel():
+            lo, hi = int(m64.min()), int(m64.max())
+            if lo < -(1 << (width - 1)) or hi >= (1 << width):
+                raise ValueError(f"{name} has values outside a {width}-bit word ({lo} .. {hi})")
+        return from_pattern(m64 & low_mask(width), x.dtype)
+    if isinstance(mask, numbers.Integral) and not isinstance(mask, bool):
+        return pattern_scalar(int_pattern(mask, width, name), x.dtype)
+    raise TypeError(f"{name} must be an int bit mask or an integer tensor; got {type(mask).__name__}")
+
+
+def bit_and(x: torch.Tensor, mask) -> torch.Tensor:
+    """x & mask (mask: int or integer tensor broadcastable to x)."""
+    width = check_tensor(x, "x")
+    return torch.bitwise_and(x, _mask_operand(x, mask, width))
+
+
+def bit_or(x: torch.Tensor, mask) -> torch.Tensor:
+    """x | mask."""
+    width = check_tensor(x, "x")
+    return torch.bitwise_or(x, _mask_operand(x, mask, width))
+
+
+def bit_xor(x: torch.Tensor, mask) -> torch.Tensor:
+    """x ^ mask."""
+    width = check_tensor(x, "x")
+    return torch.bitwise_xor(x, _mask_operand(x, mask, width))
+
+
+def flip_bits(x: torch.Tensor, mask) -> torch.Tensor:
+    """Flip the bits set in mask (x ^ mask)."""
+    return bit_xor(x, mask)
+
+
+def set_bits(x: torch.Tensor, mask) -> torch.Tensor:
+    """Set the bits set in mask to 1 (x | mask)."""
+    return bit_or(x, mask)
+
+
+def clear_bits(x: torch.Tensor, mask) -> torch.Tensor:
+    """Clear the bits set in mask to 0 (x & ~mask)."""
+    width = check_tensor(x, "x")
+    return torch.bitwise_and(x, torch.bitwise_not(torch.as_tensor(_mask_operand(x, mask, width), dtype=x.dtype,
+                                                                  device=x.device)))
+
+
+_LUT: dict = {}
+
+
+def _popcount_patterns(u: torch.Tensor, width: int) -> torch.Tensor:
+    lut = _LUT.get(u.device)
+    if lut is None:
+        lut = torch.tensor([bin(v).count("1") for v in range(256)], dtype=torch.int64, device=u.device)
+        _LUT[u.device] = lut
+    count = lut[u & 0xFF]
+    for k in range(1, width // 8):
+        count = count + lut[(u >> (8 * k)) & 0xFF]
+    return count
+
+
+def popcount(x: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+    """int64 tensor: number of set bits among the m low bits of each element."""
+    width = check_tensor(x, "x")
+    m = check_bits(bits, width)
+    return _popcount_patterns(to_pattern(x) & low_mask(m), width)
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor, bits, names=("a", "b")):
+    width = check_tensor(a, names[0])
+    check_tensor(b, names[1])
+    check_same(a, b, names[0], names[1])
+    m = check_bits(bits, width)
+    return (to_pattern(a) ^ to_pattern(b)) & low_mask(m), width
+
+
+def hamming_distance(a: torch.Tensor, b: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+    """int64 tensor of a's shape: number of differing bits (among the m low bits) per element."""
+    d, width = _diff(a, b, bits)
+    return _popcount_patterns(d, width)
+
+
+def hamming_total(a: torch.Tensor, b: torch.Tensor, bits: int | None = None) -> int:
+    """Total number of differing bits (among the m low bits of every element)."""
+    return int(hamming_distance(a, b, bits).sum())
+
+
+def msb_value(u: torch.Tensor) -> torch.Tensor:
+    """For int64 patterns u in [0, 2^32): 2^(index of the highest set bit), 0 where u == 0."""
+    s = u | (u >> 1)
+    s = s | (s >> 2)
+    s = s | (s >> 4)
+    s = s | (s >> 8)
+    s = s | (s >> 16)
+    return s - (s >> 1)
+
+
+def msb_projection(x_clean: torch.Tensor, x_perturbed: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+    """Codes that differ from x_clean in at most one bit per word: the most significant bit (among the m low
+    bits) in which x_perturbed differs from x_clean is flipped; every other difference is undone."""
+    d, _ = _diff(x_clean, x_perturbed, bits, ("x_clean", "x_perturbed"))
+    return from_pattern(to_pattern(x_clean) ^ msb_value(d), x_clean.dtype)
+
+
+def budget_projection(x_clean: torch.Tensor, x_perturbed: torch.Tensor, eps: int, bits: int | None = None,
+                      score: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the ``eps`` words whose codes changed most, one bit each; reset every other word to x_clean.
+
+    Only words that differ from x_clean in their m low bits are candidates. They are ranked by ``score``
+    (a real tensor of x's shape, higher first; e.g. the caller's |dequantized change|) if given, else by the value
+    of their most significant changed bit; ties go to the lower (C-order) index. Each kept word gets only its most
+    significant changed bit (as :func:`msb_projection`). At most eps words differ from x_clean in the result,
+    each in exactly one bit. Deterministic."""
+    d, _ = _diff(x_clean, x_perturbed, bits, ("x_clean", "x_perturbed"))
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Integral) or eps < 0:
+        raise ValueError(f"eps must be a non-negative int (number of words); got {eps!r}")
+    v = msb_value(d).reshape(-1)
+    cand = torch.nonzero(v, as_tuple=True)[0]  # ascending indices
+    if score is not None:
+        if not isinstance(score, torch.Tensor):
+            raise TypeError(f"score must be a tensor of x's shape (or None); got {type(score).__name__}")
+        if score.is_complex() or score.dtype == torch.bool:
+            raise TypeError(f"score must be a real tensor; got dtype {score.dtype}")
+        check_same(x_clean, score, "x_clean", "score", dtype=False)
+        key = score.reshape(-1)[cand].to(torch.float64)
+        if bool(torch.isnan(key).any()):
+            raise ValueError("score is NaN for a changed word")
+    else:
+        key = v[cand]
+    order = torch.sort(key, descending=True, stable=True).indices[: int(eps)]
+    keep = cand[order]
+    u = to_pattern(x_clean).reshape(-1)
+    u[keep] ^= v[keep]
+    return from_pattern(u, x_clean.dtype).reshape(x_clean.shape)

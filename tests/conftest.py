@@ -1,0 +1,16 @@
+"""Shared pytest configuration."""
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `gpu`-marked tests, with a visible reason, where torch sees no CUDA device."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="CUDA not available")
+    for item in gpu_items:
+        item.add_marker(skip)
