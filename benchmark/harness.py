@@ -23,6 +23,7 @@ from attacks import create_attack
 from attacks.registry import ATTACKS
 from defenses import DEFENSES, TrainConfig, create_defense
 from defenses.io import atomic_write_json
+from defenses.quantized_model import flatten_parameters
 from defenses.registry import parse_spec
 
 from . import __version__
@@ -263,6 +264,8 @@ class Harness:
             train_s = sum(h.get("seconds", 0.0) for h in history) or train_s
         model.eval()
         qm = defense.quantize(model)
+        # The per-chip loop dequantizes each pattern straight into one flat parameter buffer (one pass).
+        flatten_parameters(qm.parameters_of(model))
         dep = DeployedModel(defense, model, qm, key, train_s, trained_now, history)
         self._deployed[spec] = dep
         return dep

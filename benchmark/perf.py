@@ -38,6 +38,24 @@ def _timeit(fn, repeats: int, warmup: int = 1, sync=None) -> float:
     return statistics.median(times)
 
 
+def _timeit_interleaved(fns: dict, repeats: int, warmup: int = 2, sync=None) -> dict:
+    """Median seconds of each function, measured in interleaved rounds (fair under a varying machine load)."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            if sync:
+                sync()
+            t = time.perf_counter()
+            f()
+            if sync:
+                sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _sync(device):
     return (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else None
 
@@ -81,6 +99,7 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
     """Per-pattern seconds: floor (clean inference), our loop, the original loop; LeNet on the embedded data."""
     from attacks import create_attack
     from defenses import QuantizedModel
+    from defenses.quantized_model import flatten_parameters
 
     from .evaluate import evaluate_attack, predict
 
@@ -91,6 +110,8 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
     x, y = ds.test_x.to(device), ds.test_y.to(device)
     qm = QuantizedModel.from_module(model, scheme)
     qm = qm.to(device)
+    orig_model = copy.deepcopy(model)
+    flatten_parameters(qm.parameters_of(model))  # as the harness does
     sync = _sync(device)
     reps = max(3, patterns // 2)
     floor = _timeit(lambda: predict(model, x), reps, warmup=2, sync=sync)
@@ -105,7 +126,7 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
 
     def orig():
         for k in range(n_orig):
-            _original_pattern_loop(model, scheme, x, y, p, 100 + k, batch_size=100)
+            _original_pattern_loop(orig_model, scheme, x, y, p, 100 + k, batch_size=100)
 
     t_orig = _timeit(orig, 2, warmup=1, sync=sync) / n_orig
     base = {"device": str(device), "model": "lenet", "dataset": "mnist5k", "n_eval": int(y.shape[0]),
@@ -158,9 +179,8 @@ def perf_train(device="cpu", quick: bool = False, repeats: int | None = None) ->
                 tr.optimizer.step()
             return f
 
-        t_plain = _timeit(one(plain), reps, warmup=3, sync=sync)
-        t_qat = _timeit(one(qat), reps, warmup=3, sync=sync)
-        t_rb = _timeit(one(rb), reps, warmup=3, sync=sync)
+        t = _timeit_interleaved({"plain": one(plain), "qat": one(qat), "rb": one(rb)}, reps, warmup=3, sync=sync)
+        t_plain, t_qat, t_rb = t["plain"], t["qat"], t["rb"]
         base = {"device": str(device), "model": name, "batch": int(x.shape[0]),
                 "params": sum(p.numel() for p in model.parameters())}
         rows += [dict(base, step="plain fwd+bwd", ms=1e3 * t_plain, ratio=1.0),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .quantization import QuantScheme, quantize_flat, segment_ids
-from .quantized_model import QuantizedModel, select_parameters
+from .quantized_model import QuantizedModel, flat_buffer_of, flatten_parameters, select_parameters
 
 __all__ = ["FlatQuantizer", "StraightThrough"]
 
@@ -31,14 +31,19 @@ class StraightThrough:
 
     def load(self, codes: torch.Tensor | None = None) -> None:
         """Write the dequantized ``codes`` (default: the clean codes) into the parameters."""
-        flat = self.qm.dequantize(codes, dtype=self._fq.params[0].dtype)
-        torch._foreach_copy_(self._fq.datas, self._fq.split(flat))
+        self._fq.write(self.qm.dequantize(codes, dtype=self._fq.buffer.dtype, out=self._fq.buffer))
 
 
 class FlatQuantizer:
-    """Quantizes a module's selected parameters (see :func:`select_parameters`) as one flat memory."""
+    """Quantizes a module's selected parameters (see :func:`select_parameters`) as one flat memory.
 
-    def __init__(self, module: nn.Module, scheme: QuantScheme, include=None, exclude=None):
+    The selected parameters are made views of one contiguous buffer (:func:`flatten_parameters`), in memory
+    layout order, so quantizing reads the buffer once, dequantizing writes it once, and saving/restoring the float
+    weights is one copy each. ``flatten=False`` keeps the parameters as they are (then each write is one
+    multi-tensor copy).
+    """
+
+    def __init__(self, module: nn.Module, scheme: QuantScheme, include=None, exclude=None, flatten: bool = True):
         self.module = module
         self.scheme = scheme
         named = select_parameters(module, include, exclude)
@@ -46,7 +51,21 @@ class FlatQuantizer:
         self.params = [p for _, p in named]
         self.shapes = [tuple(p.shape) for p in self.params]
         self.lengths = [p.numel() for p in self.params]
+        self._flat = None
+        if flatten:
+            self._flat = flat_buffer_of(self.params)
+            if self._flat is None:
+                self._flat = flatten_parameters(self.params)
         self._seg = None
+        self._saved = None
+
+    @property
+    def buffer(self) -> torch.Tensor:
+        """The parameters' flat buffer (a fresh concatenation when they are not flattened)."""
+        if self._flat is not None and flat_buffer_of(self.params) is not None:
+            return self._flat
+        self._flat = None
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
 
     @property
     def datas(self) -> list[torch.Tensor]:
@@ -57,7 +76,17 @@ class FlatQuantizer:
 
     def flat(self) -> torch.Tensor:
         """The current float weights, concatenated (a new tensor)."""
-        return torch.cat([p.detach().reshape(-1) for p in self.params])
+        return self.buffer.clone() if self._flat is not None else self.buffer
+
+    def write(self, flat: torch.Tensor) -> None:
+        """Set the parameters from a flat tensor (no-op when ``flat`` is the parameters' own buffer)."""
+        if self._flat is not None and flat.data_ptr() == self._flat.data_ptr():
+            return
+        with torch.no_grad():
+            if self._flat is not None:
+                self._flat.copy_(flat)
+            else:
+                torch._foreach_copy_(self.datas, self.split(flat))
 
     def seg(self, device) -> torch.Tensor:
         if self._seg is None or self._seg.device != torch.device(device):
@@ -65,11 +94,12 @@ class FlatQuantizer:
         return self._seg
 
     @torch.no_grad()
-    def quantize(self, flat: torch.Tensor | None = None) -> QuantizedModel:
+    def quantize(self, flat: torch.Tensor | None = None, check: bool = True) -> QuantizedModel:
         """Quantize the current weights (or ``flat``) into a :class:`QuantizedModel`."""
-        flat = self.flat() if flat is None else flat
+        flat = self.buffer if flat is None else flat
         seg = self.seg(flat.device)
-        codes, scale, mid = quantize_flat(flat, seg, len(self.params), self.scheme)
+        codes, scale, mid = quantize_flat(flat, seg, len(self.params), self.scheme, lengths=self.lengths,
+                                          check=check)
         qm = QuantizedModel(self.scheme, self.names, self.shapes, codes, scale, mid)
         qm._expanded = (seg, scale[seg], mid[seg])
         return qm
@@ -79,8 +109,11 @@ class FlatQuantizer:
         """Quantize the current weights; inside, parameters hold dequantized values; float weights come back
         on exit (gradients are kept). ``load=False`` leaves loading to the caller (``handle.load(codes)``)."""
         with torch.no_grad():
-            saved = self.flat()
-            qm = self.quantize(saved)
+            buf = self.buffer
+            if self._saved is None or self._saved.shape != buf.shape or self._saved.device != buf.device:
+                self._saved = torch.empty_like(buf)
+            saved = self._saved.copy_(buf)
+            qm = self.quantize(buf, check=False)
             handle = StraightThrough(self, qm)
             if load:
                 handle.load()
@@ -88,10 +121,13 @@ class FlatQuantizer:
             yield handle
         finally:
             with torch.no_grad():
-                torch._foreach_copy_(self.datas, self.split(saved))
+                self.write(saved)
 
     @torch.no_grad()
     def clip_(self, w_max: float) -> None:
         """Clamp every selected parameter to [-w_max, w_max] in place."""
-        for d in self.datas:
-            d.clamp_(-w_max, w_max)
+        if self._flat is not None and flat_buffer_of(self.params) is not None:
+            self._flat.clamp_(-w_max, w_max)
+        else:
+            for d in self.datas:
+                d.clamp_(-w_max, w_max)

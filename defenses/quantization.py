@@ -248,29 +248,46 @@ def segment_ids(lengths, device=None) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
 
 
-def quantize_flat(flat: torch.Tensor, seg: torch.Tensor, num_segments: int, scheme: QuantScheme):
+def _segment_stats(f: torch.Tensor, seg: torch.Tensor, num_segments: int, lengths, scheme: QuantScheme):
+    """Per-tensor (lo, hi, amax) of a flat memory; exact (reductions of max/min are order-free)."""
+    dt = scheme.compute_dtype
+    if scheme.range == "fixed":
+        return None, None, torch.zeros(num_segments, dtype=dt, device=f.device)
+    if lengths is not None and num_segments and min(lengths) > 0:
+        # Multi-tensor reductions over per-tensor views (a few kernel launches for the whole memory).
+        if scheme.asymmetric:
+            hi = torch.stack(torch._foreach_max(list(f.split(lengths))))
+            lo = torch.stack(torch._foreach_max(list(torch.neg(f).split(lengths)))).neg_()
+            return lo, hi, None
+        return None, None, torch.stack(torch._foreach_max(list(torch.abs(f).split(lengths))))
+    base = torch.zeros(num_segments, dtype=dt, device=f.device)
+    if scheme.asymmetric:
+        lo = base.clone().scatter_reduce_(0, seg, f, "amin", include_self=False)
+        hi = base.clone().scatter_reduce_(0, seg, f, "amax", include_self=False)
+        return lo, hi, None
+    return None, None, base.clone().scatter_reduce_(0, seg, f.abs(), "amax", include_self=False)
+
+
+def quantize_flat(flat: torch.Tensor, seg: torch.Tensor, num_segments: int, scheme: QuantScheme, *,
+                  lengths: list[int] | None = None, check: bool = True):
     """Quantize a flat memory of ``num_segments`` tensors at once (per-tensor ranges by segmented reductions).
 
     Args:
         flat: 1-D float tensor, the tensors concatenated in C order.
         seg: 1-D int64 tensor, ``seg[i]`` = index of the tensor that word ``i`` belongs to (non-decreasing).
+        lengths: the tensors' sizes (enables multi-tensor reductions, faster than scatter reductions).
+        check: refuse NaN/inf weights (a device sync on GPUs; the training hot path skips it).
     Returns:
         ``(codes, scale, mid)``: codes 1-D of ``scheme.dtype``; scale and mid of shape ``[num_segments]``.
     Bit-identical to :func:`quantize_tensor` applied tensor by tensor.
     """
-    _check_float(flat, "flat")
+    if check:
+        _check_float(flat, "flat")
     dt = scheme.compute_dtype
-    f = flat.detach().to(dt)
-    base = torch.zeros(num_segments, dtype=dt, device=flat.device)
-    lo = hi = amax = None
-    if scheme.range != "fixed":
-        if scheme.asymmetric:
-            lo = base.clone().scatter_reduce_(0, seg, f, "amin", include_self=False)
-            hi = base.clone().scatter_reduce_(0, seg, f, "amax", include_self=False)
-        else:
-            amax = base.clone().scatter_reduce_(0, seg, f.abs(), "amax", include_self=False)
-    else:
-        amax = base
+    f = flat.detach()
+    if f.dtype != dt:
+        f = f.to(dt)
+    lo, hi, amax = _segment_stats(f, seg, num_segments, lengths, scheme)
     mid, half, live = _finish_range(lo, hi, amax, scheme, f)
     codes = _codes_from_x(f, mid[seg], half[seg], scheme, None if live is None else live[seg])
     return codes, half / scheme.levels, mid
@@ -290,7 +307,10 @@ def dequantize_expanded(codes: torch.Tensor, scale_w: torch.Tensor, mid_w: torch
     x = codes.to(dt)
     if scheme.center:
         x.sub_(scheme.center)
-    x.mul_(scale_w).add_(mid_w)  # two correctly rounded ops (no FMA): identical on every path
+    # two correctly rounded ops (no FMA): identical on every path
+    if out is not None and out.dtype == dt and out.shape == x.shape:
+        return torch.mul(x, scale_w, out=out).add_(mid_w)
+    x.mul_(scale_w).add_(mid_w)
     if out is not None:
         return out.copy_(x)
     return x.to(dtype)

@@ -18,7 +18,7 @@ from torch import nn
 from .io import atomic_torch_save
 from .quantization import (QuantScheme, dequantize_expanded, quantize_flat, scheme_from_dict, segment_ids)
 
-__all__ = ["QuantizedModel", "select_parameters", "FORMAT"]
+__all__ = ["QuantizedModel", "select_parameters", "flatten_parameters", "flat_buffer_of", "FORMAT"]
 
 FORMAT = "bitbench.quantized_model/1"
 
@@ -53,6 +53,41 @@ def select_parameters(module: nn.Module, include=None, exclude=None) -> list[tup
         raise ValueError(f"no parameter matches include={include!r} exclude={exclude!r}; "
                          f"parameters are: {names[:20]}{' ...' if len(names) > 20 else ''}")
     return out
+
+
+def flatten_parameters(params: list[torch.Tensor]) -> torch.Tensor:
+    """Make ``params`` views into one new contiguous buffer (in order); returns the buffer.
+
+    Afterwards the whole set is updated with single tensor operations on the buffer (no per-tensor copies).
+    Gradients, optimizers and ``load_state_dict`` keep working (they act on the same parameter objects).
+    """
+    if not params:
+        raise ValueError("no parameters to flatten")
+    with torch.no_grad():
+        buf = torch.cat([p.detach().reshape(-1) for p in params])
+        o = 0
+        for p in params:
+            n = p.numel()
+            p.data = buf[o:o + n].view(p.shape)
+            o += n
+    return buf
+
+
+def flat_buffer_of(params: list[torch.Tensor]) -> torch.Tensor | None:
+    """The 1-D view over ``params`` if they lie back to back, in order, in one storage (else None)."""
+    if not params:
+        return None
+    first = params[0]
+    st = first.untyped_storage()
+    expect = first.data_ptr()
+    size = 0
+    for p in params:
+        if (p.dtype != first.dtype or p.device != first.device or not p.is_contiguous()
+                or p.untyped_storage().data_ptr() != st.data_ptr() or p.data_ptr() != expect):
+            return None
+        expect += p.numel() * p.element_size()
+        size += p.numel()
+    return first.detach().new_empty(0).set_(st, first.storage_offset(), (size,))
 
 
 class QuantizedModel:
@@ -95,8 +130,9 @@ class QuantizedModel:
         shapes = [tuple(p.shape) for _, p in params]
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1) for _, p in params])
-            seg = segment_ids([p.numel() for _, p in params], device=flat.device)
-            codes, scale, mid = quantize_flat(flat, seg, len(params), scheme)
+            lengths = [p.numel() for _, p in params]
+            seg = segment_ids(lengths, device=flat.device)
+            codes, scale, mid = quantize_flat(flat, seg, len(params), scheme, lengths=lengths)
         qm = cls(scheme, names, shapes, codes, scale, mid)
         qm._expanded = (seg, scale[seg], mid[seg])
         return qm
@@ -208,6 +244,11 @@ class QuantizedModel:
         No deep copy, no re-quantization. Parameters that are not part of the memory are untouched.
         """
         params = self.parameters_of(module)
+        buf = flat_buffer_of(params)
+        if buf is not None and buf.device == self.codes.device:
+            # The parameters are views of one buffer (see flatten_parameters): dequantize straight into it.
+            self.dequantize(codes, dtype=buf.dtype, out=buf)
+            return module
         flat = self.dequantize(codes, dtype=params[0].dtype)
         if flat.device != params[0].device:
             flat = flat.to(params[0].device)

@@ -262,9 +262,12 @@ class Trainer:
                 stats = self.step(self, x, y)
                 self.optimizer.step()
                 if self.w_max is not None:
-                    with torch.no_grad():
-                        for p in self._clip_params:
-                            p.clamp_(-self.w_max, self.w_max)
+                    if self.quantizer is not None:
+                        self.quantizer.clip_(self.w_max)  # one op on the flat parameter buffer
+                    else:
+                        with torch.no_grad():
+                            for p in self._clip_params:
+                                p.clamp_(-self.w_max, self.w_max)
                 self.global_step += 1
                 for k, v in stats.items():
                     if isinstance(v, (int, float)):
