@@ -164,6 +164,10 @@ def perf_train(device="cpu", quick: bool = False, repeats: int | None = None) ->
 
     rows = []
     sync = _sync(device)
+    if torch.device(device).type == "cuda":  # as the reference figures (TF32 matmuls and convolutions)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     for name, model, x, y in _train_models(device, quick):
         reps = repeats or (5 if quick else 30)
         cfg = TrainConfig(epochs=1, device=str(device), progress=False)

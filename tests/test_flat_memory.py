@@ -115,3 +115,27 @@ def test_flat_codes_and_in_place_load_equal_reference(data, scheme):
     for t, ((n, a), (_, b)) in enumerate(zip(model.named_parameters(), other.named_parameters())):
         ref = dequantize_tensor(qm.views(pert)[t], qm.scale[t], qm.mid[t], scheme).view_as(a)
         assert torch.equal(a, ref) and torch.equal(b, ref), n
+
+
+@pytest.mark.gpu
+def test_cuda_flat_path_matches_cpu(data):
+    """On a GPU: the same codes, the same chips and the same dequantized weights as on the CPU; RandBET trains."""
+    x, y, ds = data
+    scheme = rquant(8, 0.1)
+    cpu = lenet(ds)
+    gpu = copy.deepcopy(cpu).cuda()
+    qc, qg = QuantizedModel.from_module(cpu, scheme), QuantizedModel.from_module(gpu, scheme)
+    assert torch.equal(qg.codes.cpu(), qc.codes)
+    pc = kernels.random_flip(qc.codes, 0.05, seed=9, bits=8, protected=qc.protected)
+    pg = kernels.random_flip(qg.codes, 0.05, seed=9, bits=8, protected=qg.protected)
+    assert torch.equal(pg.cpu(), pc)
+    flatten_parameters(qg.parameters_of(gpu))
+    qc.load_into(cpu, pc)
+    qg.load_into(gpu, pg)
+    for (n, a), (_, b) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        assert torch.equal(a, b.cpu()), n
+    tr = Trainer(gpu, TrainConfig(epochs=1, batch_size=128, device="cuda", progress=False), scheme=scheme,
+                 step=RandBETStep(0.01, threshold=None, seed=1), w_max=0.1)
+    hist = tr.fit(x, y)
+    assert hist[-1]["bet_on"] == 1.0 and torch.isfinite(torch.tensor(hist[-1]["loss"]))
+    assert flat_buffer_of(tr.quantizer.params) is not None
