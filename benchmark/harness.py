@@ -176,7 +176,8 @@ class Harness:
         return self._dataset
 
     def eval_split(self) -> str:
-        return self.dataset.info.get("eval_split") or f"test[0:{self.dataset.test_y.shape[0]}]"
+        """``test[0:N]``: the first N images of the dataset's test split (its rule is in ``eval_split_rule``)."""
+        return f"test[0:{self.dataset.test_y.shape[0]}]"
 
     def train_config(self) -> TrainConfig:
         d = dict(self.suite.train)
@@ -357,7 +358,8 @@ class Harness:
         d = dep.defense
         rec = {
             "format": RESULT_FORMAT, "suite": self.suite.name, "dataset": self.suite.dataset,
-            "eval_split": self.eval_split(), "n_eval": int(ds.test_y.shape[0]), "model": self.suite.model,
+            "eval_split": self.eval_split(), "eval_split_rule": ds.info.get("eval_split"),
+            "n_eval": int(ds.test_y.shape[0]), "model": self.suite.model,
             "model_options": dict(self.suite.model_options), "n_params": int(dep.qm.n_words),
             "defense": d.spec, "defense_name": d.registry_name, "defense_params": dict(d.params),
             "bits": int(dep.qm.bits), "scheme": dep.qm.scheme.name,

@@ -5,6 +5,7 @@ Without CuPy or a usable driver, kernels/ uses the torch reference on the GPU in
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 
@@ -95,6 +96,31 @@ def kernel_scalars(use_prot: bool, attack: int, n: int, offset: int, seed: int, 
             (t10 - en10) & 0xFFFFFFFF, en01, en10, int(mask_only))
 
 
+_CTYPES = {"int32": ctypes.c_int32, "uint32": ctypes.c_uint32, "int64": ctypes.c_int64, "uint64": ctypes.c_uint64}
+_functions: dict = {}
+_fast_error: list = []  # why the direct driver launch was given up (then CuPy's launcher is used)
+
+
+def _launch_direct(x: torch.Tensor, name: str, grid: int, pointers: tuple, scalars: tuple) -> None:
+    """Launch through cuLaunchKernel with raw device pointers on torch's current stream.
+
+    No DLPack export, no CuPy stream object: a few microseconds of host work per launch, which is what small
+    memories (60k words) and per-step patterns in training pay. The kernel and its arguments are the same as on
+    the CuPy path, so the result is identical.
+    """
+    cp = load()
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    key = (dev, name)
+    f = _functions.get(key)
+    if f is None:
+        f = _functions[key] = _module(dev).get_function(name).ptr
+    vals = [ctypes.c_void_p(p) for p in pointers] + [_CTYPES[t](v) for t, v in zip(SCALAR_TYPES, scalars)]
+    params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+    with torch.cuda.device(dev):
+        cp.cuda.driver.launchKernel(f, grid, 1, 1, _THREADS, 1, 1, 0, torch.cuda.current_stream(dev).cuda_stream,
+                                    ctypes.addressof(params), 0)
+
+
 def flip(x: torch.Tensor, out: torch.Tensor, prot: torch.Tensor | None, width: int, attack: int, offset: int,
          seed: int, t01: int, t10: int, mask_only: bool) -> None:
     """x, out (and prot) are contiguous CUDA tensors of the same dtype, shape and device; writes into out."""
@@ -104,8 +130,15 @@ def flip(x: torch.Tensor, out: torch.Tensor, prot: torch.Tensor | None, width: i
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     _module(dev)
     grid = max(1, min((n + _THREADS - 1) // _THREADS, _sms[dev] * 32))
-    scalars = tuple(getattr(np, t)(v) for t, v in
-                    zip(SCALAR_TYPES, kernel_scalars(prot is not None, attack, n, offset, seed, t01, t10, mask_only)))
+    plain = kernel_scalars(prot is not None, attack, n, offset, seed, t01, t10, mask_only)
+    if not _fast_error and os.environ.get("BITBENCH_CUPY_LAUNCH", "direct") == "direct":
+        try:
+            ptrs = (x.data_ptr(), out.data_ptr(), (prot if prot is not None else x).data_ptr())
+            _launch_direct(x, f"bb_flip_u{width}", grid, ptrs, plain)
+            return
+        except Exception as e:  # an older CuPy without driver.launchKernel: fall back for good
+            _fast_error.append(f"{type(e).__name__}: {e}")
+    scalars = tuple(getattr(np, t)(v) for t, v in zip(SCALAR_TYPES, plain))
 
     def args(cp):
         xc = cp.from_dlpack(x.reshape(-1))
