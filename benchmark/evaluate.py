@@ -20,10 +20,17 @@ from torch import nn
 __all__ = ["predict", "evaluate_attack", "AttackEvaluation", "summarize"]
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Evaluation batch: 256 on CPUs (activations stay in cache: LeNet on 1,000 images is 1.7x faster than in
+    one batch of 1,000), 4096 on GPUs."""
+    return 4096 if torch.device(device).type == "cuda" else 256
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Predicted labels of ``model`` (eval mode) on ``x`` (already on the model's device)."""
     model.eval()
+    batch_size = batch_size or default_batch_size(x.device)
     if x.shape[0] <= batch_size:
         return model(x).argmax(1)
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
@@ -55,7 +62,7 @@ class AttackEvaluation:
 
 
 def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tensor, *, attack_data=None,
-                    batch_size: int = 2048, progress: bool = False, indices=None,
+                    batch_size: int | None = None, progress: bool = False, indices=None,
                     clean_pred: torch.Tensor | None = None, desc: str = "") -> AttackEvaluation:
     """Evaluate ``attack`` on the quantized model ``qm`` loaded into ``model``.
 

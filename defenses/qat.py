@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .quantization import QuantScheme, quantize_flat, segment_ids
+from .quantization import QuantScheme, quantize_flat_fused, segment_ids, segment_starts
 from .quantized_model import QuantizedModel, flat_buffer_of, flatten_parameters, select_parameters
 
 __all__ = ["FlatQuantizer", "StraightThrough"]
@@ -57,6 +57,7 @@ class FlatQuantizer:
             if self._flat is None:
                 self._flat = flatten_parameters(self.params)
         self._seg = None
+        self._starts = None
         self._saved = None
 
     @property
@@ -93,16 +94,27 @@ class FlatQuantizer:
             self._seg = segment_ids(self.lengths, device=device)
         return self._seg
 
+    def starts(self, device) -> torch.Tensor:
+        if self._starts is None or self._starts.device != torch.device(device):
+            self._starts = segment_starts(self.lengths, device=device)
+        return self._starts
+
     @torch.no_grad()
-    def quantize(self, flat: torch.Tensor | None = None, check: bool = True) -> QuantizedModel:
-        """Quantize the current weights (or ``flat``) into a :class:`QuantizedModel`."""
+    def quantize(self, flat: torch.Tensor | None = None, check: bool = True,
+                 deq_out: torch.Tensor | None = None) -> tuple:
+        """Quantize the current weights (or ``flat``): ``(QuantizedModel, dequantized_written)``.
+
+        With ``deq_out`` the clean dequantized values are also written there when that can be fused into the
+        same pass (CPU, C extension); the flag says whether it happened.
+        """
         flat = self.buffer if flat is None else flat
         seg = self.seg(flat.device)
-        codes, scale, mid = quantize_flat(flat, seg, len(self.params), self.scheme, lengths=self.lengths,
-                                          check=check)
+        codes, scale, mid, done = quantize_flat_fused(flat, seg, len(self.params), self.scheme,
+                                                      lengths=self.lengths, check=check,
+                                                      starts=self.starts(flat.device), deq_out=deq_out)
         qm = QuantizedModel(self.scheme, self.names, self.shapes, codes, scale, mid)
-        qm._expanded = (seg, scale[seg], mid[seg])
-        return qm
+        qm._starts = self._starts if self._starts.device == codes.device else None
+        return qm, done
 
     @contextmanager
     def straight_through(self, load: bool = True):
@@ -113,9 +125,10 @@ class FlatQuantizer:
             if self._saved is None or self._saved.shape != buf.shape or self._saved.device != buf.device:
                 self._saved = torch.empty_like(buf)
             saved = self._saved.copy_(buf)
-            qm = self.quantize(buf, check=False)
+            fused = load and self._flat is not None
+            qm, done = self.quantize(buf, check=False, deq_out=buf if fused else None)
             handle = StraightThrough(self, qm)
-            if load:
+            if load and not done:
                 handle.load()
         try:
             yield handle

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .io import atomic_torch_save
-from .quantization import (QuantScheme, dequantize_expanded, quantize_flat, scheme_from_dict, segment_ids)
+from .quantization import (QuantScheme, dequantize_expanded, expand_segments, quantize_flat, scheme_from_dict,
+                           segment_ids, segment_starts)
 
 __all__ = ["QuantizedModel", "select_parameters", "flatten_parameters", "flat_buffer_of", "FORMAT"]
 
@@ -120,6 +121,7 @@ class QuantizedModel:
         self.scale = scale
         self.mid = mid
         self._expanded = None  # cached per-word (seg, scale, mid) for fast dequantization
+        self._starts = None  # cached segment boundaries (CPU fused dequantization)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -134,7 +136,6 @@ class QuantizedModel:
             seg = segment_ids(lengths, device=flat.device)
             codes, scale, mid = quantize_flat(flat, seg, len(params), scheme, lengths=lengths)
         qm = cls(scheme, names, shapes, codes, scale, mid)
-        qm._expanded = (seg, scale[seg], mid[seg])
         return qm
 
     # -- layout ------------------------------------------------------------------------------------------------
@@ -212,13 +213,22 @@ class QuantizedModel:
     def _per_word(self):
         if self._expanded is None or self._expanded[0].device != self.codes.device:
             seg = segment_ids(self.lengths, device=self.codes.device)
-            self._expanded = (seg, self.scale.to(self.codes.device)[seg], self.mid.to(self.codes.device)[seg])
+            self._expanded = (seg, expand_segments(self.scale.to(self.codes.device), seg, self.lengths),
+                              expand_segments(self.mid.to(self.codes.device), seg, self.lengths))
         return self._expanded
 
     def dequantize(self, codes: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
                    out: torch.Tensor | None = None) -> torch.Tensor:
         """Flat float values of ``codes`` (default: the clean memory)."""
         c = self.codes if codes is None else self._check_codes(codes)
+        if c.device.type == "cpu" and dtype == torch.float32 and self.scale.dtype == torch.float32:
+            import kernels
+
+            if self._starts is None:
+                self._starts = segment_starts(self.lengths)
+            o = out if out is not None else torch.empty(c.shape, dtype=torch.float32)
+            if kernels.fused_dequant(c, self._starts, self.mid, self.scale, center=self.scheme.center, out=o):
+                return o
         _, sw, mw = self._per_word()
         return dequantize_expanded(c, sw, mw, self.scheme, dtype=dtype, out=out)
 

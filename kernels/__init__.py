@@ -11,11 +11,13 @@ from ._common import DTYPE_WIDTH, threshold
 from ._torch_backend import philox4x32_10
 from .bitops import (bit_and, bit_or, bit_xor, budget_projection, clear_bits, flip_bits, from_bits,
                      hamming_distance, hamming_total, msb_projection, msb_value, popcount, set_bits, to_bits)
+from .fused_quant import fused_available, fused_dequant, fused_quant_dequant, fused_segment_minmax
 from .flip import BACKENDS, ENV_BACKEND, backends, random_flip, random_flip_mask, resolve_backend
 
 SUPPORTED_DTYPES = tuple(DTYPE_WIDTH)
 
 __all__ = [
+    "fused_available", "fused_dequant", "fused_quant_dequant", "fused_segment_minmax",
     "SUPPORTED_DTYPES", "DTYPE_WIDTH", "BACKENDS", "ENV_BACKEND",
     "random_flip", "random_flip_mask", "philox4x32_10", "threshold", "backends", "resolve_backend",
     "to_bits", "from_bits", "bit_and", "bit_or", "bit_xor", "flip_bits", "set_bits", "clear_bits", "popcount",

@@ -34,6 +34,12 @@ void bb_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out);
 const char *bb_build_info(void);
 int bb_max_threads(void);
 int bb_set_simd(int level);
+int bb_quant_dequant_f32(const float *w, const int64_t *starts, int nseg, const float *mid, const float *half,
+                         const float *lev, const float *scale, int rounding, int center, int code_kind,
+                         void *codes, float *deq, int nthreads);
+int bb_dequant_f32(const void *codes, const int64_t *starts, int nseg, const float *mid, const float *scale,
+                   int center, int code_kind, float *out, int nthreads);
+int bb_minmax_f32(const float *w, const int64_t *starts, int nseg, float *lo, float *hi, float *amax);
 """
 
 
@@ -76,11 +82,12 @@ ffibuilder.cdef(CDEF)
 _cflags, _ldflags = _flags()
 ffibuilder.set_source(
     "kernels._cpu_flip",
-    '#include "flip_cpu.h"',
-    sources=[_rel("flip_cpu.c")],
+    '#include "flip_cpu.h"\n#include "quant_cpu.h"',
+    sources=[_rel("flip_cpu.c"), _rel("quant_cpu.c")],
     include_dirs=[_rel(".")],
-    depends=[_rel("flip_cpu.h")],
-    extra_compile_args=_cflags,
+    depends=[_rel("flip_cpu.h"), _rel("quant_cpu.h")],
+    # -ffp-contract=off: no fused multiply-add, so the fused quantizer rounds exactly like the torch path
+    extra_compile_args=_cflags + (["-ffp-contract=off"] if sys.platform != "win32" else []),
     extra_link_args=_ldflags,
     optional=True,  # a failed compile does not fail the install: kernels/ then uses the torch reference
 )
