@@ -113,7 +113,9 @@ def _launch_direct(x: torch.Tensor, name: str, grid: int, pointers: tuple, scala
     key = (dev, name)
     f = _functions.get(key)
     if f is None:
-        f = _functions[key] = _module(dev).get_function(name).ptr
+        k = _module(dev).get_function(name)  # a RawKernel; its compiled Function holds the CUfunction
+        fn = getattr(k, "kernel", k)
+        f = _functions[key] = int(fn.ptr)
     vals = [ctypes.c_void_p(p) for p in pointers] + [_CTYPES[t](v) for t, v in zip(SCALAR_TYPES, scalars)]
     params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
     with torch.cuda.device(dev):
