@@ -44,11 +44,9 @@ __device__ __forceinline__ void bb_flip_impl(const T *__restrict__ x, T *out, co
         if (a) {
             bb_u64 i = offset + (bb_u64)j;
             bb_u32 i0 = (bb_u32)i, i1 = (bb_u32)(i >> 32);
-            for (int g = 0; g < 8; ++g) {
-                if (!((a >> (4 * g)) & 0xFu)) {
-                    if (!(a >> (4 * g))) break;
-                    continue;
-                }
+#pragma unroll
+            for (int g = 0; g < (int)(sizeof(T) * 2); ++g) {  // 4 bits per Philox call; fully unrolled per width
+                if (!((a >> (4 * g)) & 0xFu)) continue;
                 bb_u32 c0 = i0, c1 = i1, c2 = (bb_u32)g, c3 = 0;
                 bb_philox(c0, c1, c2, c3, k0, k1);
                 const int b = 4 * g;
