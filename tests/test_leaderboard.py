@@ -530,5 +530,9 @@ def test_leaderboard_md_is_generated_from_the_entries():
         pytest.skip("configs/cifar10.toml is not in this checkout")
     md = REPO / "LEADERBOARD.md"
     assert md.is_file()
-    assert md.read_text(encoding="utf-8") == generate_markdown(DEFAULT_ENTRIES_DIR), (
-        "LEADERBOARD.md is stale: run `python -m benchmark leaderboard` in the repository root")
+    # The shipped file links the plots in leaderboard/plots/ (python -m benchmark leaderboard --plots ...).
+    plots = REPO / "leaderboard" / "plots"
+    links = {p.stem: f"leaderboard/plots/{p.name}" for p in sorted(plots.glob("*.png"))} if plots.is_dir() else None
+    assert md.read_text(encoding="utf-8") == generate_markdown(DEFAULT_ENTRIES_DIR, plot_links=links), (
+        "LEADERBOARD.md is stale: run `python -m benchmark leaderboard --plots leaderboard/plots` in the "
+        "repository root")
