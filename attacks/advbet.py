@@ -16,10 +16,8 @@ The defense is registered when :mod:`attacks` is imported (``import attacks`` or
 
 from __future__ import annotations
 
-from defenses.quantization import QuantScheme, rquant as rquant_scheme
 from defenses.randbet import RandBETStep
-from defenses.base import Defense
-from defenses.zoo import register_defense, resolve_threshold
+from defenses.zoo import BitErrorTraining, register_defense, resolve_threshold
 
 from .base import check_int
 from .budget import BudgetAttack
@@ -67,7 +65,7 @@ class AdvBETStep(RandBETStep):
 
 
 @register_defense("advbet")
-class AdvBET(Defense):
+class AdvBET(BitErrorTraining):
     """Adversarial bit error training: RandBET with budgeted-attack bit errors (eps flipped bits) each step.
 
     Args:
@@ -81,21 +79,9 @@ class AdvBET(Defense):
 
     def __init__(self, eps: int = 20, w_max: float = 0.1, bits: int = 8, threshold: str = "auto",
                  grad_clip: float = 0.05, iterations: int = 5):
-        QuantScheme(bits=bits)
-        if not (isinstance(w_max, (int, float)) and not isinstance(w_max, bool) and w_max > 0):
-            raise ValueError(f"w_max must be a number > 0, got {w_max!r}")
-        if not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
-            raise ValueError(f"grad_clip must be > 0, got {grad_clip!r}")
-        resolve_threshold(threshold, 10)
+        self._setup(w_max, bits, threshold, grad_clip)
         self.eps = check_int(eps, "eps", 0)
         self.iterations = check_int(iterations, "iterations", 0)
-        self.w_max = float(w_max)
-        self.bits = bits
-        self.threshold = threshold
-        self.grad_clip = float(grad_clip)
-
-    def scheme(self) -> QuantScheme:
-        return rquant_scheme(self.bits, self.w_max)
 
     def make_attack(self) -> BudgetAttack:
         # batch=None: the whole training batch; one run from the current (clean) codes

@@ -9,7 +9,8 @@ from .quantization import QuantScheme, normal as normal_scheme, rquant as rquant
 from .randbet import RandBETStep
 from .registry import Registry
 
-__all__ = ["DEFENSES", "register_defense", "list_defenses", "create_defense", "Normal", "RQuant", "Clip", "RandBET"]
+__all__ = ["DEFENSES", "register_defense", "list_defenses", "create_defense", "Normal", "RQuant", "Clip", "RandBET",
+           "BitErrorTraining"]
 
 DEFENSES = Registry("defense", entry_point_group="bitbench.defenses")
 register_defense = DEFENSES.register
@@ -101,8 +102,27 @@ def resolve_threshold(threshold, num_classes: int | None):
     return float(threshold)
 
 
+class BitErrorTraining(Defense):
+    """Shared part of the bit error training defenses (RandBET, AdvBET): RQuant with clipping, a curriculum
+    threshold and the clipped perturbed gradient. Not registered itself."""
+
+    def _setup(self, w_max, bits, threshold, grad_clip) -> None:
+        _check_bits(bits)
+        _check_wmax(w_max)
+        resolve_threshold(threshold, 10)
+        if not (isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool) and grad_clip > 0):
+            raise ValueError(f"grad_clip must be a number > 0, got {grad_clip!r}")
+        self.w_max = float(w_max)
+        self.bits = bits
+        self.threshold = threshold
+        self.grad_clip = float(grad_clip)
+
+    def scheme(self) -> QuantScheme:
+        return rquant_scheme(self.bits, self.w_max)
+
+
 @register_defense("randbet")
-class RandBET(Defense):
+class RandBET(BitErrorTraining):
     """Random bit error training: RQuant + clipping + averaging clean and bit-error gradients, with curriculum.
 
     Args:
@@ -115,21 +135,10 @@ class RandBET(Defense):
 
     def __init__(self, p: float = 0.01, w_max: float = 0.1, bits: int = 8, threshold: str = "auto",
                  grad_clip: float = 0.05):
-        _check_bits(bits)
-        _check_wmax(w_max)
-        if not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        self._setup(w_max, bits, threshold, grad_clip)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ValueError(f"p must be a rate (fraction) in [0, 1], got {p!r}")
-        resolve_threshold(threshold, 10)
-        if not (isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool) and grad_clip > 0):
-            raise ValueError(f"grad_clip must be a number > 0, got {grad_clip!r}")
         self.p = float(p)
-        self.w_max = float(w_max)
-        self.bits = bits
-        self.threshold = threshold
-        self.grad_clip = float(grad_clip)
-
-    def scheme(self) -> QuantScheme:
-        return rquant_scheme(self.bits, self.w_max)
 
     def make_step(self, *, seed: int, num_classes: int | None = None):
         return RandBETStep(self.p, grad_clip=self.grad_clip, threshold=resolve_threshold(self.threshold,

@@ -14,3 +14,14 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="CUDA not available")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread (the 2 cores are shared with the other test processes)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -23,11 +23,8 @@ from defenses.zoo import (DEFENSES, RandBET, create_defense, list_defenses, reso
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

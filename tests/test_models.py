@@ -15,13 +15,10 @@ ALL_NORMS = ["none", "bn", "gn", "rbn", "rgn"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small, shared CPU this is steadier (and often faster) than oversubscribed
-    OpenMP threads. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
+
+
 CASES = [("lenet5", 1, 28, None), ("lenet5", 3, 32, None), ("lenet5", 1, 8, None), ("mlp", 1, 28, None),
          ("simplenet", 3, 32, 16), ("simplenet", 1, 28, 16), ("resnet20", 3, 32, None), ("resnet20", 1, 28, 8)]
 

@@ -19,11 +19,8 @@ from defenses.quantization import (QuantScheme, dequantize_flat, dequantize_tens
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------------------------- the reference

@@ -22,11 +22,8 @@ from defenses.quantized_model import FORMAT, QuantizedModel, select_parameters
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 class Net(nn.Module):
