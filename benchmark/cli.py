@@ -69,6 +69,8 @@ def _common(p: argparse.ArgumentParser, *, suite_positional: bool = False) -> No
     p.add_argument("--epochs", type=_nonneg_int, default=None, help="override the suite's training epochs")
     p.add_argument("--patterns", type=_positive_int, default=None,
                    help="override the number of bit-error patterns per rate")
+    p.add_argument("--n-eval", type=_positive_int, default=None,
+                   help="override the number of evaluation images (the first N of the test split)")
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table",
                    help="output format on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or messages on stderr")
@@ -147,6 +149,8 @@ def _harness(args, suite):
         suite = suite.replace(train=dict(suite.train, epochs=args.epochs))
     if args.patterns is not None:
         suite = suite.replace(patterns=args.patterns)
+    if args.n_eval is not None:
+        suite = suite.replace(n_eval=args.n_eval)
     opt = RunOptions(cache_dir=args.cache_dir or default_cache_dir(), results_dir=args.results_dir,
                      device=args.device, progress=not args.no_progress, retrain=args.retrain, rerun=args.rerun,
                      data_dir=args.data_dir)
@@ -263,9 +267,18 @@ def _list_rows(what: str, pattern: str) -> dict:
         out["datasets"] = [{"name": k, "summary": v} for k, v in describe_datasets().items()
                            if fnmatch.fnmatchcase(k, pattern)]
     if what in ("all", "models"):
-        ms = list_models()
-        out["models"] = [{"name": k, "summary": v if isinstance(v, str) else json.dumps(v, default=str)}
-                         for k, v in ms.items() if fnmatch.fnmatchcase(k, pattern)]
+        rows = []
+        for k, v in list_models().items():
+            if not fnmatch.fnmatchcase(k, pattern):
+                continue
+            if isinstance(v, dict):
+                params = dict(v.get("defaults", {}))
+                params["norm"] = v.get("recommended_norm", "none")
+                docs = {"width": v.get("width", ""), "norm": "one of " + ", ".join(v.get("norms", []))}
+                rows.append({"name": k, "summary": v.get("description", ""), "params": params, "param_docs": docs})
+            else:
+                rows.append({"name": k, "summary": str(v)})
+        out["models"] = rows
     if what in ("all", "suites"):
         rows = []
         for n in list_suites():
