@@ -111,16 +111,28 @@ def _launch_direct(x: torch.Tensor, name: str, grid: int, pointers: tuple, scala
     cp = load()
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     key = (dev, name)
-    f = _functions.get(key)
-    if f is None:
+    entry = _functions.get(key)
+    if entry is None:
         k = _module(dev).get_function(name)  # a RawKernel; its compiled Function holds the CUfunction
         fn = getattr(k, "kernel", k)
-        f = _functions[key] = int(fn.ptr)
-    vals = [ctypes.c_void_p(p) for p in pointers] + [_CTYPES[t](v) for t, v in zip(SCALAR_TYPES, scalars)]
-    params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
-    with torch.cuda.device(dev):
-        cp.cuda.driver.launchKernel(f, grid, 1, 1, _THREADS, 1, 1, 0, torch.cuda.current_stream(dev).cuda_stream,
-                                    ctypes.addressof(params), 0)
+        # argument slots, reused by every launch of this kernel (filled in place below; the launch copies them)
+        vals = [ctypes.c_void_p() for _ in pointers] + [_CTYPES[t]() for t in SCALAR_TYPES]
+        params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+        entry = _functions[key] = (int(fn.ptr), vals, params, threading.Lock())
+    f, vals, params, lock = entry
+    with lock:
+        for slot, v in zip(vals, pointers + tuple(scalars)):
+            slot.value = v
+        _launch_now(cp, f, grid, params, dev)
+
+
+def _launch_now(cp, f, grid, params, dev):
+    stream = torch.cuda.current_stream(dev).cuda_stream
+    if torch.cuda.current_device() == dev:
+        cp.cuda.driver.launchKernel(f, grid, 1, 1, _THREADS, 1, 1, 0, stream, ctypes.addressof(params), 0)
+    else:
+        with torch.cuda.device(dev):
+            cp.cuda.driver.launchKernel(f, grid, 1, 1, _THREADS, 1, 1, 0, stream, ctypes.addressof(params), 0)
 
 
 def flip(x: torch.Tensor, out: torch.Tensor, prot: torch.Tensor | None, width: int, attack: int, offset: int,

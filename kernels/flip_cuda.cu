@@ -50,10 +50,17 @@ __device__ __forceinline__ void bb_flip_impl(const T *__restrict__ x, T *out, co
                 bb_u32 c0 = i0, c1 = i1, c2 = (bb_u32)g, c3 = 0;
                 bb_philox(c0, c1, c2, c3, k0, k1);
                 const int b = 4 * g;
-                bb_u32 m = bb_flipbit(xv, b, c0, tm01, tm10, en01, en10) |
-                           bb_flipbit(xv, b + 1, c1, tm01, tm10, en01, en10) |
-                           bb_flipbit(xv, b + 2, c2, tm01, tm10, en01, en10) |
-                           bb_flipbit(xv, b + 3, c3, tm01, tm10, en01, en10);
+                bb_u32 m;
+                if (tm01 == tm10 && en01 == en10) {  // one rate for both directions (uniform across the grid)
+                    m = (((bb_u32)(c0 <= tm01)) | ((bb_u32)(c1 <= tm01) << 1) | ((bb_u32)(c2 <= tm01) << 2) |
+                         ((bb_u32)(c3 <= tm01) << 3)) & (0u - en01);
+                    m <<= b;
+                } else {
+                    m = bb_flipbit(xv, b, c0, tm01, tm10, en01, en10) |
+                        bb_flipbit(xv, b + 1, c1, tm01, tm10, en01, en10) |
+                        bb_flipbit(xv, b + 2, c2, tm01, tm10, en01, en10) |
+                        bb_flipbit(xv, b + 3, c3, tm01, tm10, en01, en10);
+                }
                 mask |= m;
             }
             mask &= a;
