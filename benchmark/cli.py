@@ -374,6 +374,12 @@ def main(argv=None) -> int:
         from leaderboard import cli as lcli
 
         return lcli.run_submit(args) if args.command == "submit" else lcli.run_leaderboard(args)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         print("\ninterrupted: finished results and checkpoints are kept; run the same command again to resume",
               file=sys.stderr)
