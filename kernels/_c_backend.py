@@ -113,7 +113,7 @@ def dequant_f32(codes: torch.Tensor, starts: torch.Tensor, mid: torch.Tensor, sc
         raise RuntimeError(f"bb_dequant_f32 failed with code {rc}")
 
 
-def minmax_f32(w: torch.Tensor, starts: torch.Tensor, lo, hi, amax) -> None:
+def minmax_f32(w: torch.Tensor, starts: torch.Tensor, lo, hi, amax) -> bool:
     ffi, lib = load()
     if lib is None:
         raise RuntimeError(_error)
@@ -121,5 +121,4 @@ def minmax_f32(w: torch.Tensor, starts: torch.Tensor, lo, hi, amax) -> None:
     ptr = (lambda t: ffi.cast(f, t.data_ptr()) if t is not None else ffi.NULL)
     rc = lib.bb_minmax_f32(ffi.cast(f, w.data_ptr()), ffi.cast("int64_t *", starts.data_ptr()), starts.numel() - 1,
                            ptr(lo), ptr(hi), ptr(amax))
-    if rc != 0:
-        raise RuntimeError("bb_minmax_f32: empty segment")
+    return rc == 0  # False: an empty segment

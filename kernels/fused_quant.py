@@ -36,7 +36,9 @@ def fused_quant_dequant(w: torch.Tensor, starts: torch.Tensor, mid: torch.Tensor
     fl = (w, mid, half, lev, scale) + ((deq,) if deq is not None else ())
     if any(t.dtype != torch.float32 for t in fl) or not _applies(*fl, codes, starts) or starts.dtype != torch.int64:
         return False
-    _c_backend.quant_dequant_f32(w, starts, mid, half, lev, scale, rounding, center, codes, deq)
+    # the C loop always writes the dequantized values (one vectorized pass); without deq they go to scratch
+    _c_backend.quant_dequant_f32(w, starts, mid, half, lev, scale, rounding, center, codes,
+                                 deq if deq is not None else torch.empty_like(w))
     return True
 
 
@@ -59,12 +61,10 @@ def fused_segment_minmax(w: torch.Tensor, starts: torch.Tensor, *, need_abs: boo
     if not fused_available() or w.dtype != torch.float32 or not _applies(w, starts) or starts.dtype != torch.int64:
         return None
     nseg = starts.numel() - 1
-    if nseg < 1 or bool((starts[1:] <= starts[:-1]).any()):
+    if nseg < 1:
         return None
     if need_abs:
         amax = torch.empty(nseg, dtype=torch.float32)
-        _c_backend.minmax_f32(w, starts, None, None, amax)
-        return amax
+        return amax if _c_backend.minmax_f32(w, starts, None, None, amax) else None
     lo, hi = torch.empty(nseg, dtype=torch.float32), torch.empty(nseg, dtype=torch.float32)
-    _c_backend.minmax_f32(w, starts, lo, hi, None)
-    return lo, hi
+    return (lo, hi) if _c_backend.minmax_f32(w, starts, lo, hi, None) else None

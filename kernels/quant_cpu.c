@@ -1,80 +1,55 @@
 /* Fused quantize+dequantize of a flat float32 memory made of segments (tensors), for CPU training steps.
  * The arithmetic is exactly that of defenses/quantization.py, in float32, one operation at a time (compiled with
- * -ffp-contract=off: no fused multiply-add), so the results are bit-identical to the torch path. */
+ * -ffp-contract=off: no fused multiply-add), so the results are bit-identical to the torch path. The inner loops
+ * are plain so that the compiler vectorizes them; large segments are split into chunks across OpenMP threads. */
 #include <stdint.h>
 
 #include "quant_cpu.h"
 
-#ifdef _OPENMP
-#define BB_PAR_SIMD _Pragma("omp parallel for simd schedule(static) num_threads(nt) if (b - a > 65536)")
-#define BB_SIMD_MINMAX _Pragma("omp simd reduction(min : mn) reduction(max : mx)")
-#else
-#define BB_PAR_SIMD
-#define BB_SIMD_MINMAX
-#endif
-
-static inline float bb_clamp1(float x) { return x < -1.0f ? -1.0f : (x > 1.0f ? 1.0f : x); }
+#define BB_CHUNK 65536
 
 /* Round half to even for |x| <= 2^22 (codes are at most 2^15): adding and subtracting 1.5 * 2^23 leaves the
  * integer part rounded in the default rounding mode, like nearbyintf, but it vectorizes without SSE4.1. The
  * sign of a zero result may differ from nearbyintf; the stored code (after adding the center) cannot. */
-static inline float bb_rint(float x) { return (x + 12582912.0f) - 12582912.0f; }
-
+#define BB_RINT(x) (((x) + 12582912.0f) - 12582912.0f)
 /* Truncation toward zero for |x| < 2^31 (exact through the integer conversion). */
-static inline float bb_trunc(float x) { return (float)(int32_t)x; }
+#define BB_TRUNC(x) ((float)(int32_t)(x))
 
-#define BB_QD_LOOP(CODE_T, ROUND)                                                                              \
-    for (int s = 0; s < nseg; ++s) {                                                                           \
-        const float m = mid[s], h = half[s], l = lev[s], sc = scale[s];                                       \
-        const int64_t a = starts[s], b = starts[s + 1];                                                        \
-        CODE_T *cd = (CODE_T *)codes;                                                                          \
-        if (deq) {                                                                                             \
-            BB_PAR_SIMD                                                                                        \
-            for (int64_t i = a; i < b; ++i) {                                                                  \
-                float x = bb_clamp1((w[i] - m) / h) * l;                                                       \
-                CODE_T c = (CODE_T)(ROUND(x) + fc);                                                            \
-                cd[i] = c;                                                                                     \
-                float t = (float)c - fc;                                                                       \
-                t = t * sc;                                                                                    \
-                deq[i] = t + m;                                                                                \
-            }                                                                                                  \
-        } else {                                                                                               \
-            BB_PAR_SIMD                                                                                        \
-            for (int64_t i = a; i < b; ++i) {                                                                  \
-                float x = bb_clamp1((w[i] - m) / h) * l;                                                       \
-                cd[i] = (CODE_T)(ROUND(x) + fc);                                                               \
-            }                                                                                                  \
+#define BB_DEFINE(CODE_T, SUFFIX)                                                                              \
+    static void bb_qd_round_##SUFFIX(const float *w, CODE_T *restrict cd, float *deq, int64_t a,                \
+                                     int64_t b, float m, float h, float l, float sc, float fc) {               \
+        /* deq may be w itself (in place): element i is read before it is written, no other dependence */     \
+        _Pragma("GCC ivdep")                                                                                   \
+        for (int64_t i = a; i < b; ++i) {                                                                      \
+            float x = (w[i] - m) / h;                                                                          \
+            x = x < -1.0f ? -1.0f : x;                                                                         \
+            x = x > 1.0f ? 1.0f : x;                                                                           \
+            x = x * l;                                                                                         \
+            CODE_T c = (CODE_T)(int32_t)(BB_RINT(x) + fc);                                                     \
+            cd[i] = c;                                                                                         \
+            float t = (float)c - fc;                                                                           \
+            t = t * sc;                                                                                        \
+            deq[i] = t + m;                                                                                    \
         }                                                                                                      \
-    }
-
-#define BB_QD_CASE(CODE_T) \
-    if (rounding) {        \
-        BB_QD_LOOP(CODE_T, bb_rint) \
-    } else {               \
-        BB_QD_LOOP(CODE_T, bb_trunc) \
-    }
-
-int bb_quant_dequant_f32(const float *w, const int64_t *starts, int nseg, const float *mid, const float *half,
-                         const float *lev, const float *scale, int rounding, int center, int code_kind,
-                         void *codes, float *deq, int nthreads) {
-    const float fc = (float)center;
-    const int nt = nthreads > 0 ? nthreads : 1;
-    (void)nt;
-    switch (code_kind) {
-    case 0: BB_QD_CASE(uint8_t) break;
-    case 1: BB_QD_CASE(int8_t) break;
-    case 2: BB_QD_CASE(int16_t) break;
-    default: return -1;
-    }
-    return 0;
-}
-
-#define BB_DQ_LOOP(CODE_T)                                                                                     \
-    for (int s = 0; s < nseg; ++s) {                                                                           \
-        const float m = mid[s], sc = scale[s];                                                                 \
-        const int64_t a = starts[s], b = starts[s + 1];                                                        \
-        const CODE_T *cd = (const CODE_T *)codes;                                                              \
-        BB_PAR_SIMD                                                                                            \
+    }                                                                                                          \
+    static void bb_qd_trunc_##SUFFIX(const float *w, CODE_T *restrict cd, float *deq, int64_t a,                \
+                                     int64_t b, float m, float h, float l, float sc, float fc) {               \
+        /* deq may be w itself (in place): element i is read before it is written, no other dependence */     \
+        _Pragma("GCC ivdep")                                                                                   \
+        for (int64_t i = a; i < b; ++i) {                                                                      \
+            float x = (w[i] - m) / h;                                                                          \
+            x = x < -1.0f ? -1.0f : x;                                                                         \
+            x = x > 1.0f ? 1.0f : x;                                                                           \
+            x = x * l;                                                                                         \
+            CODE_T c = (CODE_T)(int32_t)(BB_TRUNC(x) + fc);                                                    \
+            cd[i] = c;                                                                                         \
+            float t = (float)c - fc;                                                                           \
+            t = t * sc;                                                                                        \
+            deq[i] = t + m;                                                                                    \
+        }                                                                                                      \
+    }                                                                                                          \
+    static void bb_dq_##SUFFIX(const CODE_T *restrict cd, float *restrict out, int64_t a, int64_t b, float m,  \
+                               float sc, float fc) {                                                           \
         for (int64_t i = a; i < b; ++i) {                                                                      \
             float t = (float)cd[i] - fc;                                                                       \
             t = t * sc;                                                                                        \
@@ -82,16 +57,84 @@ int bb_quant_dequant_f32(const float *w, const int64_t *starts, int nseg, const 
         }                                                                                                      \
     }
 
+BB_DEFINE(uint8_t, u8)
+BB_DEFINE(int8_t, i8)
+BB_DEFINE(int16_t, i16)
+
+typedef void (*bb_qd_fn)(const float *, void *, float *, int64_t, int64_t, float, float, float, float, float);
+typedef void (*bb_dq_fn)(const void *, float *, int64_t, int64_t, float, float, float);
+
+static bb_qd_fn bb_pick_qd(int code_kind, int rounding) {
+    switch (code_kind) {
+    case 0: return (bb_qd_fn)(rounding ? bb_qd_round_u8 : bb_qd_trunc_u8);
+    case 1: return (bb_qd_fn)(rounding ? bb_qd_round_i8 : bb_qd_trunc_i8);
+    case 2: return (bb_qd_fn)(rounding ? bb_qd_round_i16 : bb_qd_trunc_i16);
+    default: return 0;
+    }
+}
+
+static bb_dq_fn bb_pick_dq(int code_kind) {
+    switch (code_kind) {
+    case 0: return (bb_dq_fn)bb_dq_u8;
+    case 1: return (bb_dq_fn)bb_dq_i8;
+    case 2: return (bb_dq_fn)bb_dq_i16;
+    default: return 0;
+    }
+}
+
+int bb_quant_dequant_f32(const float *w, const int64_t *starts, int nseg, const float *mid, const float *half,
+                         const float *lev, const float *scale, int rounding, int center, int code_kind,
+                         void *codes, float *deq, int nthreads) {
+    bb_qd_fn fn = bb_pick_qd(code_kind, rounding);
+    if (!fn || !deq) return -1;
+    const float fc = (float)center;
+    const int64_t n = starts[nseg];
+    const int64_t nchunks = (n + BB_CHUNK - 1) / BB_CHUNK;
+    (void)nthreads;
+    if (nchunks <= 1) {
+        for (int s = 0; s < nseg; ++s)
+            fn(w, codes, deq, starts[s], starts[s + 1], mid[s], half[s], lev[s], scale[s], fc);
+        return 0;
+    }
+    /* chunks of the whole memory; each chunk walks the segments it overlaps */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nthreads > 0 ? nthreads : 1)
+#endif
+    for (int64_t k = 0; k < nchunks; ++k) {
+        const int64_t lo = k * BB_CHUNK, hi = lo + BB_CHUNK < n ? lo + BB_CHUNK : n;
+        int s = 0;
+        while (starts[s + 1] <= lo) ++s;
+        for (; s < nseg && starts[s] < hi; ++s) {
+            const int64_t a = starts[s] > lo ? starts[s] : lo, b = starts[s + 1] < hi ? starts[s + 1] : hi;
+            if (a < b) fn(w, codes, deq, a, b, mid[s], half[s], lev[s], scale[s], fc);
+        }
+    }
+    return 0;
+}
+
 int bb_dequant_f32(const void *codes, const int64_t *starts, int nseg, const float *mid, const float *scale,
                    int center, int code_kind, float *out, int nthreads) {
+    bb_dq_fn fn = bb_pick_dq(code_kind);
+    if (!fn) return -1;
     const float fc = (float)center;
-    const int nt = nthreads > 0 ? nthreads : 1;
-    (void)nt;
-    switch (code_kind) {
-    case 0: BB_DQ_LOOP(uint8_t) break;
-    case 1: BB_DQ_LOOP(int8_t) break;
-    case 2: BB_DQ_LOOP(int16_t) break;
-    default: return -1;
+    const int64_t n = starts[nseg];
+    const int64_t nchunks = (n + BB_CHUNK - 1) / BB_CHUNK;
+    (void)nthreads;
+    if (nchunks <= 1) {
+        for (int s = 0; s < nseg; ++s) fn(codes, out, starts[s], starts[s + 1], mid[s], scale[s], fc);
+        return 0;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nthreads > 0 ? nthreads : 1)
+#endif
+    for (int64_t k = 0; k < nchunks; ++k) {
+        const int64_t lo = k * BB_CHUNK, hi = lo + BB_CHUNK < n ? lo + BB_CHUNK : n;
+        int s = 0;
+        while (starts[s + 1] <= lo) ++s;
+        for (; s < nseg && starts[s] < hi; ++s) {
+            const int64_t a = starts[s] > lo ? starts[s] : lo, b = starts[s + 1] < hi ? starts[s + 1] : hi;
+            if (a < b) fn(codes, out, a, b, mid[s], scale[s], fc);
+        }
     }
     return 0;
 }
@@ -101,7 +144,6 @@ int bb_minmax_f32(const float *w, const int64_t *starts, int nseg, float *lo, fl
         const int64_t a = starts[s], b = starts[s + 1];
         if (b <= a) return -1;
         float mn = w[a], mx = w[a];
-        BB_SIMD_MINMAX
         for (int64_t i = a; i < b; ++i) {
             const float v = w[i];
             mn = v < mn ? v : mn;

@@ -55,3 +55,17 @@ def test_not_applicable_returns_false():
     assert not kernels.fused_quant_dequant(w, st, one, one, one, one, rounding=True, center=0,
                                            codes=torch.empty(10, dtype=torch.int32))
     assert kernels.fused_segment_minmax(torch.randn(5), segment_starts([5, 0]), need_abs=True) is None
+
+
+def test_fused_without_dequantized_output_and_in_place():
+    w, lengths = memory(3)
+    scheme = rquant(8, 0.1)
+    seg, starts = segment_ids(lengths), segment_starts(lengths)
+    ref = quantize_flat_fused(w, seg, len(lengths), scheme, lengths=lengths)
+    codes, *_ , done = quantize_flat_fused(w, seg, len(lengths), scheme, lengths=lengths, starts=starts)
+    assert not done and torch.equal(codes, ref[0])
+    buf = w.clone()  # in place: the dequantized values overwrite the weights they come from
+    codes2, scale, mid, done = quantize_flat_fused(buf, seg, len(lengths), scheme, lengths=lengths, starts=starts,
+                                                   deq_out=buf)
+    assert done and torch.equal(codes2, ref[0])
+    assert torch.equal(buf, (ref[0].float() - scheme.center) * ref[1][seg] + ref[2][seg])
