@@ -59,14 +59,6 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def all_reduce_mean(self, values: list[float]) -> list[float]:
-        if not self.enabled:
-            return list(values)
-        dev = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
-        t = torch.tensor(values, dtype=torch.float64, device=dev)
-        dist.all_reduce(t)
-        return (t / self.world).tolist()
-
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -88,11 +80,3 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> tuple[Dist
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistContext(rank, world, local, backend), device
-
-
-def current() -> DistContext:
-    """The context of an already initialized process group (single-process otherwise)."""
-    if dist.is_available() and dist.is_initialized():
-        be = dist.get_backend()
-        return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), be)
-    return DistContext()

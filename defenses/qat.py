@@ -75,10 +75,6 @@ class FlatQuantizer:
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         return [t.view(s) for t, s in zip(flat.split(self.lengths), self.shapes)]
 
-    def flat(self) -> torch.Tensor:
-        """The current float weights, concatenated (a new tensor)."""
-        return self.buffer.clone() if self._flat is not None else self.buffer
-
     def write(self, flat: torch.Tensor) -> None:
         """Set the parameters from a flat tensor (no-op when ``flat`` is the parameters' own buffer)."""
         if self._flat is not None and flat.data_ptr() == self._flat.data_ptr():
