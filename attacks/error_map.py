@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 import kernels
+from defenses.registry import SpecError
 
 from .base import Attack, Perturbation, check_indices, check_int, check_out
 from .random_errors import layer_patterns
@@ -61,8 +62,8 @@ _TWO32 = 4294967296.0
 _M32 = 0xFFFFFFFF
 
 
-class ErrorMapError(ValueError):
-    """A malformed error-map file, or one that does not fit the model."""
+class ErrorMapError(SpecError):
+    """A malformed error-map file, or one that does not fit the model (bad input: exit code 2 on the CLI)."""
 
 
 class ErrorMapData:

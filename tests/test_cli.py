@@ -76,6 +76,7 @@ def test_run_end_to_end_and_second_run_reuses(tmp_path):
     (["run", "--attack", "random_p1.5"], "[0, 1]"),
     (["run", "--attack", "rnadom_p0.01"], "unknown attack"),
     (["run", "--rates", "abc"], "invalid rate"),
+    (["run", "--attack", "errmap:file=missing-chip.npy"], "does not exist"),
     (["run", "--rates", "150%"], "outside [0, 1]"),
     (["run", "--suite", "nosuch"], "packaged suites"),
     (["run", "--suite", "cifar10", "--data-dir", "/nonexistent/cifar", "--epochs", "0"], "/nonexistent/cifar"),
