@@ -202,10 +202,9 @@ def _print(rows: list[dict], as_json: bool, title: str) -> None:
         return
     import pandas as pd
 
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).astype(object).where(lambda d: d.notna(), "")
     for c in df.columns:
-        if df[c].dtype.kind == "f":
-            df[c] = df[c].map(lambda v: f"{v:.3f}" if v == v else "")
+        df[c] = df[c].map(lambda v: f"{v:.3f}" if isinstance(v, float) else v)
     print(f"# {title}")
     print(df.to_markdown(index=False, tablefmt="simple"))
     print()
