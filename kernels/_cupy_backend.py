@@ -126,8 +126,11 @@ def _launch_direct(x: torch.Tensor, name: str, grid: int, pointers: tuple, scala
         _launch_now(cp, f, grid, params, dev)
 
 
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # a plain int handle, no Stream object
+
+
 def _launch_now(cp, f, grid, params, dev):
-    stream = torch.cuda.current_stream(dev).cuda_stream
+    stream = _raw_stream(dev) if _raw_stream is not None else torch.cuda.current_stream(dev).cuda_stream
     if torch.cuda.current_device() == dev:
         cp.cuda.driver.launchKernel(f, grid, 1, 1, _THREADS, 1, 1, 0, stream, ctypes.addressof(params), 0)
     else:
