@@ -142,6 +142,11 @@ def mask_tensor(mask: torch.Tensor, x: torch.Tensor, width: int, name: str) -> t
     if mask.dtype == torch.bool or mask.is_floating_point() or mask.is_complex():
         raise TypeError(f"{name} must be an integer tensor (a bit mask per word); got dtype {mask.dtype}")
     check_same(x, mask, "x", name, dtype=False)
+    return mask_like(mask, x, width, name)
+
+
+def mask_like(mask: torch.Tensor, x: torch.Tensor, width: int, name: str) -> torch.Tensor:
+    """An integer mask tensor as x's dtype with the same low ``width`` bits (values must fit a word)."""
     if mask.dtype == x.dtype:
         return mask
     m64 = mask.to(torch.int64)

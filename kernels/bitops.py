@@ -12,7 +12,7 @@ import numbers
 import torch
 
 from ._common import (check_bits, check_dtype, check_same, check_tensor, from_pattern, int_pattern,
-                      low_mask, pattern_scalar, to_pattern)
+                      low_mask, mask_like, pattern_scalar, to_pattern)
 
 __all__ = [
     "to_bits", "from_bits", "bit_and", "bit_or", "bit_xor", "flip_bits", "set_bits", "clear_bits", "popcount",
@@ -56,14 +56,7 @@ def _mask_operand(x: torch.Tensor, mask, width: int, name: str = "mask"):
         except RuntimeError:
             raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to x's shape "
                              f"{tuple(x.shape)}") from None
-        if mask.dtype == x.dtype:
-            return mask
-        m64 = mask.to(torch.int64)
-        if m64.numel():
-            lo, hi = int(m64.min()), int(m64.max())
-            if lo < -(1 << (width - 1)) or hi >= (1 << width):
-                raise ValueError(f"{name} has values outside a {width}-bit word ({lo} .. {hi})")
-        return from_pattern(m64 & low_mask(width), x.dtype)
+        return mask_like(mask, x, width, name)
     if isinstance(mask, numbers.Integral) and not isinstance(mask, bool):
         return pattern_scalar(int_pattern(mask, width, name), x.dtype)
     raise TypeError(f"{name} must be an int bit mask or an integer tensor; got {type(mask).__name__}")

@@ -15,39 +15,27 @@
 /* Truncation toward zero for |x| < 2^31 (exact through the integer conversion). */
 #define BB_TRUNC(x) ((float)(int32_t)(x))
 
+#define BB_DEFINE_QD(CODE_T, SUFFIX, NAME, ROUND)                                                               \
+    static void NAME##_##SUFFIX(const float *w, CODE_T *restrict cd, float *deq, int64_t a, int64_t b, float m, \
+                                float h, float l, float sc, float fc) {                                        \
+        /* deq may be w itself (in place): element i is read before it is written, no other dependence */     \
+        _Pragma("GCC ivdep")                                                                                   \
+        for (int64_t i = a; i < b; ++i) {                                                                      \
+            float x = (w[i] - m) / h;                                                                          \
+            x = x < -1.0f ? -1.0f : x;                                                                         \
+            x = x > 1.0f ? 1.0f : x;                                                                           \
+            x = x * l;                                                                                         \
+            CODE_T c = (CODE_T)(int32_t)(ROUND(x) + fc);                                                       \
+            cd[i] = c;                                                                                         \
+            float t = (float)c - fc;                                                                           \
+            t = t * sc;                                                                                        \
+            deq[i] = t + m;                                                                                    \
+        }                                                                                                      \
+    }
+
 #define BB_DEFINE(CODE_T, SUFFIX)                                                                              \
-    static void bb_qd_round_##SUFFIX(const float *w, CODE_T *restrict cd, float *deq, int64_t a,                \
-                                     int64_t b, float m, float h, float l, float sc, float fc) {               \
-        /* deq may be w itself (in place): element i is read before it is written, no other dependence */     \
-        _Pragma("GCC ivdep")                                                                                   \
-        for (int64_t i = a; i < b; ++i) {                                                                      \
-            float x = (w[i] - m) / h;                                                                          \
-            x = x < -1.0f ? -1.0f : x;                                                                         \
-            x = x > 1.0f ? 1.0f : x;                                                                           \
-            x = x * l;                                                                                         \
-            CODE_T c = (CODE_T)(int32_t)(BB_RINT(x) + fc);                                                     \
-            cd[i] = c;                                                                                         \
-            float t = (float)c - fc;                                                                           \
-            t = t * sc;                                                                                        \
-            deq[i] = t + m;                                                                                    \
-        }                                                                                                      \
-    }                                                                                                          \
-    static void bb_qd_trunc_##SUFFIX(const float *w, CODE_T *restrict cd, float *deq, int64_t a,                \
-                                     int64_t b, float m, float h, float l, float sc, float fc) {               \
-        /* deq may be w itself (in place): element i is read before it is written, no other dependence */     \
-        _Pragma("GCC ivdep")                                                                                   \
-        for (int64_t i = a; i < b; ++i) {                                                                      \
-            float x = (w[i] - m) / h;                                                                          \
-            x = x < -1.0f ? -1.0f : x;                                                                         \
-            x = x > 1.0f ? 1.0f : x;                                                                           \
-            x = x * l;                                                                                         \
-            CODE_T c = (CODE_T)(int32_t)(BB_TRUNC(x) + fc);                                                    \
-            cd[i] = c;                                                                                         \
-            float t = (float)c - fc;                                                                           \
-            t = t * sc;                                                                                        \
-            deq[i] = t + m;                                                                                    \
-        }                                                                                                      \
-    }                                                                                                          \
+    BB_DEFINE_QD(CODE_T, SUFFIX, bb_qd_round, BB_RINT)                                                         \
+    BB_DEFINE_QD(CODE_T, SUFFIX, bb_qd_trunc, BB_TRUNC)                                                        \
     static void bb_dq_##SUFFIX(const CODE_T *restrict cd, float *restrict out, int64_t a, int64_t b, float m,  \
                                float sc, float fc) {                                                           \
         for (int64_t i = a; i < b; ++i) {                                                                      \
