@@ -9,7 +9,7 @@ from .quantization import QuantScheme, normal as normal_scheme, rquant as rquant
 from .randbet import RandBETStep
 from .registry import Registry
 
-__all__ = ["DEFENSES", "register_defense", "list_defenses", "create_defense", "Normal", "RQuant", "Clip", "RandBET",
+__all__ = ["DEFENSES", "register_defense", "list_defenses", "create_defense", "Normal", "RQuant", "Clip", "RandBET", "Quant",
            "BitErrorTraining"]
 
 DEFENSES = Registry("defense", entry_point_group="bitbench.defenses")
@@ -144,3 +144,31 @@ class RandBET(BitErrorTraining):
         return RandBETStep(self.p, grad_clip=self.grad_clip, threshold=resolve_threshold(self.threshold,
                                                                                          num_classes),
                            seed=1_000_003 + int(seed))
+
+
+@register_defense("quant")
+class Quant(Defense):
+    """Quantization-aware training with any quantization scheme (the paper's ablations), optionally clipped.
+
+    Args:
+        bits: bits per weight (unsigned offset codes: 2..8 in uint8; signed two's complement: 8, 16 or 32).
+        signed: two's complement codes (int8/int16/int32) instead of unsigned offset codes.
+        range: 'fixed' (q_max for every tensor), 'adaptive' (per tensor) or 'clipped' (per tensor, capped at w_max).
+        q_max: the range of range='fixed'.
+        asymmetric: per-tensor [min, max] range instead of a symmetric one (not with range='fixed').
+        rounding: 'round' (to nearest) or 'trunc' (toward zero).
+        w_max: clip weights to [-w_max, w_max] after each step (none: no clipping); also the cap of 'clipped'.
+    """
+
+    def __init__(self, bits: int = 8, signed: bool = False, range: str = "adaptive", q_max: float = 1.0,
+                 asymmetric: bool = True, rounding: str = "round", w_max: float | None = None):
+        if w_max is not None:
+            _check_wmax(w_max)
+        self._scheme = QuantScheme(bits=bits, signed=bool(signed), range=range, q_max=float(q_max),
+                                   w_max=None if w_max is None else float(w_max), asymmetric=bool(asymmetric),
+                                   rounding=rounding, label="quant")
+        self.bits = bits
+        self.w_max = None if w_max is None else float(w_max)
+
+    def scheme(self) -> QuantScheme:
+        return self._scheme
