@@ -90,7 +90,8 @@ def test_builtin_defenses_and_schemes():
 
 def test_list_defenses_wildcards():
     assert list_defenses("rand*") == ["randbet"]
-    assert list_defenses("*quant") == ["rquant"]
+    assert list_defenses("*quant") == ["quant", "rquant"]
+    assert list_defenses("r*t") == ["randbet", "rquant"]
     assert list_defenses("[cn]*") == [n for n in list_defenses() if n[0] in "cn"]
     assert list_defenses("zzz*") == []
     assert list_defenses() == sorted(list_defenses())
