@@ -35,36 +35,39 @@ def _check_wmax(w_max):
         raise ValueError(f"w_max must be a finite number > 0, got {w_max!r}")
 
 
+class _SchemeOnly(Defense):
+    """QAT with a fixed preset scheme of ``bits`` bits (subclasses set ``preset``); no clipping."""
+
+    preset = staticmethod(rquant_scheme)
+
+    def __init__(self, bits: int = 8):
+        _check_bits(bits)
+        self.bits = bits
+
+    def scheme(self) -> QuantScheme:
+        return self.preset(self.bits)
+
+
 @register_defense("normal")
-class Normal(Defense):
+class Normal(_SchemeOnly):
     """Quantization-aware training with the paper's fragile Normal quantization (global range 1, truncation).
 
     Args:
         bits: bits per weight (2..8, unsigned offset codes in uint8).
     """
 
-    def __init__(self, bits: int = 8):
-        _check_bits(bits)
-        self.bits = bits
-
-    def scheme(self) -> QuantScheme:
-        return normal_scheme(self.bits)
+    preset = staticmethod(normal_scheme)
 
 
 @register_defense("rquant")
-class RQuant(Defense):
+class RQuant(_SchemeOnly):
     """Robust quantization: per-tensor, asymmetric, unsigned offset codes, round to nearest.
 
     Args:
         bits: bits per weight (2..8, unsigned offset codes in uint8).
     """
 
-    def __init__(self, bits: int = 8):
-        _check_bits(bits)
-        self.bits = bits
-
-    def scheme(self) -> QuantScheme:
-        return rquant_scheme(self.bits)
+    preset = staticmethod(rquant_scheme)
 
 
 @register_defense("clip")

@@ -70,33 +70,41 @@ static bb_dq_fn bb_pick_dq(int code_kind) {
     }
 }
 
+/* Runs CALL(s, a, b) for every piece [a, b) of segment s of a memory of n words: whole segments when the memory
+ * fits one chunk, else the pieces of BB_CHUNK-word chunks, spread over OpenMP threads. */
+#ifdef _OPENMP
+#define BB_PAR_FOR _Pragma("omp parallel for schedule(static) num_threads(nthreads > 0 ? nthreads : 1)")
+#else
+#define BB_PAR_FOR
+#endif
+#define BB_FOR_PIECES(CALL)                                                                                    \
+    do {                                                                                                       \
+        const int64_t n_ = starts[nseg], nchunks_ = (n_ + BB_CHUNK - 1) / BB_CHUNK;                            \
+        if (nchunks_ <= 1) {                                                                                   \
+            for (int s = 0; s < nseg; ++s) CALL(s, starts[s], starts[s + 1]);                                  \
+            break;                                                                                             \
+        }                                                                                                      \
+        BB_PAR_FOR                                                                                             \
+        for (int64_t k = 0; k < nchunks_; ++k) {                                                               \
+            const int64_t lo = k * BB_CHUNK, hi = lo + BB_CHUNK < n_ ? lo + BB_CHUNK : n_;                      \
+            int s = 0;                                                                                         \
+            while (starts[s + 1] <= lo) ++s;                                                                   \
+            for (; s < nseg && starts[s] < hi; ++s) {                                                          \
+                const int64_t a = starts[s] > lo ? starts[s] : lo, b = starts[s + 1] < hi ? starts[s + 1] : hi; \
+                if (a < b) CALL(s, a, b);                                                                      \
+            }                                                                                                  \
+        }                                                                                                      \
+    } while (0)
+
 int bb_quant_dequant_f32(const float *w, const int64_t *starts, int nseg, const float *mid, const float *half,
                          const float *lev, const float *scale, int rounding, int center, int code_kind,
                          void *codes, float *deq, int nthreads) {
     bb_qd_fn fn = bb_pick_qd(code_kind, rounding);
     if (!fn || !deq) return -1;
     const float fc = (float)center;
-    const int64_t n = starts[nseg];
-    const int64_t nchunks = (n + BB_CHUNK - 1) / BB_CHUNK;
-    (void)nthreads;
-    if (nchunks <= 1) {
-        for (int s = 0; s < nseg; ++s)
-            fn(w, codes, deq, starts[s], starts[s + 1], mid[s], half[s], lev[s], scale[s], fc);
-        return 0;
-    }
-    /* chunks of the whole memory; each chunk walks the segments it overlaps */
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads > 0 ? nthreads : 1)
-#endif
-    for (int64_t k = 0; k < nchunks; ++k) {
-        const int64_t lo = k * BB_CHUNK, hi = lo + BB_CHUNK < n ? lo + BB_CHUNK : n;
-        int s = 0;
-        while (starts[s + 1] <= lo) ++s;
-        for (; s < nseg && starts[s] < hi; ++s) {
-            const int64_t a = starts[s] > lo ? starts[s] : lo, b = starts[s + 1] < hi ? starts[s + 1] : hi;
-            if (a < b) fn(w, codes, deq, a, b, mid[s], half[s], lev[s], scale[s], fc);
-        }
-    }
+#define BB_QD_CALL(s, a, b) fn(w, codes, deq, a, b, mid[s], half[s], lev[s], scale[s], fc)
+    BB_FOR_PIECES(BB_QD_CALL);
+#undef BB_QD_CALL
     return 0;
 }
 
@@ -105,25 +113,9 @@ int bb_dequant_f32(const void *codes, const int64_t *starts, int nseg, const flo
     bb_dq_fn fn = bb_pick_dq(code_kind);
     if (!fn) return -1;
     const float fc = (float)center;
-    const int64_t n = starts[nseg];
-    const int64_t nchunks = (n + BB_CHUNK - 1) / BB_CHUNK;
-    (void)nthreads;
-    if (nchunks <= 1) {
-        for (int s = 0; s < nseg; ++s) fn(codes, out, starts[s], starts[s + 1], mid[s], scale[s], fc);
-        return 0;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads > 0 ? nthreads : 1)
-#endif
-    for (int64_t k = 0; k < nchunks; ++k) {
-        const int64_t lo = k * BB_CHUNK, hi = lo + BB_CHUNK < n ? lo + BB_CHUNK : n;
-        int s = 0;
-        while (starts[s + 1] <= lo) ++s;
-        for (; s < nseg && starts[s] < hi; ++s) {
-            const int64_t a = starts[s] > lo ? starts[s] : lo, b = starts[s + 1] < hi ? starts[s + 1] : hi;
-            if (a < b) fn(codes, out, a, b, mid[s], scale[s], fc);
-        }
-    }
+#define BB_DQ_CALL(s, a, b) fn(codes, out, a, b, mid[s], scale[s], fc)
+    BB_FOR_PIECES(BB_DQ_CALL);
+#undef BB_DQ_CALL
     return 0;
 }
 

@@ -25,3 +25,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    """The embedded MNIST-5k dataset."""
+    from benchmark.data import load_dataset
+
+    return load_dataset("mnist5k")

@@ -27,11 +27,6 @@ def _one_thread(one_thread):
     yield
 
 
-@pytest.fixture(scope="module")
-def ds():
-    return load_dataset("mnist5k")
-
-
 def lenet(ds, seed=0):
     return build_model("lenet", num_classes=10, in_channels=1, image_size=28, mean=ds.mean, std=ds.std, seed=seed)
 

@@ -23,11 +23,6 @@ def _one_thread(one_thread):
     yield
 
 
-@pytest.fixture(scope="module")
-def ds():
-    return load_dataset("mnist5k")
-
-
 def lenet(ds, seed=0, norm="none"):
     return build_model("lenet", num_classes=10, in_channels=1, image_size=28, norm=norm, mean=ds.mean, std=ds.std,
                        seed=seed)
