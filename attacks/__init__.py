@@ -1,17 +1,19 @@
 """Attacks: random bit errors (the shared seeded patterns), profiled chips (error maps) and gradient-guided
 adversarial bit flips (BFA, budgeted projected-gradient attack); plus the AdvBET defense built on the latter.
 
-    from attacks import create_attack, list_attacks
+    from bitbench.attacks import create_attack, list_attacks
     attack = create_attack("random_p0.01")              # or 'bfa_n20', 'budget_e40', 'errmap:file=chip.npz'
     for pert in attack.perturbations(qm, model=model, data=(x_attack, y_attack)):
         qm.load_into(model, pert.codes)
         ...
 
-Importing this package also registers the ``advbet`` defense in :data:`defenses.DEFENSES`.
+The ``advbet`` defense lives here, with the attack it trains against; the defense registry imports it on first
+lookup.
 """
 
 from .base import Attack, Perturbation  # noqa: F401
-from .registry import ATTACKS, SpecError, create_attack, list_attacks, register_attack  # noqa: F401
+from bitbench.configs.registries import ATTACKS, create_attack, list_attacks, register_attack  # noqa: F401
+from bitbench.configs.spec import SpecError  # noqa: F401
 from .random_errors import RandomBitErrors, RandomMSBErrors  # noqa: F401
 from .error_map import ErrorMap, ErrorMapError, load_error_map, save_error_map  # noqa: F401
 from .bfa import BFA  # noqa: F401

@@ -11,13 +11,14 @@ step's own generator, so training stays reproducible and never touches the globa
 parameters (clean dequantized values of the straight-through pass), buffers and mode before RandBET loads the
 returned codes, and it never touches ``.grad``.
 
-The defense is registered when :mod:`attacks` is imported (``import attacks`` or ``import attacks.advbet``).
+The defense registry imports this module on first lookup, so ``advbet`` is always found.
 """
 
 from __future__ import annotations
 
-from defenses.randbet import RandBETStep
-from defenses.zoo import BitErrorTraining, register_defense, resolve_threshold
+from bitbench.defenses.randbet import RandBETStep
+from bitbench.configs.registries import register_defense
+from bitbench.defenses.zoo import BitErrorTraining, resolve_threshold
 
 from .base import check_int
 from .budget import BudgetAttack

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.quantization import dequantize_expanded
+from bitbench.configs.spec import SpecError
+from bitbench.defenses.quantization import dequantize_expanded
 
 __all__ = ["Perturbation", "Attack", "Victim", "check_rate", "check_int", "check_indices", "attack_batch",
            "guard_module"]
@@ -91,7 +92,7 @@ def check_rate(p, name: str = "p", allow_none: bool = False) -> float | None:
     if p is None and allow_none:
         return None
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(float(p)) or not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"{name} must be a bit error rate as a fraction in [0, 1] (0.01 = 1%), got {p!r}")
+        raise SpecError(f"{name} must be a bit error rate as a fraction in [0, 1] (0.01 = 1%), got {p!r}")
     return float(p)
 
 
@@ -102,7 +103,7 @@ def check_int(v, name: str, lo: int = 0, hi: int | None = None) -> int:
         v, ok = int(v), True
     if not ok or v < lo or (hi is not None and v > hi):
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name} must be an integer {rng}, got {v!r}")
+        raise SpecError(f"{name} must be an integer {rng}, got {v!r}")
     return int(v)
 
 

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import torch
 
+from bitbench.configs.spec import SpecError
+
 from .base import Attack, Perturbation, Victim, attack_batch, check_indices, check_int, check_out, guard_module
-from .registry import register_attack
+from bitbench.configs.registries import register_attack
 
 __all__ = ["BFA", "flip_deltas"]
 
@@ -81,7 +83,7 @@ class BFA(Attack):
         self.batch = check_int(batch, "batch", 1)
         self.seed = check_int(seed, "seed", 0)
         if labels not in ("true", "pred"):
-            raise ValueError(f"labels must be 'true' or 'pred', got {labels!r}")
+            raise SpecError(f"labels must be 'true' or 'pred', got {labels!r}")
         self.labels = labels
         self.flips = self.n
 

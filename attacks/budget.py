@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import torch
 
-import kernels
-from defenses.quantization import segment_ids
+from bitbench import kernels
+from bitbench.configs.spec import SpecError
+from bitbench.defenses.quantization import segment_ids
 
 from .base import Attack, Perturbation, Victim, attack_batch, check_indices, check_int, check_out, guard_module
 from .bfa import _WIDTH, _decode, _to_pattern
-from .registry import register_attack
+from bitbench.configs.registries import register_attack
 
 __all__ = ["BudgetAttack"]
 
@@ -56,15 +57,15 @@ class BudgetAttack(Attack):
         self.iterations = check_int(iterations, "iterations", 0)
         self.restarts = check_int(restarts, "restarts", 1)
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 16:
-            raise ValueError(f"step must be a fraction of the code range 2^m in (0, 16], got {step!r}")
+            raise SpecError(f"step must be a fraction of the code range 2^m in (0, 16], got {step!r}")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+            raise SpecError(f"momentum must be in [0, 1), got {momentum!r}")
         self.step = float(step)
         self.momentum = float(momentum)
         self.seed = check_int(seed, "seed", 0)
         self.batch = None if batch is None else check_int(batch, "batch", 1)
         if labels not in ("true", "pred"):
-            raise ValueError(f"labels must be 'true' or 'pred', got {labels!r}")
+            raise SpecError(f"labels must be 'true' or 'pred', got {labels!r}")
         self.labels = labels
         self.flips = self.eps
 

@@ -47,12 +47,12 @@ import os
 import numpy as np
 import torch
 
-import kernels
-from defenses.registry import SpecError
+from bitbench import kernels
+from bitbench.configs.spec import SpecError
 
 from .base import Attack, Perturbation, check_indices, check_int, check_out
 from .random_errors import layer_patterns
-from .registry import register_attack
+from bitbench.configs.registries import register_attack
 
 __all__ = ["ErrorMap", "ErrorMapData", "load_error_map", "save_error_map", "ErrorMapError"]
 
@@ -233,7 +233,7 @@ class ErrorMap(Attack):
     def __init__(self, file: str | None = None, patterns: int | None = None, shift: int = 0, base_seed: int = 100,
                  tile: bool = False, layers: str | None = None):
         if file is None or str(file).strip() == "" or str(file).lower() == "none":
-            raise ValueError("errmap needs file=PATH of a .npy/.npz error map (see attacks.error_map)")
+            raise SpecError("errmap needs file=PATH of a .npy/.npz error map (see attacks.error_map)")
         self.file = str(file)
         self.map = load_error_map(self.file)
         self.shift = check_int(shift, "shift", 0)

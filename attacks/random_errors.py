@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+from bitbench import kernels
+
+from bitbench.configs.spec import SpecError
 
 from .base import Attack, Perturbation, check_indices, check_int, check_out, check_rate
-from .registry import register_attack
+from bitbench.configs.registries import register_attack
 
 __all__ = ["RandomBitErrors", "RandomMSBErrors", "layer_patterns"]
 
@@ -39,7 +41,7 @@ def layer_patterns(layers) -> list[str] | None:
         pats = [s.strip() for s in str(layers).split("|")]
     pats = [s for s in pats if s]
     if not pats:
-        raise ValueError(f"layers must name at least one fnmatch pattern (separated by '|'), got {layers!r}")
+        raise SpecError(f"layers must name at least one fnmatch pattern (separated by '|'), got {layers!r}")
     return pats
 
 

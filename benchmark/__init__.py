@@ -1,4 +1,21 @@
-"""The bit-error robustness benchmark: ``python -m benchmark`` (CLI), data, models, harness, perf."""
+"""bitbench: the bit-error robustness benchmark.
+
+    import bitbench
+    bitbench.list_defenses("rand*")                  # registries of defenses and attacks (timm style)
+    defense = bitbench.create_defense("randbet:p=0.02")
+    attack = bitbench.create_attack("random_p0.01")
+
+    @bitbench.register_defense("mydefense")          # a decorator is the whole registration
+    class MyDefense(bitbench.Defense): ...
+
+The command line is ``python -m benchmark`` (or ``bitbench``). This folder (benchmark/ in the repository) is the
+``bitbench`` package: CLI, harness, data and models; the other folders are its subpackages ``bitbench.kernels``,
+``bitbench.defenses``, ``bitbench.attacks``, ``bitbench.leaderboard`` and ``bitbench.configs`` (the shared core:
+formats, spec grammar, registry machinery). The public names below are imported on first use, so importing a
+subpackage (e.g. the torch-free leaderboard) loads nothing else.
+"""
+
+import importlib
 
 try:
     from importlib.metadata import PackageNotFoundError, version as _version
@@ -6,3 +23,36 @@ try:
     __version__ = _version("bitbench")
 except Exception:  # not installed (run from a checkout with PYTHONPATH)
     __version__ = "0.1.0+src"
+
+# public name -> module that defines it (absolute, so that the same objects come back under either import name)
+_API = {
+    # registries and their error type
+    "SpecError": "bitbench.configs.spec",
+    "Registry": "bitbench.configs.registry",
+    "DEFENSES": "bitbench.configs.registries", "ATTACKS": "bitbench.configs.registries",
+    "register_defense": "bitbench.configs.registries", "register_attack": "bitbench.configs.registries",
+    "list_defenses": "bitbench.configs.registries", "list_attacks": "bitbench.configs.registries",
+    "create_defense": "bitbench.configs.registries", "create_attack": "bitbench.configs.registries",
+    # contracts
+    "Defense": "bitbench.defenses.base",
+    "Attack": "bitbench.attacks.base", "Perturbation": "bitbench.attacks.base",
+    "QuantScheme": "bitbench.defenses.quantization", "QuantizedModel": "bitbench.defenses.quantized_model",
+    # formats
+    "Suite": "bitbench.configs.suite", "load_suite": "bitbench.configs.suite", "list_suites": "bitbench.configs.suite",
+    "ResultRecord": "bitbench.configs.record",
+    # running
+    "Harness": "bitbench.harness", "RunOptions": "bitbench.harness",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bitbench' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return __all__

@@ -1,5 +1,6 @@
+"""``python -m benchmark`` / ``python -m bitbench``: the command line (bitbench.cli)."""
 import sys
 
-from .cli import main
+from bitbench.cli import main
 
 sys.exit(main())

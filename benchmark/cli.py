@@ -14,7 +14,8 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
-from .errors import UsageError
+from bitbench.configs.errors import UsageError
+from bitbench.configs.spec import SpecError, parse_rate
 
 
 def _rates(text: str) -> list[float]:
@@ -23,15 +24,10 @@ def _rates(text: str) -> list[float]:
         part = part.strip()
         if not part:
             continue
-        pct = part.endswith("%")
         try:
-            v = float(part[:-1] if pct else part) / (100 if pct else 1)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"invalid rate {part!r}: give fractions like 0.01 (= 1%) or percentages like 1%") from None
-        if not 0 <= v <= 1:
-            raise argparse.ArgumentTypeError(f"rate {part!r} is outside [0, 1] (rates are fractions: 0.01 = 1%)")
-        out.append(v)
+            out.append(parse_rate(part))
+        except SpecError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     if not out:
         raise argparse.ArgumentTypeError("no rates given")
     return out
@@ -119,15 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON record per row")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
 
-    try:
-        from leaderboard import cli as lcli
+    from bitbench.leaderboard import cli as lcli
 
-        p = sub.add_parser("submit", help="turn result records into a validated leaderboard entry")
-        lcli.add_submit_arguments(p)
-        p = sub.add_parser("leaderboard", help="generate LEADERBOARD.md (and plots) from the entries")
-        lcli.add_leaderboard_arguments(p)
-    except (ImportError, AttributeError):  # pragma: no cover - leaderboard is part of the package
-        pass
+    p = sub.add_parser("submit", help="turn result records into a validated leaderboard entry")
+    lcli.add_submit_arguments(p)
+    p = sub.add_parser("leaderboard", help="generate LEADERBOARD.md (and plots) from the entries")
+    lcli.add_leaderboard_arguments(p)
     return ap
 
 
@@ -157,8 +150,7 @@ def _harness(args, suite):
 
 
 def _validate_specs(defenses, attacks):
-    from attacks.registry import ATTACKS
-    from defenses import DEFENSES
+    from bitbench.configs.registries import ATTACKS, DEFENSES
 
     for d in defenses:
         DEFENSES.resolve(d)
@@ -181,14 +173,14 @@ def _emit(df, fmt, records, args=None):
 
 
 def cmd_run(args) -> int:
-    from .suites import load_suite
+    from bitbench.configs.suite import load_suite
     from .tables import run_table
 
     suite = load_suite(args.suite)
     defenses = args.defense or list(suite.defenses)
     attacks = list(args.attack or [])
     if args.rates:
-        attacks += [f"random_p{r!r}" for r in args.rates]
+        attacks += [f"random_p{r!r}" for r in args.rates]  # canonical rates: 0.7% and 0.007 are one attack
     if not attacks:
         attacks = suite.rate_attacks() + list(suite.attacks)
     if not defenses:
@@ -204,7 +196,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_suite(args) -> int:
-    from .suites import load_suite
+    from bitbench.configs.suite import load_suite
     from .tables import suite_table
 
     suite = load_suite(args.suite)
@@ -221,7 +213,7 @@ def cmd_suite(args) -> int:
 def cmd_train(args) -> int:
     import pandas as pd
 
-    from .suites import load_suite
+    from bitbench.configs.suite import load_suite
 
     suite = load_suite(args.suite)
     defenses = args.defense or list(suite.defenses)
@@ -250,12 +242,11 @@ def cmd_train(args) -> int:
 def _list_rows(what: str, pattern: str) -> dict:
     import fnmatch
 
-    from attacks.registry import ATTACKS
-    from defenses import DEFENSES
+    from bitbench.configs.registries import ATTACKS, DEFENSES
+    from bitbench.configs.suite import list_suites, load_suite
 
     from .data import describe_datasets
     from .models import list_models
-    from .suites import list_suites, load_suite
 
     out = {}
     if what in ("all", "defenses"):
@@ -319,7 +310,7 @@ def info_dict() -> dict:
     import numpy
     import torch
 
-    import kernels
+    from bitbench import kernels
 
     from . import __version__
     from .harness import git_revision
@@ -370,7 +361,7 @@ def main(argv=None) -> int:
                 d = getattr(args, "_dist", None)
                 if d is not None and d.enabled:
                     d.close()
-        from leaderboard import cli as lcli
+        from bitbench.leaderboard import cli as lcli
 
         return lcli.run_submit(args) if args.command == "submit" else lcli.run_leaderboard(args)
     except BrokenPipeError:  # output piped into `head` and the like: not an error
@@ -396,15 +387,8 @@ def main(argv=None) -> int:
 
 
 def _is_usage_error(e: Exception) -> bool:
-    from defenses.registry import SpecError
-
-    from .suites import SuiteError
-
-    try:
-        from .data import DataError
-    except ImportError:  # pragma: no cover
-        DataError = SuiteError
-    return isinstance(e, (UsageError, SpecError, SuiteError, DataError, FileNotFoundError))
+    """A mistake of the user's (exit 2 with the message); everything else is a bug (traceback, exit 1)."""
+    return isinstance(e, UsageError)
 
 
 if __name__ == "__main__":  # pragma: no cover

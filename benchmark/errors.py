@@ -1,5 +1,5 @@
-"""Errors that mean 'bad usage' (the command line exits with code 2 and prints the message)."""
+"""Errors that mean 'bad usage' (the command line exits with code 2 and prints the message): the core's one type."""
 
+from bitbench.configs.errors import UsageError
 
-class UsageError(ValueError):
-    """Bad usage: an invalid option value or an incompatible combination of options."""
+__all__ = ["UsageError"]

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from bitbench.configs.record import PatternResult, Summary
+
 __all__ = ["predict", "evaluate_attack", "AttackEvaluation", "summarize"]
 
 
@@ -37,24 +39,30 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) ->
 
 
 def summarize(values: list[float]) -> dict:
-    """mean, std (population), min, max of a list of fractions."""
-    if not values:
-        return {"mean": None, "std": None, "min": None, "max": None}
-    t = torch.tensor(values, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std(unbiased=False)) if len(values) > 1 else 0.0,
-            "min": float(t.min()), "max": float(t.max())}
+    """mean, std (population), min, max of a list of fractions (the record's :class:`Summary`)."""
+    return Summary.of(values).to_json()
 
 
 @dataclass
 class AttackEvaluation:
+    """What :func:`evaluate_attack` measured: the clean error and one :class:`PatternResult` per pattern."""
+
     clean_err: float
-    per_pattern_err: list = field(default_factory=list)
-    per_pattern_rerr: list = field(default_factory=list)
-    indices: list = field(default_factory=list)
-    seeds: list = field(default_factory=list)
+    patterns: list = field(default_factory=list)
     traces: list = field(default_factory=list)
-    infos: list = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def per_pattern_rerr(self) -> list[float]:
+        return [p.rerr for p in self.patterns]
+
+    @property
+    def per_pattern_err(self) -> list[float]:
+        return [p.err for p in self.patterns]
+
+    @property
+    def indices(self) -> list[int]:
+        return [p.index for p in self.patterns]
 
     @property
     def rerr(self) -> dict:
@@ -90,13 +98,10 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
         for pert in attack.perturbations(qm, **kw):
             qm.load_into(model, pert.codes)
             wrong = predict(model, x, batch_size) != y
-            ev.per_pattern_err.append(wrong.sum().item() / n)
-            ev.per_pattern_rerr.append((wrong | clean_wrong).sum().item() / n)
-            ev.indices.append(pert.index)
-            ev.seeds.append(pert.seed)
+            ev.patterns.append(PatternResult(index=pert.index, seed=pert.seed, err=wrong.sum().item() / n,
+                                             rerr=(wrong | clean_wrong).sum().item() / n, info=dict(pert.info)))
             if pert.trace is not None:
                 ev.traces.append(pert.trace)
-            ev.infos.append(dict(pert.info))
             bar.update(1)
     finally:
         bar.close()

@@ -19,24 +19,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attacks import create_attack
-from attacks.registry import ATTACKS
-from defenses import DEFENSES, TrainConfig, create_defense
-from defenses.io import atomic_write_json
-from defenses.quantized_model import flatten_parameters
-from defenses.registry import parse_spec
+from bitbench.configs.errors import UsageError
+from bitbench.configs.fileio import atomic_write_json
+from bitbench.configs.record import RECORD_FORMAT, RecordError, ResultRecord
+from bitbench.configs.registries import ATTACKS, DEFENSES, create_attack, create_defense
+from bitbench.configs.spec import format_spec, parse_spec
+from bitbench.configs.suite import Suite, stable_hash
+from bitbench.defenses import TrainConfig
+from bitbench.defenses.quantized_model import flatten_parameters
 
 from . import __version__
 from .data import Augment, load_dataset
-from .errors import UsageError
 from .distributed import DistContext
 from .evaluate import AttackEvaluation, evaluate_attack, predict
 from .models import build_model
-from .suites import Suite, stable_hash
 
-__all__ = ["RunOptions", "Harness", "default_cache_dir", "RESULT_FORMAT", "git_revision", "device_name"]
-
-RESULT_FORMAT = "bitbench.result/1"
+__all__ = ["RunOptions", "Harness", "default_cache_dir", "RECORD_FORMAT", "git_revision", "device_name"]
 
 
 def default_cache_dir() -> str:
@@ -113,34 +111,23 @@ class DeployedModel:
     history: list
 
 
-def _read_record(path: str, chash: str) -> dict | None:
-    """The record at ``path`` if it exists and was computed with configuration hash ``chash``."""
+def _read_record(path: str, chash: str) -> ResultRecord | None:
+    """The record at ``path`` if it exists, is a valid record and was computed with configuration hash ``chash``."""
     try:
         with open(path) as f:
-            old = json.load(f)
-    except (OSError, json.JSONDecodeError):
+            rec = ResultRecord.from_json(json.load(f), source=path)
+    except (OSError, json.JSONDecodeError, RecordError):
         return None
-    if old.get("config_hash") == chash and old.get("format") == RESULT_FORMAT:
-        old["_cached"] = True
-        old["_path"] = path
-        return old
-    return None
+    if rec.config_hash != chash:
+        return None
+    rec.cached, rec.path = True, path
+    return rec
 
 
 def merge_evaluations(parts: list) -> "AttackEvaluation":
     """Per-rank shards -> one evaluation with patterns in index order (identical to a single-process run)."""
-    rows = []
-    for ev in parts:
-        for j, k in enumerate(ev.indices):
-            rows.append((k, ev.per_pattern_err[j], ev.per_pattern_rerr[j], ev.seeds[j], ev.infos[j]))
-    rows.sort(key=lambda r: r[0])
     out = AttackEvaluation(clean_err=parts[0].clean_err)
-    for k, e, re_, seed, info in rows:
-        out.indices.append(k)
-        out.per_pattern_err.append(e)
-        out.per_pattern_rerr.append(re_)
-        out.seeds.append(seed)
-        out.infos.append(info)
+    out.patterns = sorted((p for ev in parts for p in ev.patterns), key=lambda p: p.index)
     for ev in parts:
         out.traces += ev.traces
     out.seconds = max(ev.seconds for ev in parts)
@@ -203,8 +190,6 @@ class Harness:
         _, kv = parse_spec(spec)
         if "bits" in entry.params and "bits" not in kv:
             params["bits"] = self.suite.bits
-        from defenses.registry import format_spec
-
         return format_spec(entry.name, params, entry.params)
 
     def model_identity(self, defense) -> dict:
@@ -311,7 +296,8 @@ class Harness:
             self._eval_cache["a"] = (ds.attack_x.to(self.device), ds.attack_y.to(self.device))
         return self._eval_cache["x"], self._eval_cache["a"]
 
-    def run_cell(self, defense_spec: str, attack_spec: str, *, indices=None, write: bool | None = None) -> dict:
+    def run_cell(self, defense_spec: str, attack_spec: str, *, indices=None,
+                 write: bool | None = None) -> ResultRecord:
         """Evaluate one (defense, attack) cell; returns the result record (reused when already on disk)."""
         t_start = time.perf_counter()
         dep = self.deploy(defense_spec)
@@ -341,44 +327,37 @@ class Harness:
             if dist.is_main:
                 ev = merge_evaluations(parts)
                 rec = self.make_record(dep, attack, ev, chash, time.perf_counter() - t_start)
-                rec["world_size"] = dist.world
+                rec.world_size = dist.world
                 if write:
-                    atomic_write_json(path, rec)
-                    rec["_path"] = path
+                    atomic_write_json(path, rec.to_json())
+                    rec.path = path
             rec = dist.broadcast_object(rec)
             return rec
         rec = self.make_record(dep, attack, ev, chash, time.perf_counter() - t_start)
         if write and indices is None:
-            atomic_write_json(path, rec)
-            rec["_path"] = path
+            atomic_write_json(path, rec.to_json())
+            rec.path = path
         return rec
 
-    def make_record(self, dep: DeployedModel, attack, ev, chash: str, total_s: float) -> dict:
+    def make_record(self, dep: DeployedModel, attack, ev, chash: str, total_s: float) -> ResultRecord:
         ds = self.dataset
         d = dep.defense
-        rec = {
-            "format": RESULT_FORMAT, "suite": self.suite.name, "dataset": self.suite.dataset,
-            "eval_split": self.eval_split(), "eval_split_rule": ds.info.get("eval_split"),
-            "n_eval": int(ds.test_y.shape[0]), "model": self.suite.model,
-            "model_options": dict(self.suite.model_options), "n_params": int(dep.qm.n_words),
-            "defense": d.spec, "defense_name": d.registry_name, "defense_params": dict(d.params),
-            "bits": int(dep.qm.bits), "scheme": dep.qm.scheme.name,
-            "attack": attack.spec, "attack_name": attack.registry_name, "attack_params": dict(attack.params),
-            "attack_kind": getattr(attack, "kind", None),
-            "rate": getattr(attack, "rate", None), "flips": getattr(attack, "flips", None),
-            "clean_err": ev.clean_err, "per_pattern_err": ev.per_pattern_err,
-            "per_pattern_rerr": ev.per_pattern_rerr, "rerr": ev.rerr,
-            "seeds": ev.seeds if all(s is not None for s in ev.seeds) else None,
-            "n_patterns": len(ev.per_pattern_rerr), "train_seed": self.suite.train_seed,
-            "version": __version__, "git_rev": git_revision(), "config_hash": chash,
-            "device": device_name(self.device),
-            "timings": {"train": dep.train_seconds, "trained_now": dep.trained_now, "attack_eval": ev.seconds,
-                        "total": total_s},
-            "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        }
-        if ev.traces:
-            rec["trace"] = ev.traces[0] if len(ev.traces) == 1 else ev.traces
-        return rec
+        rate = getattr(attack, "rate", None)
+        return ResultRecord(
+            suite=self.suite.name, dataset=self.suite.dataset, eval_split=self.eval_split(),
+            eval_split_rule=ds.info.get("eval_split"), n_eval=int(ds.test_y.shape[0]), model=self.suite.model,
+            model_options=dict(self.suite.model_options), n_params=int(dep.qm.n_words),
+            defense=d.spec, defense_name=d.registry_name, defense_params=dict(d.params),
+            bits=int(dep.qm.bits), scheme=dep.qm.scheme.name,
+            attack=attack.spec, attack_name=attack.registry_name, attack_params=dict(attack.params),
+            attack_kind=getattr(attack, "kind", None), rate=None if rate is None else float(rate),
+            flips=getattr(attack, "flips", None), clean_err=ev.clean_err, patterns=list(ev.patterns),
+            train_seed=self.suite.train_seed, version=__version__, git_rev=git_revision(), config_hash=chash,
+            device=device_name(self.device),
+            timings={"train": dep.train_seconds, "trained_now": dep.trained_now, "attack_eval": ev.seconds,
+                     "total": total_s},
+            date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            trace=(ev.traces[0] if len(ev.traces) == 1 else ev.traces) if ev.traces else None)
 
     def clean_error(self, defense_spec: str) -> float:
         dep = self.deploy(defense_spec)

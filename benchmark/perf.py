@@ -61,7 +61,7 @@ def _sync(device):
 
 
 def _lenet_setup(device, train_epochs: int = 0):
-    from defenses import rquant
+    from bitbench.defenses import rquant
 
     from .data import load_dataset
     from .models import build_model
@@ -75,7 +75,7 @@ def _lenet_setup(device, train_epochs: int = 0):
 def _original_pattern_loop(model, scheme, x, y, p: float, seed: int, batch_size: int) -> float:
     """The original code's per-pattern loop: deep copy, re-quantize every tensor, one float uniform per bit,
     evaluate through a DataLoader. Returns the error (used only for timing)."""
-    from defenses.quantization import dequantize_tensor, quantize_tensor
+    from bitbench.defenses.quantization import dequantize_tensor, quantize_tensor
 
     m = copy.deepcopy(model)
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -97,9 +97,9 @@ def _original_pattern_loop(model, scheme, x, y, p: float, seed: int, batch_size:
 
 def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool = False) -> list[dict]:
     """Per-pattern seconds: floor (clean inference), our loop, the original loop; LeNet on the embedded data."""
-    from attacks import create_attack
-    from defenses import QuantizedModel
-    from defenses.quantized_model import flatten_parameters
+    from bitbench.attacks import create_attack
+    from bitbench.defenses import QuantizedModel
+    from bitbench.defenses.quantized_model import flatten_parameters
 
     from .evaluate import evaluate_attack, predict
 
@@ -160,7 +160,7 @@ def _train_models(device, quick: bool):
 
 def perf_train(device="cpu", quick: bool = False, repeats: int | None = None) -> list[dict]:
     """One training step, three ways: plain forward+backward (+SGD), QAT, RandBET (p = 1%)."""
-    from defenses import RandBETStep, TrainConfig, Trainer, rquant
+    from bitbench.defenses import RandBETStep, TrainConfig, Trainer, rquant
 
     rows = []
     sync = _sync(device)

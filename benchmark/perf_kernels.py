@@ -20,8 +20,9 @@ import time
 
 import torch
 
-import kernels
-from kernels import _c_backend, _cupy_backend
+from bitbench import kernels
+from bitbench.configs.errors import UsageError
+from bitbench.kernels import _c_backend, _cupy_backend
 
 __all__ = ["run", "format_table", "baseline_flip", "main"]
 
@@ -91,11 +92,11 @@ def run(sizes=(60_000, 5_500_000, 25_000_000), p: float = 0.01, device="cpu", re
     Returns a list of records (see the module doc)."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but CUDA is not available")
+        raise UsageError("device='cuda' was asked for but CUDA is not available")
     names = list(backends) if backends is not None else _backends_for(device)
     for name in names:
         if name not in kernels.BACKENDS:
-            raise ValueError(f"backends: unknown backend {name!r}; known: {', '.join(kernels.BACKENDS)}")
+            raise UsageError(f"backends: unknown backend {name!r}; known: {', '.join(kernels.BACKENDS)}")
     default_repeats = 20 if device.type == "cuda" else 5
     gen = torch.Generator(device="cpu").manual_seed(0)
     records = []

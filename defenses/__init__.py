@@ -7,5 +7,6 @@ from .qat import FlatQuantizer  # noqa: F401
 from .training import TrainConfig, Trainer, QATStep, train, evaluate_error  # noqa: F401
 from .randbet import RandBETStep  # noqa: F401
 from .base import Defense  # noqa: F401
-from .registry import Registry, SpecError  # noqa: F401
-from .zoo import DEFENSES, register_defense, list_defenses, create_defense  # noqa: F401
+from bitbench.configs.registries import DEFENSES, create_defense, list_defenses, register_defense  # noqa: F401
+from bitbench.configs.spec import SpecError  # noqa: F401
+from .zoo import BitErrorTraining, Clip, Normal, Quant, RandBET, RQuant  # noqa: F401

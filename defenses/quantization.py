@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from bitbench.configs.spec import SpecError
+
 __all__ = [
     "QuantScheme",
     "normal",
@@ -75,27 +77,27 @@ class QuantScheme:
             raise TypeError(f"bits must be an int, got {self.bits!r}")
         if self.signed:
             if self.bits not in _SIGNED_DTYPES:
-                raise ValueError(
+                raise SpecError(
                     f"signed codes need bits in {sorted(_SIGNED_DTYPES)} (int8/int16/int32), got bits={self.bits}")
         elif not 2 <= self.bits <= 8:
-            raise ValueError(
+            raise SpecError(
                 f"unsigned (offset) codes live in uint8 and need 2 <= bits <= 8, got bits={self.bits}; "
                 "use signed=True for 16 or 32 bits")
         if self.range not in _RANGES:
-            raise ValueError(f"range must be one of {_RANGES}, got {self.range!r}")
+            raise SpecError(f"range must be one of {_RANGES}, got {self.range!r}")
         if self.rounding not in _ROUNDING:
-            raise ValueError(f"rounding must be one of {_ROUNDING}, got {self.rounding!r}")
+            raise SpecError(f"rounding must be one of {_ROUNDING}, got {self.rounding!r}")
         if self.range == "fixed":
             if not (float(self.q_max) > 0) or float(self.q_max) == float("inf"):
-                raise ValueError(f"q_max must be a finite number > 0, got {self.q_max!r}")
+                raise SpecError(f"q_max must be a finite number > 0, got {self.q_max!r}")
             if self.asymmetric:
-                raise ValueError("range='fixed' is symmetric by definition; asymmetric=True needs range "
+                raise SpecError("range='fixed' is symmetric by definition; asymmetric=True needs range "
                                  "'adaptive' or 'clipped'")
         if self.range == "clipped":
             if self.w_max is None or not (float(self.w_max) > 0) or float(self.w_max) == float("inf"):
-                raise ValueError(f"range='clipped' needs a finite w_max > 0, got w_max={self.w_max!r}")
+                raise SpecError(f"range='clipped' needs a finite w_max > 0, got w_max={self.w_max!r}")
         elif self.w_max is not None and not (float(self.w_max) > 0):
-            raise ValueError(f"w_max must be > 0, got {self.w_max!r}")
+            raise SpecError(f"w_max must be > 0, got {self.w_max!r}")
 
     # -- derived properties -------------------------------------------------------------------------------------
     @property
@@ -286,7 +288,7 @@ def _segment_stats(f: torch.Tensor, seg: torch.Tensor, num_segments: int, length
     if scheme.range == "fixed":
         return None, None, torch.zeros(num_segments, dtype=dt, device=f.device)
     if starts is not None and f.device.type == "cpu":
-        import kernels
+        from bitbench import kernels
 
         r = kernels.fused_segment_minmax(f, starts, need_abs=not scheme.asymmetric)
         if r is not None:
@@ -340,7 +342,7 @@ def quantize_flat_fused(flat: torch.Tensor, seg: torch.Tensor, num_segments: int
     lev = _levels(live, scheme)
     scale = half / scheme.levels
     if starts is not None and f.device.type == "cpu":
-        import kernels
+        from bitbench import kernels
 
         codes = torch.empty(f.shape, dtype=scheme.dtype)
         lev_t = lev if lev is not None else torch.full_like(half, float(scheme.levels))

@@ -222,7 +222,7 @@ class QuantizedModel:
         """Flat float values of ``codes`` (default: the clean memory)."""
         c = self.codes if codes is None else self._check_codes(codes)
         if c.device.type == "cpu" and dtype == torch.float32 and self.scale.dtype == torch.float32:
-            import kernels
+            from bitbench import kernels
 
             if self._starts is None:
                 self._starts = segment_starts(self.lengths)

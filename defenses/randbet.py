@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-import kernels
+from bitbench import kernels
 
 from .training import QATStep, _accuracy, all_reduce_mean
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitbench.configs.errors import UsageError
+
 from .io import atomic_torch_save
 from .qat import FlatQuantizer
 from .quantization import QuantScheme
@@ -54,13 +56,13 @@ class TrainConfig:
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ValueError(f"epochs must be an int >= 0, got {self.epochs!r}")
+            raise UsageError(f"epochs must be an int >= 0, got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+            raise UsageError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise UsageError(f"lr must be > 0, got {self.lr!r}")
         if self.schedule not in ("multistep", "cosine", "constant"):
-            raise ValueError(f"schedule must be 'multistep', 'cosine' or 'constant', got {self.schedule!r}")
+            raise UsageError(f"schedule must be 'multistep', 'cosine' or 'constant', got {self.schedule!r}")
         self.milestones = tuple(float(m) for m in self.milestones)
 
     @classmethod
@@ -69,7 +71,7 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; allowed: {sorted(names)}")
+            raise UsageError(f"unknown training option(s) {unknown}; allowed: {sorted(names)}")
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import math
 
+from bitbench.configs.registries import register_defense
+from bitbench.configs.spec import SpecError
+
 from .base import Defense
 from .quantization import QuantScheme, normal as normal_scheme, rquant as rquant_scheme
 from .randbet import RandBETStep
-from .registry import Registry
 
-__all__ = ["DEFENSES", "register_defense", "list_defenses", "create_defense", "Normal", "RQuant", "Clip", "RandBET", "Quant",
-           "BitErrorTraining"]
-
-DEFENSES = Registry("defense", entry_point_group="bitbench.defenses")
-register_defense = DEFENSES.register
-
-
-def list_defenses(pattern: str = "*") -> list[str]:
-    """Registered defense names matching a wildcard, e.g. ``list_defenses('rand*')``."""
-    return DEFENSES.list(pattern)
-
-
-def create_defense(spec: str, **overrides) -> Defense:
-    """Instantiate a defense from ``'name'`` or ``'name:key=value,...'``."""
-    return DEFENSES.create(spec, **overrides)
+__all__ = ["Normal", "RQuant", "Clip", "RandBET", "Quant", "BitErrorTraining", "resolve_threshold"]
 
 
 def _check_bits(bits):
@@ -32,7 +20,7 @@ def _check_bits(bits):
 
 def _check_wmax(w_max):
     if not (isinstance(w_max, (int, float)) and not isinstance(w_max, bool) and 0 < w_max < math.inf):
-        raise ValueError(f"w_max must be a finite number > 0, got {w_max!r}")
+        raise SpecError(f"w_max must be a finite number > 0, got {w_max!r}")
 
 
 class _SchemeOnly(Defense):
@@ -99,9 +87,9 @@ def resolve_threshold(threshold, num_classes: int | None):
         try:
             threshold = float(threshold)
         except ValueError:
-            raise ValueError(f"threshold must be a number, 'auto' or none, got {threshold!r}") from None
+            raise SpecError(f"threshold must be a number, 'auto' or none, got {threshold!r}") from None
     if not threshold > 0:
-        raise ValueError(f"threshold must be > 0, got {threshold!r}")
+        raise SpecError(f"threshold must be > 0, got {threshold!r}")
     return float(threshold)
 
 
@@ -114,7 +102,7 @@ class BitErrorTraining(Defense):
         _check_wmax(w_max)
         resolve_threshold(threshold, 10)
         if not (isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool) and grad_clip > 0):
-            raise ValueError(f"grad_clip must be a number > 0, got {grad_clip!r}")
+            raise SpecError(f"grad_clip must be a number > 0, got {grad_clip!r}")
         self.w_max = float(w_max)
         self.bits = bits
         self.threshold = threshold
@@ -140,7 +128,7 @@ class RandBET(BitErrorTraining):
                  grad_clip: float = 0.05):
         self._setup(w_max, bits, threshold, grad_clip)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise ValueError(f"p must be a rate (fraction) in [0, 1], got {p!r}")
+            raise SpecError(f"p must be a rate (fraction) in [0, 1], got {p!r}")
         self.p = float(p)
 
     def make_step(self, *, seed: int, num_classes: int | None = None):

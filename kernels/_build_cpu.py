@@ -81,7 +81,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 _cflags, _ldflags = _flags()
 ffibuilder.set_source(
-    "kernels._cpu_flip",
+    "bitbench.kernels._cpu_flip",
     '#include "flip_cpu.h"\n#include "quant_cpu.h"',
     sources=[_rel("flip_cpu.c"), _rel("quant_cpu.c")],
     include_dirs=[_rel(".")],

@@ -1,16 +1,16 @@
 """Leaderboard: one JSON entry file per row (``leaderboard/entries/<suite>/<name>.json``), validated against its
 suite's protocol; markdown tables and plots generated as a pure function of those files (RobustBench style).
 
-    from leaderboard import submit, generate_markdown
+    from bitbench.leaderboard import submit, generate_markdown
     path = submit(["results/default/lenet/randbet/random_p0.01.json", ...], citation="...")
     text = generate_markdown()               # every suite folder of leaderboard/entries
 
 No torch and nothing from the harness: this package reads result records and suite TOML files only.
-See leaderboard/schema.py (entry format) and leaderboard/README.md.
+The entry format is the core's (bitbench.configs.entry) and leaderboard/README.md.
 """
 
-from .schema import (FORMAT, EntryError, Suite, SuiteError, find_suite_file, list_suites, load_suite,  # noqa: F401
-                     validate_entry)
+from bitbench.configs.entry import FORMAT, EntryError, validate_entry  # noqa: F401
+from bitbench.configs.suite import Suite, SuiteError, list_suites, load_suite  # noqa: F401
 from .entries import (DEFAULT_ENTRIES_DIR, entry_from_records, load_entries, load_entry, load_record,  # noqa: F401
                       submit, write_entry)
 from .generate import generate_markdown, ranked_entries, write_leaderboard  # noqa: F401
@@ -23,6 +23,6 @@ def write_plots(*args, **kwargs):
     return _write_plots(*args, **kwargs)
 
 
-__all__ = ["FORMAT", "EntryError", "SuiteError", "Suite", "load_suite", "find_suite_file", "list_suites",
+__all__ = ["FORMAT", "EntryError", "SuiteError", "Suite", "load_suite", "list_suites",
            "validate_entry", "DEFAULT_ENTRIES_DIR", "load_entry", "load_entries", "load_record", "entry_from_records",
            "submit", "write_entry", "generate_markdown", "ranked_entries", "write_leaderboard", "write_plots"]

@@ -1,4 +1,4 @@
-"""Command-line functions for ``python -m benchmark submit|leaderboard`` (and ``python -m leaderboard.cli``).
+"""Command-line functions for ``python -m benchmark submit|leaderboard`` (and ``python -m bitbench.leaderboard.cli``).
 
     submit <result files...> [--name NAME] [--citation TEXT] [--link URL] [--entries DIR] [--suite-file TOML]
     leaderboard [--suite NAME] [--out FILE] [--entries DIR] [--plots DIR] [--configs DIR] [--check]
@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .schema import EntryError, SuiteError
+from bitbench.configs.entry import EntryError
+from bitbench.configs.suite import SuiteError
 
 __all__ = ["add_submit_arguments", "run_submit", "add_leaderboard_arguments", "run_leaderboard", "main"]
 
@@ -98,7 +99,7 @@ def run_leaderboard(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m leaderboard.cli",
+    parser = argparse.ArgumentParser(prog="python -m bitbench.leaderboard.cli",
                                      description="Bit error robustness leaderboard: submit entries, generate tables.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_submit_arguments(sub.add_parser("submit", help="turn result records into a leaderboard entry"))

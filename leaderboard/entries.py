@@ -10,12 +10,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from .schema import (FORMAT, RECORD_FORMAT, EntryError, Suite, SuiteError, _is_int, _is_num, _show, load_suite,
-                     same_rate, validate_entry)
+from bitbench.configs.entry import FORMAT, NAME_RE, EntryError, _show, validate_entry
+from bitbench.configs.fileio import atomic_write_text
+from bitbench.configs.record import RecordError, ResultRecord
+from bitbench.configs.suite import Suite, SuiteError, load_suite, same_rate
 
 __all__ = ["DEFAULT_ENTRIES_DIR", "load_entry", "load_entries", "load_record", "entry_from_records", "submit",
            "write_entry", "dumps_entry", "entry_files", "default_entry_name"]
@@ -49,27 +50,10 @@ def dumps_entry(entry: dict) -> str:
     return _dump(entry, 0) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_entry(entry: dict, path: str | os.PathLike) -> Path:
     """Write an entry atomically (temporary file in the same folder + ``os.replace``)."""
     path = Path(path)
-    _atomic_write(path, dumps_entry(entry))
+    atomic_write_text(path, dumps_entry(entry))
     return path
 
 
@@ -153,48 +137,14 @@ def load_entries(entries_dir=None, suites: Iterable[str] | None = None, *, confi
 
 # ----------------------------------------------------------------------------------------------------------------
 # result records -> entry
-_RECORD_REQUIRED = {
-    "format": str, "suite": str, "dataset": str, "eval_split": str, "model": str, "model_options": dict,
-    "n_params": int, "defense": str, "defense_params": dict, "bits": int, "attack": str, "clean_err": float,
-    "rerr": dict, "n_patterns": int, "config_hash": str, "version": str, "date": str,
-}
-
-
-_KIND = {str: "a string", dict: "an object", int: "an integer", float: "a number"}
-
-
-def load_record(path: str | os.PathLike) -> dict:
-    """Read a harness result record (docs/formats.md) and check the fields a leaderboard entry uses."""
+def load_record(path: str | os.PathLike) -> ResultRecord:
+    """Read and validate a harness result record (the one record format, :class:`ResultRecord`)."""
     path = Path(path)
-    rec = _read_json(path)
+    data = _read_json(path)
     try:
-        if not isinstance(rec, dict):
-            raise EntryError("", f"expected a JSON object, got {_show(rec)[:60]}")
-        if rec.get("format") != RECORD_FORMAT:
-            raise EntryError("format", f"expected {_show(RECORD_FORMAT)} (a result record), got "
-                                       f"{_show(rec.get('format'))}")
-        for k, t in _RECORD_REQUIRED.items():
-            if k not in rec:
-                raise EntryError(k, "missing")
-            v = rec[k]
-            ok = _is_num(v) if t is float else (_is_int(v) if t is int else isinstance(v, t))
-            if not ok:
-                raise EntryError(k, f"expected {_KIND[t]}, got {_show(v)}")
-        rate = rec.get("rate")
-        if rate is not None and not (_is_num(rate) and 0 <= rate <= 1):
-            raise EntryError("rate", f"expected a rate in [0, 1] or null, got {_show(rate)}")
-        for k in ("mean", "std", "min", "max"):
-            v = rec["rerr"].get(k)
-            if not (_is_num(v) and 0 <= v <= 1):
-                raise EntryError(f"rerr.{k}", f"expected a number in [0, 1], got {_show(v)}")
-        if not 0 <= rec["clean_err"] <= 1:
-            raise EntryError("clean_err", f"expected a number in [0, 1], got {_show(rec['clean_err'])}")
-        seeds = rec.get("seeds")
-        if seeds is not None and (not isinstance(seeds, list) or not all(_is_int(s) for s in seeds)):
-            raise EntryError("seeds", f"expected a list of integers or null, got {_show(seeds)[:80]}")
-    except EntryError as e:
-        raise e.with_source(path) from None
-    return rec
+        return ResultRecord.from_json(data, source=path)
+    except RecordError as e:
+        raise EntryError(e.field, e.reason, path) from None
 
 
 def default_entry_name(model: str, defense: str) -> str:
@@ -207,18 +157,19 @@ def _same_everywhere(recs, paths, key, *, approx=False):
     first = recs[0][key]
     for r, p in zip(recs[1:], paths[1:]):
         v = r[key]
-        same = abs(v - first) <= 1e-6 if approx and _is_num(v) and _is_num(first) else v == first
+        same = abs(v - first) <= 1e-6 if approx else v == first
         if not same:
             raise EntryError(key, f"{_show(v)} in {p} differs from {_show(first)} in {paths[0]}: one entry "
                                   "needs records of the same suite, model and defense")
     return first
 
 
-def entry_from_records(records: list[dict], suite: Suite, *, paths: list | None = None, name: str | None = None,
-                       citation: str | None = None, link: str | None = None) -> dict:
+def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list | None = None,
+                       name: str | None = None, citation: str | None = None, link: str | None = None) -> dict:
     """Build (and validate against ``suite``) one entry from result records of the same suite/model/defense."""
     if not records:
         raise EntryError("results", "no result records given")
+    records = [r.to_json() for r in records]  # the validated file view of each record
     paths = [str(p) for p in (paths or [f"record {i}" for i in range(len(records))])]
     for key in ("suite", "dataset", "eval_split", "model", "model_options", "defense", "bits", "n_params"):
         _same_everywhere(records, paths, key)
@@ -337,10 +288,9 @@ def submit(result_files, *, name: str | None = None, citation: str | None = None
             raise EntryError("results", f"{p} is given twice")
         seen[key] = p
     records = [load_record(p) for p in paths]
-    _same_everywhere(records, [str(p) for p in paths], "suite")
-    suite = load_suite(suite_file if suite_file is not None else records[0]["suite"], configs_dir)
+    _same_everywhere([r.to_json() for r in records], [str(p) for p in paths], "suite")
+    suite = load_suite(suite_file if suite_file is not None else records[0].suite, configs_dir)
     if name is not None:
-        from .schema import NAME_RE
         if not NAME_RE.fullmatch(name):
             raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {_show(name)}")
     entry = entry_from_records(records, suite, paths=paths, name=name, citation=citation, link=link)

@@ -11,14 +11,16 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .entries import DEFAULT_ENTRIES_DIR, _atomic_write, load_entries
-from .schema import Suite, format_rate, same_rate
+from bitbench.configs.fileio import atomic_write_text
+
+from .entries import DEFAULT_ENTRIES_DIR, load_entries
+from bitbench.configs.suite import Suite, format_rate, same_rate
 
 __all__ = ["generate_markdown", "ranked_entries", "suite_table", "write_leaderboard", "NOTICE", "PAPER_MARK",
            "MISSING"]
 
 NOTICE = ("<!-- GENERATED FILE: do not edit by hand. It is generated from leaderboard/entries/<suite>/*.json "
-          "by `python -m benchmark leaderboard` (or `python -m leaderboard.cli leaderboard`). -->")
+          "by `python -m benchmark leaderboard` (or `python -m bitbench.leaderboard.cli leaderboard`). -->")
 PAPER_MARK = "†"
 MISSING = "–"
 
@@ -177,5 +179,5 @@ def write_leaderboard(out: str | os.PathLike = "LEADERBOARD.md", entries_dir=Non
         base = out.resolve().parent
         links = {s: Path(os.path.relpath(Path(p).resolve(), base)).as_posix() for s, p in written.items()}
     text = generate_markdown(entries_dir, suites, configs_dir=configs_dir, plot_links=links)
-    _atomic_write(out, text)
+    atomic_write_text(out, text)
     return out

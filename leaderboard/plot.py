@@ -14,7 +14,7 @@ from typing import Iterable
 
 from .entries import DEFAULT_ENTRIES_DIR, load_entries
 from .generate import ranked_entries
-from .schema import Suite, format_rate
+from bitbench.configs.suite import Suite, format_rate
 
 __all__ = ["plot_suite", "write_plots", "require_matplotlib"]
 

@@ -30,6 +30,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def ds():
     """The embedded MNIST-5k dataset."""
-    from benchmark.data import load_dataset
+    from bitbench.data import load_dataset
 
     return load_dataset("mnist5k")

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
-from attacks import create_attack, list_attacks
-from attacks.bfa import flip_deltas
-from benchmark.data import load_dataset
-from benchmark.models import build_model
-from defenses import (QuantizedModel, QuantScheme, TrainConfig, create_defense, evaluate_error, list_defenses,
+from bitbench import kernels
+from bitbench.attacks import create_attack, list_attacks
+from bitbench.attacks.bfa import flip_deltas
+from bitbench.data import load_dataset
+from bitbench.models import build_model
+from bitbench.defenses import (QuantizedModel, QuantScheme, TrainConfig, create_defense, evaluate_error, list_defenses,
                       rquant)
 
 
@@ -198,7 +198,7 @@ def test_every_registered_attack_keeps_the_contract(env, name, tmp_path):
 
 
 def test_advbet_trains_a_robust_quantized_model(env):
-    import attacks.advbet  # noqa: F401  (registers the defense)
+    import bitbench.attacks.advbet  # noqa: F401  (registers the defense)
 
     assert "advbet" in list_defenses()
     d = create_defense("advbet:iterations=2")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-from attacks import create_attack
-from defenses import QuantizedModel, QuantScheme, TrainConfig, create_defense, rquant
+from bitbench import kernels
+from bitbench.attacks import create_attack
+from bitbench.defenses import QuantizedModel, QuantScheme, TrainConfig, create_defense, rquant
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -88,7 +88,7 @@ def test_adversarial_attacks_on_the_gpu(spec, scheme):
 
 
 def test_advbet_trains_on_the_gpu():
-    import attacks.advbet  # noqa: F401
+    import bitbench.attacks.advbet  # noqa: F401
 
     x, y = _data(512)
     model = _module()

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-import kernels
-from attacks import ErrorMapError, SpecError, create_attack, list_attacks, save_error_map
-from attacks import error_map as error_map_mod
-from defenses import QuantizedModel, QuantScheme, rquant
+from bitbench import kernels
+from bitbench.attacks import ErrorMapError, SpecError, create_attack, list_attacks, save_error_map
+from bitbench.attacks import error_map as error_map_mod
+from bitbench.defenses import QuantizedModel, QuantScheme, rquant
 
 
 def _module(seed=0):

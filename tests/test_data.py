@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.data import (Augment, DataError, Dataset, batches, cutout, list_datasets, load_dataset, random_crop,
+from bitbench.data import (Augment, DataError, Dataset, batches, cutout, list_datasets, load_dataset, random_crop,
                             random_hflip)
-from benchmark.data.loaders import read_idx, split_eval_attack
+from bitbench.data.loaders import read_idx, split_eval_attack
 
 RNG = np.random.default_rng(0)
 

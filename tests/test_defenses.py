@@ -9,17 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
-from benchmark.data import load_dataset
-from benchmark.models import build_model
-from defenses import randbet as randbet_mod
-from defenses.base import Defense
-from defenses.quantization import normal, rquant
-from defenses.quantized_model import QuantizedModel
-from defenses.randbet import RandBETStep, curriculum_next
-from defenses.registry import SpecError
-from defenses.training import TrainConfig, Trainer, evaluate_error
-from defenses.zoo import (DEFENSES, RandBET, create_defense, list_defenses, resolve_threshold)
+from bitbench import kernels
+from bitbench.data import load_dataset
+from bitbench.models import build_model
+from bitbench.defenses import randbet as randbet_mod
+from bitbench.defenses.base import Defense
+from bitbench.defenses.quantization import normal, rquant
+from bitbench.defenses.quantized_model import QuantizedModel
+from bitbench.defenses.randbet import RandBETStep, curriculum_next
+from bitbench.configs.spec import SpecError
+from bitbench.defenses.training import TrainConfig, Trainer, evaluate_error
+from bitbench.configs.registries import DEFENSES, create_defense, list_defenses
+from bitbench.defenses.zoo import RandBET, resolve_threshold
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from defenses import QuantizedModel, TrainConfig, Trainer, RandBETStep, rquant, normal
-from defenses.quantization import dequantize_tensor, quantize_tensor
-from defenses.quantized_model import flat_buffer_of, flatten_parameters
-from defenses.training import _batches
+from bitbench import kernels
+from bitbench.defenses import QuantizedModel, TrainConfig, Trainer, RandBETStep, rquant, normal
+from bitbench.defenses.quantization import dequantize_tensor, quantize_tensor
+from bitbench.defenses.quantized_model import flat_buffer_of, flatten_parameters
+from bitbench.defenses.training import _batches
 
-from benchmark.data import load_dataset
-from benchmark.models import build_model
+from bitbench.data import load_dataset
+from bitbench.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from defenses.quantization import QuantScheme, normal, quantize_flat_fused, rquant, segment_ids, segment_starts
+from bitbench import kernels
+from bitbench.defenses.quantization import QuantScheme, normal, quantize_flat_fused, rquant, segment_ids, segment_starts
 
 pytestmark = pytest.mark.skipif(not kernels.fused_available(),
                                 reason=f"C extension not built: {kernels.backends()['c_error']}")

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-import kernels
-from kernels import _c_backend, _cupy_backend
+from bitbench import kernels
+from bitbench.kernels import _c_backend, _cupy_backend
 
 DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32]
 WIDTH = {torch.uint8: 8, torch.int8: 8, torch.int16: 16, torch.int32: 32}

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-import kernels
+from bitbench import kernels
 
 DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32]
 WIDTH = {torch.uint8: 8, torch.int8: 8, torch.int16: 16, torch.int32: 32}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import kernels
+from bitbench import kernels
 
 
 @pytest.mark.gpu
@@ -20,6 +20,6 @@ def test_direct_and_cupy_launch_agree(monkeypatch, dtype, bits):
     b = kernels.random_flip(x, 0.03, 0.01, seed=2 ** 40 + 5, bits=bits, offset=2 ** 33)
     ref = kernels.random_flip(x, 0.03, 0.01, seed=2 ** 40 + 5, bits=bits, offset=2 ** 33, backend="torch")
     assert torch.equal(a, ref) and torch.equal(b, ref)
-    from kernels import _cupy_backend
+    from bitbench.kernels import _cupy_backend
 
     assert not _cupy_backend._fast_error, _cupy_backend._fast_error

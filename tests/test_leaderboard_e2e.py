@@ -25,8 +25,8 @@ pytestmark = [
 
 PLUGIN = '''\
 """A third-party defense for the leaderboard end-to-end test."""
-from defenses import register_defense
-from defenses.zoo import Clip
+from bitbench.defenses import register_defense
+from bitbench.defenses.zoo import Clip
 
 
 @register_defense("thirdparty_clip")

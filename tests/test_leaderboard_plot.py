@@ -11,8 +11,8 @@ except ImportError:  # pragma: no cover
 
 pytest.importorskip("matplotlib", reason="plots need the optional matplotlib (pip install 'bitbench[plot]')")
 
-from leaderboard import cli as lcli  # noqa: E402
-from leaderboard.plot import write_plots  # noqa: E402
+from bitbench.leaderboard import cli as lcli  # noqa: E402
+from bitbench.leaderboard.plot import write_plots  # noqa: E402
 
 
 @pytest.fixture

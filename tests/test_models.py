@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmark.models import NORMS, Normalize, build_model, count_parameters, group_count, list_models
-from defenses.norms import ReparamBatchNorm1d, ReparamBatchNorm2d, ReparamGroupNorm
+from bitbench.models import NORMS, Normalize, build_model, count_parameters, group_count, list_models
+from bitbench.defenses.norms import ReparamBatchNorm1d, ReparamBatchNorm2d, ReparamGroupNorm
 
 ALL_NORMS = ["none", "bn", "gn", "rbn", "rgn"]
 
@@ -130,7 +130,7 @@ def test_group_count():
 
 def test_lenet_trains_on_embedded_mnist():
     """Plain float SGD on the embedded digits: >= 90% test accuracy within a few epochs (a real-data check)."""
-    from benchmark.data import batches, load_dataset
+    from bitbench.data import batches, load_dataset
 
     ds = load_dataset("mnist5k")
     model = build_model("lenet5", num_classes=10, in_channels=1, image_size=28, mean=ds.mean, std=ds.std, seed=0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from defenses.norms import (ReparamBatchNorm1d, ReparamBatchNorm2d, ReparamGroupNorm, effective_weight,
+from bitbench.defenses.norms import (ReparamBatchNorm1d, ReparamBatchNorm2d, ReparamGroupNorm, effective_weight,
                             is_reparam_norm)
 
 

@@ -14,8 +14,8 @@ import statistics
 
 import pytest
 
-from benchmark.harness import Harness, RunOptions
-from benchmark.suites import load_suite
+from bitbench.harness import Harness, RunOptions
+from bitbench.configs.suite import load_suite
 
 DEFENSES = ["normal", "rquant", "clip", "randbet:p=0.1"]
 RATES = [0.02, 0.1, 0.2]
@@ -37,8 +37,8 @@ def results(tmp_path_factory):
 
 
 def _paired(results, worse: str, better: str, rate: float):
-    a = results[(worse, rate)]["per_pattern_rerr"]
-    b = results[(better, rate)]["per_pattern_rerr"]
+    a = results[(worse, rate)].per_pattern_rerr
+    b = results[(better, rate)].per_pattern_rerr
     assert len(a) == len(b) == 10
     diffs = [x - y for x, y in zip(a, b)]
     return statistics.mean(diffs), statistics.pstdev(diffs), sum(d > 0 for d in diffs)
@@ -46,7 +46,7 @@ def _paired(results, worse: str, better: str, rate: float):
 
 def test_models_are_trained(results):
     for d in DEFENSES:
-        assert results[(d, 0.1)]["clean_err"] < 0.10, f"{d}: clean error {results[(d, 0.1)]['clean_err']}"
+        assert results[(d, 0.1)].clean_err < 0.10, f"{d}: clean error {results[(d, 0.1)].clean_err}"
 
 
 @pytest.mark.parametrize("worse, better, rate", [
@@ -56,7 +56,7 @@ def test_models_are_trained(results):
 ])
 def test_ordering_with_margins_beyond_the_pattern_spread(results, worse, better, rate):
     mean, spread, n_worse = _paired(results, worse, better, rate)
-    summary = {k: round(100 * results[(k, rate)]["rerr"]["mean"], 2) for k in DEFENSES}
+    summary = {k: round(100 * results[(k, rate)].rerr.mean, 2) for k in DEFENSES}
     assert mean > spread, f"{worse} vs {better} at p={rate}: mean paired diff {mean:.4f} <= spread {spread:.4f}; " \
                           f"RErr % {summary}"
     assert n_worse >= 8, f"{worse} worse than {better} on only {n_worse}/10 patterns at p={rate}; RErr % {summary}"
@@ -65,6 +65,6 @@ def test_ordering_with_margins_beyond_the_pattern_spread(results, worse, better,
 def test_full_ordering_at_high_rates(results):
     # The chain as a whole at the high rates (at 2% RandBET's higher clean error can still dominate its RErr).
     for r in (0.1, 0.2):
-        m = {d: results[(d, r)]["rerr"]["mean"] for d in DEFENSES}
+        m = {d: results[(d, r)].rerr.mean for d in DEFENSES}
         assert m["normal"] >= m["clip"] and m["rquant"] >= m["clip"], (r, m)
         assert m["clip"] >= m["randbet:p=0.1"] - 0.01, (r, m)

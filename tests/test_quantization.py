@@ -14,7 +14,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from defenses.quantization import (QuantScheme, dequantize_flat, dequantize_tensor, normal, quantize_flat,
+from bitbench.defenses.quantization import (QuantScheme, dequantize_flat, dequantize_tensor, normal, quantize_flat,
                                    quantize_tensor, rquant, scheme_from_dict, segment_ids)
 
 
@@ -466,8 +466,8 @@ def test_flat_equals_reference_random_stress():
 
 def test_flat_equals_reference_on_a_model():
     """QuantizedModel.from_module (the flat path) == quantize_tensor/dequantize_tensor tensor by tensor."""
-    from benchmark.models import build_model
-    from defenses.quantized_model import QuantizedModel
+    from bitbench.models import build_model
+    from bitbench.defenses.quantized_model import QuantizedModel
 
     model = build_model("lenet", num_classes=10, in_channels=1, image_size=28, norm="rgn", mean=(0.13,),
                         std=(0.31,), seed=3)

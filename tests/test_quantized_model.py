@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
-from benchmark.models import Normalize, build_model
-from defenses.norms import ReparamBatchNorm2d, effective_weight
-from defenses.qat import FlatQuantizer
-from defenses.quantization import QuantScheme, dequantize_tensor, normal, quantize_tensor, rquant
-from defenses.quantized_model import FORMAT, QuantizedModel, select_parameters
+from bitbench import kernels
+from bitbench.models import Normalize, build_model
+from bitbench.defenses.norms import ReparamBatchNorm2d, effective_weight
+from bitbench.defenses.qat import FlatQuantizer
+from bitbench.defenses.quantization import QuantScheme, dequantize_tensor, normal, quantize_tensor, rquant
+from bitbench.defenses.quantized_model import FORMAT, QuantizedModel, select_parameters
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,4 +1,4 @@
-"""The registry (defenses/registry.py): registration, spec strings, parametric names and third-party entry points."""
+"""The registry (configs/registry.py): registration, spec strings, parametric names and third-party entry points."""
 from __future__ import annotations
 
 import sys
@@ -6,8 +6,9 @@ import textwrap
 
 import pytest
 
-from defenses.registry import Registry, SpecError, format_spec, parse_spec, parse_value
-from defenses.zoo import DEFENSES, create_defense, list_defenses
+from bitbench.configs.registry import Registry
+from bitbench.configs.spec import SpecError, format_spec, parse_spec, parse_value
+from bitbench.configs.registries import DEFENSES, create_defense, list_defenses
 
 
 # --------------------------------------------------------------------------------------------- spec strings
@@ -129,10 +130,16 @@ def test_creation_errors_are_spec_errors(reg):
     class Picky:
         def __init__(self, n: int = 1):
             if n < 0:
-                raise ValueError("n must be >= 0")
+                raise SpecError("n must be >= 0")  # the contract: a bad parameter value is a SpecError
+            if n == 7:
+                raise ValueError("a bug inside the constructor")
 
     with pytest.raises(SpecError, match="widget 'picky:n=-1': n must be >= 0"):
         reg.create("picky:n=-1")
+    # any other exception is a bug: it propagates unchanged, never disguised as bad input
+    with pytest.raises(ValueError, match="a bug inside") as info:
+        reg.create("picky:n=7")
+    assert not isinstance(info.value, SpecError)
     with pytest.raises(SpecError, match="has no parameter 'm'"):
         reg.create("picky", m=3)
     with pytest.raises(SpecError, match="unknown widget 'zzz'"):
@@ -146,8 +153,9 @@ def _make_plugin(root, pkg, entry_points):
     (root / pkg).mkdir()
     (root / pkg / "__init__.py").write_text("")
     (root / pkg / "mod.py").write_text(textwrap.dedent('''
-        from defenses.base import Defense
-        from defenses.quantization import rquant
+        from bitbench import SpecError
+        from bitbench.defenses.base import Defense
+        from bitbench.defenses.quantization import rquant
 
 
         class MyDefense(Defense):
@@ -159,7 +167,7 @@ def _make_plugin(root, pkg, entry_points):
 
             def __init__(self, bits: int = 6, w_max: float = 0.2):
                 if not 2 <= bits <= 8:
-                    raise ValueError("bits must be in 2..8")
+                    raise SpecError("bits must be in 2..8")
                 self.bits = bits
                 self.w_max = w_max
 
@@ -223,8 +231,8 @@ def test_third_party_defense_trains(plugin):
     """The plugged-in defense works end to end through the Defense contract (tiny run)."""
     import torch
 
-    from benchmark.models import build_model
-    from defenses.training import TrainConfig
+    from bitbench.models import build_model
+    from bitbench.defenses.training import TrainConfig
 
     DEFENSES.load_entry_points(force=True)
     d = create_defense("mydef:bits=4")
@@ -242,7 +250,7 @@ def test_registry_with_a_module_entry_point(tmp_path, monkeypatch):
     pkg = "bitbench_test_plugin_mod"
     (tmp_path / pkg).mkdir()
     (tmp_path / pkg / "__init__.py").write_text(textwrap.dedent('''
-        from defenses.registry import Registry
+        from bitbench.configs.registry import Registry
         REG = Registry("gadget", entry_point_group="bitbench.test_gadgets")
         '''))
     (tmp_path / pkg / "plug.py").write_text(textwrap.dedent(f'''

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.data import load_dataset
-from benchmark.models import build_model
-from defenses import create_defense
-from defenses.quantization import rquant
-from defenses.quantized_model import QuantizedModel
-from defenses.randbet import RandBETStep
-from defenses.training import (CHECKPOINT_FORMAT, QATStep, TrainConfig, Trainer, evaluate_error, train)
+from bitbench.data import load_dataset
+from bitbench.models import build_model
+from bitbench.defenses import create_defense
+from bitbench.defenses.quantization import rquant
+from bitbench.defenses.quantized_model import QuantizedModel
+from bitbench.defenses.randbet import RandBETStep
+from bitbench.defenses.training import (CHECKPOINT_FORMAT, QATStep, TrainConfig, Trainer, evaluate_error, train)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,6 +1,6 @@
 """Datasets (embedded default ``mnist5k`` plus local files; never a download) and plain-torch augmentation.
 
-    from benchmark.data import load_dataset, list_datasets, Augment, batches
+    from bitbench.data import load_dataset, list_datasets, Augment, batches
     ds = load_dataset("mnist5k")            # float32 N,C,H,W in [0, 1]; int64 labels
 """
 from .augment import Augment, autoaugment, batches, cutout, random_crop, random_hflip

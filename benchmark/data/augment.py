@@ -12,6 +12,8 @@ from typing import Iterator, Mapping
 
 import torch
 
+from bitbench.configs.errors import UsageError
+
 __all__ = ["random_crop", "random_hflip", "cutout", "autoaugment", "Augment", "batches"]
 
 
@@ -112,7 +114,7 @@ class Augment:
                  fill: float = 0.0):
         for k, v in (("crop", crop), ("cutout", cutout)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"augment: {k} must be a non-negative integer, got {v!r}")
+                raise UsageError(f"augment: {k} must be a non-negative integer, got {v!r}")
         self.crop = int(crop)
         self.flip = bool(flip)
         self.cutout = int(cutout)
@@ -126,7 +128,7 @@ class Augment:
         config = dict(config or {})
         unknown = sorted(set(config) - set(cls.KEYS))
         if unknown:
-            raise ValueError(f"augment: unknown option(s) {unknown}; known: {list(cls.KEYS)}")
+            raise UsageError(f"augment: unknown option(s) {unknown}; known: {list(cls.KEYS)}")
         norm = {k: (0 if v in (None, False) and k in ("crop", "cutout") else v) for k, v in config.items()}
         return cls(**norm)
 

@@ -39,10 +39,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bitbench.configs.errors import UsageError
+
 __all__ = ["Dataset", "DataError", "list_datasets", "load_dataset", "split_eval_attack", "default_data_dir"]
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A dataset is missing, malformed, or cannot be loaded (the message says what was expected, and where)."""
 
 

@@ -1,6 +1,6 @@
 """Model architectures and their registry.
 
-    from benchmark.models import build_model, list_models
+    from bitbench.models import build_model, list_models
     model = build_model("lenet5", num_classes=10, in_channels=1, image_size=28, norm="rgn",
                         mean=ds.mean, std=ds.std, seed=0)
 
@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
+
+from bitbench.configs.errors import UsageError
 
 from .layers import NORMS, Normalize, group_count, make_norm
 from .lenet import LeNet5
@@ -80,7 +82,7 @@ def _resolve(name: str) -> str:
     key = name.lower()
     key = _ALIASES.get(key, key)
     if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+        raise UsageError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     return key
 
 
@@ -96,18 +98,18 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
     if norm is None:
         norm = "none"
     if norm.lower() not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
+        raise UsageError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
     if (mean is None) != (std is None):
-        raise ValueError("give both mean and std (or neither)")
+        raise UsageError("give both mean and std (or neither)")
     if mean is not None and len(tuple(mean)) != in_channels:
-        raise ValueError(f"mean has {len(tuple(mean))} values for {in_channels} input channels")
+        raise UsageError(f"mean has {len(tuple(mean))} values for {in_channels} input channels")
     if width is not None and (isinstance(width, bool) or int(width) != width or width < 1):
-        raise ValueError(f"width must be a positive integer, got {width!r}")
+        raise UsageError(f"width must be a positive integer, got {width!r}")
     if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        raise UsageError(f"num_classes must be >= 2, got {num_classes}")
     unknown = set(kwargs) - set(MODELS[key]["extra"])
     if unknown:
-        raise ValueError(f"{key}: unknown option(s) {sorted(unknown)}; known: {sorted(MODELS[key]['extra'])}")
+        raise UsageError(f"{key}: unknown option(s) {sorted(unknown)}; known: {sorted(MODELS[key]['extra'])}")
     builder: Callable[..., nn.Module] = MODELS[key]["builder"]
     args = dict(num_classes=int(num_classes), in_channels=int(in_channels), image_size=int(image_size),
                 norm=norm.lower(), width=None if width is None else int(width),

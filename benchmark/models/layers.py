@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from bitbench.configs.errors import UsageError
+
 __all__ = ["Normalize", "NORMS", "make_norm", "group_count", "init_weights", "scaled"]
 
 NORMS = {
@@ -67,17 +69,17 @@ def make_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
     if kind == "gn":
         return nn.GroupNorm(group_count(channels), channels)
     if kind in ("rbn", "rgn"):
-        from defenses.norms import ReparamBatchNorm1d, ReparamBatchNorm2d, ReparamGroupNorm
+        from bitbench.defenses.norms import ReparamBatchNorm1d, ReparamBatchNorm2d, ReparamGroupNorm
         if kind == "rgn":
             return ReparamGroupNorm(group_count(channels), channels)
         return ReparamBatchNorm2d(channels) if dims == 2 else ReparamBatchNorm1d(channels)
-    raise ValueError(f"unknown norm {kind!r}; choose one of {list(NORMS)}")
+    raise UsageError(f"unknown norm {kind!r}; choose one of {list(NORMS)}")
 
 
 def check_norm(kind: str) -> str:
     kind = (kind or "none").lower()
     if kind not in NORMS:
-        raise ValueError(f"unknown norm {kind!r}; choose one of {list(NORMS)}")
+        raise UsageError(f"unknown norm {kind!r}; choose one of {list(NORMS)}")
     return kind
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from bitbench.configs.errors import UsageError
+
 from .layers import Normalize, init_weights, check_norm, make_norm, scaled
 
 __all__ = ["LeNet5"]
@@ -27,7 +29,7 @@ class LeNet5(nn.Module):
         pad2 = 2 if s < 14 else 0
         s = (s + 2 * pad2 - 4) // 2
         if s < 1:
-            raise ValueError(f"LeNet5: image_size {image_size} is too small")
+            raise UsageError(f"LeNet5: image_size {image_size} is too small")
         bias = norm == "none"
         self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
         self.features = nn.Sequential(

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from bitbench.configs.errors import UsageError
+
 from .layers import Normalize, init_weights, check_norm, make_norm
 
 __all__ = ["MLP"]
@@ -18,7 +20,7 @@ class MLP(nn.Module):
         super().__init__()
         norm = check_norm(norm)
         if depth < 0:
-            raise ValueError(f"MLP: depth must be >= 0, got {depth}")
+            raise UsageError(f"MLP: depth must be >= 0, got {depth}")
         width = 256 if width is None else int(width)
         self.normalize = Normalize(mean, std) if mean is not None else nn.Identity()
         layers: list[nn.Module] = [nn.Flatten()]

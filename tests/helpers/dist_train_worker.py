@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from benchmark.data import load_dataset
-from benchmark.models import build_model
-from defenses import TrainConfig, create_defense
+from bitbench.data import load_dataset
+from bitbench.models import build_model
+from bitbench.defenses import TrainConfig, create_defense
 
 
 def main(out_dir):

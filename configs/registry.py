@@ -1,31 +1,30 @@
-"""A small registry (timm style): a decorator is the whole registration.
+"""Registry machinery (timm style): a decorator on a plain class or function is the whole registration.
 
-Entries are classes or factory functions whose parameters all have defaults. They are looked up by *spec strings*:
+Entries are classes or factory functions whose parameters all have defaults; they are looked up by spec strings
+(see :mod:`.spec`). A registry knows the modules that hold its built-in entries and imports them on first lookup,
+so an entry is found whatever was imported before; third-party packages add entries through an entry-point group
+(``bitbench.defenses``, ``bitbench.attacks``, ...): the entry point names a module (imported; its decorators
+register) or a class/factory (registered under the entry point's name).
 
-* ``name`` -- the defaults;
-* ``name:key=value,key=value`` -- overrides (values parsed by the type of the default);
-* parametric names declared by a regular expression, e.g. ``random_p0.01`` -> ``random`` with ``p=0.01``
-  (overrides may follow: ``random_p0.01:patterns=10``).
-
-Third-party packages add entries without editing this project through an entry-point group (``bitbench.defenses``
-or ``bitbench.attacks``): the entry point may name a module (imported; its decorators register) or a class/factory
-(registered under the entry point's name).
+Errors: an unknown name or parameter, or a value that does not parse, is a :class:`~.spec.SpecError`; an entry's
+constructor reports a bad parameter value by raising :class:`~.spec.SpecError` (or any ``UsageError``) itself. Any
+other exception from a constructor is a bug and propagates unchanged.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable, Iterable
 
-__all__ = ["Registry", "RegistryEntry", "SpecError", "parse_spec", "format_spec", "parse_value"]
+from .errors import UsageError
+from .spec import SpecError, format_spec, format_value, parse_spec, parse_value
 
-
-class SpecError(ValueError):
-    """An unknown name or parameter, or a value that does not parse."""
+__all__ = ["Registry", "RegistryEntry"]
 
 
 @dataclass
@@ -41,98 +40,6 @@ class RegistryEntry:
 
     def describe(self) -> str:
         return self.doc.strip().splitlines()[0] if self.doc and self.doc.strip() else ""
-
-
-def parse_value(text: str, default: Any):
-    """Parse ``text`` by the type of ``default`` (bool, int, float, str; None: best guess)."""
-    t = text.strip()
-    low = t.lower()
-    if low in ("none", "null"):
-        return None
-    if isinstance(default, bool):
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise SpecError(f"expected a boolean (true/false), got {text!r}")
-    if isinstance(default, int):
-        try:
-            return int(t)
-        except ValueError:
-            try:
-                f = float(t)
-            except ValueError:
-                raise SpecError(f"expected an integer, got {text!r}") from None
-            if f.is_integer():
-                return int(f)
-            raise SpecError(f"expected an integer, got {text!r}") from None
-    if isinstance(default, float) or default is None:
-        try:
-            v = float(t)
-            if default is None and re.fullmatch(r"[+-]?\d+", t):
-                return int(t)
-            return v
-        except ValueError:
-            if isinstance(default, float):
-                raise SpecError(f"expected a number, got {text!r}") from None
-            return t
-    return t
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``'name:k=v,k2=v2'`` -> ``('name', {'k': 'v', 'k2': 'v2'})`` (values unparsed)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise SpecError(f"a spec must be a non-empty string like 'name' or 'name:key=value', got {spec!r}")
-    name, _, rest = spec.strip().partition(":")
-    kv: dict[str, str] = {}
-    if rest.strip():
-        for part in rest.split(","):
-            if not part.strip():
-                continue
-            k, eq, v = part.partition("=")
-            if not eq or not k.strip():
-                raise SpecError(f"in {spec!r}: {part!r} is not key=value")
-            kv[k.strip()] = v.strip()
-    return name.strip(), kv
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v) if isinstance(v, float) else str(v)
-
-
-def format_spec(name: str, params: dict, defaults: dict | None = None, pattern: re.Pattern | None = None) -> str:
-    """Canonical spec string; with ``defaults`` only the parameters that differ from them are written.
-
-    With a parametric ``pattern`` (e.g. ``random_p(?P<p>...)``) its parameters go into the name
-    (``random_p0.01``) whenever that name parses back to the same values.
-    """
-    in_name: dict = {}
-    if pattern is not None:
-        template = _template(pattern.pattern)
-        if template is not None:
-            try:
-                cand = template.format(**{k: _fmt(params[k]) for k in pattern.groupindex})
-            except KeyError:
-                cand = None
-            m = pattern.fullmatch(cand) if cand else None
-            if m and all(parse_value(m.group(k), params[k]) == params[k] for k in pattern.groupindex):
-                name, in_name = cand, dict.fromkeys(pattern.groupindex)
-    items = [(k, v) for k, v in sorted(params.items())
-             if k not in in_name and (defaults is None or defaults.get(k, object()) != v)]
-    return name if not items else name + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in items)
-
-
-def _template(regex: str) -> str | None:
-    """``'random_p(?P<p>[0-9.]+)'`` -> ``'random_p{p}'`` (None if the rest is not literal text)."""
-    t = re.sub(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)", r"{\1}", regex)
-    rest = re.sub(r"\{\w+\}", "", t)
-    if re.search(r"[\\^$.|?*+()\[\]{}]", rest):
-        return None
-    return t
 
 
 def _signature_params(obj) -> dict:
@@ -168,12 +75,22 @@ def _param_docs(doc: str) -> dict:
 class Registry:
     """A named collection of entries of one kind (``'defense'``, ``'attack'``)."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    def __init__(self, kind: str, entry_point_group: str | None = None, builtins: Iterable[str] = ()):
         self.kind = kind
         self.group = entry_point_group
+        self.builtins = tuple(builtins)  # modules whose import registers the built-in entries
         self._entries: dict[str, RegistryEntry] = {}
+        self._loaded_builtins = False
         self._loaded_entry_points = False
         self.entry_point_errors: dict[str, str] = {}
+
+    def _load(self) -> None:
+        """Import the built-in modules (once), then the entry points (once)."""
+        if not self._loaded_builtins:
+            self._loaded_builtins = True
+            for mod in self.builtins:
+                importlib.import_module(mod)
+        self.load_entry_points()
 
     # -- registration ------------------------------------------------------------------------------------------
     def register(self, name: str | Callable | None = None, *, pattern: str | None = None,
@@ -226,7 +143,7 @@ class Registry:
 
     # -- lookup ------------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        self.load_entry_points()
+        self._load()
         return sorted(self._entries)
 
     def list(self, pattern: str = "*") -> list[str]:
@@ -234,7 +151,7 @@ class Registry:
         return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
 
     def entry(self, name: str) -> RegistryEntry:
-        self.load_entry_points()
+        self._load()
         if name in self._entries:
             return self._entries[name]
         raise SpecError(self._unknown(name))
@@ -261,7 +178,7 @@ class Registry:
     def resolve(self, spec: str) -> tuple[RegistryEntry, dict]:
         """Spec string -> (entry, full parameter dict with defaults filled in and values parsed)."""
         name, kv = parse_spec(spec)
-        self.load_entry_points()
+        self._load()
         entry = self._entries.get(name)
         raw: dict[str, str] = {}
         if entry is None:
@@ -283,7 +200,7 @@ class Registry:
                 close = difflib.get_close_matches(k, list(entry.params), n=2, cutoff=0.5)
                 hint = f" Did you mean {', '.join(close)}?" if close else ""
                 raise SpecError(f"{self.kind} {entry.name!r} has no parameter {k!r}.{hint} Valid parameters: "
-                                + ", ".join(f"{p}={_fmt(d)}" for p, d in entry.params.items()))
+                                + ", ".join(f"{p}={format_value(d)}" for p, d in entry.params.items()))
             try:
                 params[k] = parse_value(v, entry.params[k])
             except SpecError as e:
@@ -291,7 +208,10 @@ class Registry:
         return entry, params
 
     def create(self, spec: str, **overrides):
-        """Instantiate the entry named by ``spec`` (``overrides`` are already-typed parameter values)."""
+        """Instantiate the entry named by ``spec`` (``overrides`` are already-typed parameter values).
+
+        A bad parameter value that the constructor reports (any ``UsageError``) comes back as a
+        :class:`SpecError` naming the spec; other exceptions are bugs and propagate unchanged."""
         entry, params = self.resolve(spec)
         for k in overrides:
             if k not in entry.params:
@@ -299,7 +219,7 @@ class Registry:
         params.update(overrides)
         try:
             obj = entry.obj(**params)
-        except (ValueError, TypeError) as e:
+        except UsageError as e:
             raise SpecError(f"{self.kind} {spec!r}: {e}") from e
         try:
             obj.registry_name = entry.name

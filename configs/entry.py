@@ -1,4 +1,4 @@
-"""Leaderboard entry format, suite protocol and validation (pure Python: no torch, no harness imports).
+"""The leaderboard entry format and its validator (pure Python: no torch).
 
 One JSON file per leaderboard row: ``leaderboard/entries/<suite>/<name>.json``. The tables and plots are a pure
 function of these files (RobustBench style). An entry is refused, with the exact field and the reason, when it is
@@ -62,12 +62,7 @@ suite's extra ``attacks``; entries ``reported_by: "benchmark"`` must cover every
 ``rerr`` and carry ``version``, ``config_hash`` and ``clean_err``; ``reported_by: "paper"`` entries may cover a
 subset and must have a ``citation``. Unknown fields are refused (typos would otherwise vanish silently).
 
-Suites
-------
-Suite files are the harness's ``configs/<name>.toml`` (see docs/formats.md). The *protocol* of a suite is
-dataset, eval split, bits, rates, patterns and base_seed. The eval split is the suite's ``eval_split`` if it has
-one, ``"test[0:<n_eval>]"`` if it sets ``n_eval``, and otherwise not pinned by the file (the dataset's evaluation
-split). ``headline_rate`` (default: the largest rate) is the rate the leaderboard ranks by.
+The suite and its protocol: :mod:`.suite`.
 """
 
 from __future__ import annotations
@@ -76,23 +71,17 @@ import json
 import math
 import os
 import re
-import sys
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from .errors import UsageError
+from .record import RECORD_FORMAT
+from .suite import Suite, same_rate
 
-__all__ = ["FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "EntryError", "SuiteError", "Suite",
-           "load_suite", "find_suite_file", "list_suites", "validate_entry", "default_configs_dirs", "rate_key",
-           "same_rate", "format_rate", "ENTRY_FIELDS", "RESULT_FIELDS"]
+__all__ = ["FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "ENTRY_FIELDS", "RESULT_FIELDS", "NAME_RE",
+           "EntryError", "validate_entry"]
 
 FORMAT = "bitbench.leaderboard_entry/1"
-RECORD_FORMAT = "bitbench.result/1"
 REPORTED_BY = ("benchmark", "paper")
 PROTOCOL_FIELDS = ("dataset", "eval_split", "bits", "rates", "patterns", "base_seed")
 ENTRY_FIELDS = ("format", "suite", "name", "model", "model_options", "n_params", "defense", "defense_name",
@@ -105,7 +94,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOL = 1e-6  # tolerance of consistency checks between stored floats
 
 
-class EntryError(ValueError):
+class EntryError(UsageError):
     """A refused entry or result record: ``[source: ]field: reason``."""
 
     def __init__(self, field: str, reason: str, source: str | os.PathLike | None = None):
@@ -122,169 +111,11 @@ class EntryError(ValueError):
         return EntryError(self.field, self.reason, source)
 
 
-class SuiteError(ValueError):
-    """An unknown or malformed suite file."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# rates
-def same_rate(a: float, b: float) -> bool:
-    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-15)
-
-
-def rate_key(rate: float) -> str:
-    """A canonical string for a rate (for dict keys and column matching)."""
-    return f"{float(rate):.10g}"
-
-
-def format_rate(rate: float) -> str:
-    """A rate as percent for humans: 0.0001 -> '0.01%'."""
-    return f"{float(rate) * 100:.6g}%"
-
-
 def _show(v: Any) -> str:
     try:
         return json.dumps(v, ensure_ascii=False, allow_nan=True)
     except (TypeError, ValueError):
         return repr(v)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# suites
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    dataset: str
-    bits: int
-    rates: tuple
-    patterns: int
-    base_seed: int
-    headline_rate: float | None
-    eval_split: str | None = None
-    model: str | None = None
-    description: str = ""
-    attacks: tuple = ()
-    path: str | None = None
-    raw: dict = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def protocol(self) -> dict:
-        return {"dataset": self.dataset, "eval_split": self.eval_split, "bits": self.bits,
-                "rates": list(self.rates), "patterns": self.patterns, "base_seed": self.base_seed}
-
-
-def default_configs_dirs() -> list[Path]:
-    """Where suite TOML files are looked up: the ``configs`` package, then ``<repo>/configs``."""
-    dirs: list[Path] = []
-    try:
-        from importlib.resources import files
-
-        res = files("configs")
-        # a namespace package gives a MultiplexedPath; take every real folder
-        paths = getattr(res, "_paths", None) or [res]
-        for p in paths:
-            try:
-                q = Path(str(p))
-            except TypeError:  # pragma: no cover
-                continue
-            if q.is_dir():
-                dirs.append(q)
-    except Exception:  # no `configs` package importable: fall back to the source tree
-        pass
-    repo = Path(__file__).resolve().parent.parent / "configs"
-    if repo.is_dir() and all(repo.resolve() != d.resolve() for d in dirs):
-        dirs.append(repo)
-    return dirs
-
-
-def _dirs(configs_dir) -> list[Path]:
-    if configs_dir is None:
-        return default_configs_dirs()
-    if isinstance(configs_dir, (str, os.PathLike)):
-        return [Path(configs_dir)]
-    return [Path(d) for d in configs_dir]
-
-
-def list_suites(configs_dir=None) -> list[str]:
-    names = set()
-    for d in _dirs(configs_dir):
-        if d.is_dir():
-            names.update(p.stem for p in d.glob("*.toml"))
-    return sorted(names)
-
-
-def find_suite_file(name: str, configs_dir=None) -> Path:
-    for d in _dirs(configs_dir):
-        p = d / f"{name}.toml"
-        if p.is_file():
-            return p
-    known = list_suites(configs_dir)
-    where = ", ".join(str(d) for d in _dirs(configs_dir)) or "no configs folder found"
-    raise SuiteError(f"unknown suite {name!r} (no {name}.toml in {where}; known: {', '.join(known) or 'none'})")
-
-
-def _suite_field(data: dict, key: str, kind, path, *, required=True, default=None):
-    if key not in data:
-        if required:
-            raise SuiteError(f"{path}: {key}: missing")
-        return default
-    v = data[key]
-    if kind is int:
-        ok = isinstance(v, int) and not isinstance(v, bool)
-    elif kind is float:
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    else:
-        ok = isinstance(v, kind)
-    if not ok:
-        raise SuiteError(f"{path}: {key}: expected {getattr(kind, '__name__', kind)}, got {_show(v)}")
-    return v
-
-
-def load_suite(name_or_path: str | os.PathLike, configs_dir=None) -> Suite:
-    """Read a suite TOML by name (looked up in the configs folders) or by path."""
-    s = str(name_or_path)
-    if s.endswith(".toml") or os.sep in s or "/" in s:
-        path = Path(s)
-        if not path.is_file():
-            raise SuiteError(f"suite file not found: {path}")
-    else:
-        path = find_suite_file(s, configs_dir)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise SuiteError(f"{path}: not valid TOML: {e}") from None
-    name = _suite_field(data, "name", str, path, required=False, default=path.stem)
-    dataset = _suite_field(data, "dataset", str, path)
-    bits = _suite_field(data, "bits", int, path, required=False, default=8)
-    rates = _suite_field(data, "rates", list, path, required=False, default=[])
-    for i, r in enumerate(rates):
-        if not (isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1):
-            raise SuiteError(f"{path}: rates[{i}]: expected a rate in [0, 1], got {_show(r)}")
-    for i, r in enumerate(rates):
-        for j in range(i):
-            if same_rate(r, rates[j]):
-                raise SuiteError(f"{path}: rates[{i}]: duplicate rate {r!r}")
-    rates = tuple(sorted(float(r) for r in rates))
-    patterns = _suite_field(data, "patterns", int, path, required=False, default=50)
-    base_seed = _suite_field(data, "base_seed", int, path, required=False, default=100)
-    headline = _suite_field(data, "headline_rate", float, path, required=False,
-                            default=rates[-1] if rates else None)
-    if headline is not None:
-        match = [r for r in rates if same_rate(r, headline)]
-        if not match:
-            raise SuiteError(f"{path}: headline_rate: {headline!r} is not one of the suite's rates "
-                             f"{list(rates)}")
-        headline = match[0]
-    eval_split = _suite_field(data, "eval_split", str, path, required=False)
-    if eval_split is None and "n_eval" in data:
-        n_eval = _suite_field(data, "n_eval", int, path)
-        eval_split = f"test[0:{n_eval}]"
-    attacks = _suite_field(data, "attacks", list, path, required=False, default=[])
-    return Suite(name=name, dataset=dataset, bits=bits, rates=rates, patterns=patterns, base_seed=base_seed,
-                 headline_rate=headline, eval_split=eval_split, model=data.get("model"),
-                 description=str(data.get("description", "") or "").strip(), attacks=tuple(str(a) for a in attacks),
-                 path=str(path), raw=data)
 
 
 # ----------------------------------------------------------------------------------------------------------------

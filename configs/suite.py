@@ -1,0 +1,251 @@
+"""The suite format: one TOML file naming dataset, model, training recipe, defenses, attacks, rates and seeds.
+
+One parser and one validator for the harness and the leaderboard alike. Packaged suites are the ``*.toml`` files
+of this package (found with ``importlib.resources``, installed editable or as a wheel); any other TOML file can be
+given by path, and the leaderboard can look names up in other folders (``configs_dirs``).
+
+The *protocol* of a suite -- what makes two results comparable -- is dataset, eval split, bits, rates, patterns and
+base_seed (:attr:`Suite.protocol`). Rates are fractions, stored canonically (:func:`~.spec.canonical_rate`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+from .errors import UsageError
+from .spec import canonical_rate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["Suite", "SuiteError", "load_suite", "list_suites", "suite_path", "packaged_suites_dir", "same_rate",
+           "rate_key", "format_rate", "stable_hash", "EVAL_SPLIT_RE"]
+
+EVAL_SPLIT_RE = re.compile(r"test\[(\d+):(\d+)\]")
+
+
+class SuiteError(UsageError):
+    """A suite that cannot be found or is malformed."""
+
+
+def same_rate(a: float, b: float) -> bool:
+    """Two rates are the same rate (compared after canonical rounding, with a tiny tolerance)."""
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-15)
+
+
+def rate_key(rate: float) -> str:
+    """A canonical string for a rate (for dict keys and column matching)."""
+    return f"{float(rate):.10g}"
+
+
+def format_rate(rate: float) -> str:
+    """A rate as percent for humans: 0.0001 -> '0.01%'."""
+    return f"{float(rate) * 100:.6g}%"
+
+
+def stable_hash(obj, n: int = 16) -> str:
+    """Hex digest of the canonical JSON of ``obj`` (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+@dataclass
+class Suite:
+    """A benchmark suite (see the module docstring and docs/formats.md)."""
+
+    name: str
+    dataset: str
+    model: str
+    description: str = ""
+    data_dir: str | None = None
+    n_eval: int | None = None
+    eval_split: str | None = None  # 'test[0:N]' where the suite pins its evaluation images (eval_split or n_eval)
+    model_options: dict = field(default_factory=dict)
+    bits: int = 8
+    defenses: list = field(default_factory=list)
+    attacks: list = field(default_factory=list)
+    rates: list = field(default_factory=list)
+    headline_rate: float | None = None
+    patterns: int = 50
+    base_seed: int = 100
+    train_seed: int = 0
+    train: dict = field(default_factory=dict)
+    augment: dict = field(default_factory=dict)
+    path: str | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        where = f"suite {self.name!r}" + (f" ({self.path})" if self.path else "")
+
+        def bad(msg):
+            raise SuiteError(f"{where}: {msg}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for k in ("name", "dataset", "model"):
+            if not isinstance(getattr(self, k), str) or not getattr(self, k):
+                bad(f"{k!r} must be a non-empty string, got {getattr(self, k)!r}")
+        if not isinstance(self.description, str):
+            bad(f"'description' must be a string, got {self.description!r}")
+        self.description = self.description.strip()
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            bad(f"'data_dir' must be a string (a folder), got {self.data_dir!r}")
+        if not is_int(self.bits) or not 1 <= self.bits <= 32:
+            bad(f"'bits' must be an integer in 1..32, got {self.bits!r}")
+        for k in ("defenses", "attacks", "rates"):
+            if not isinstance(getattr(self, k), (list, tuple)):
+                bad(f"{k!r} must be a list, got {getattr(self, k)!r}")
+        for k in ("defenses", "attacks"):
+            for v in getattr(self, k):
+                if not isinstance(v, str) or not v.strip():
+                    bad(f"{k!r} must hold spec strings, got {v!r}")
+        self.defenses, self.attacks = list(self.defenses), list(self.attacks)
+        rates = []
+        for i, r in enumerate(self.rates):
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or not 0 <= r <= 1:
+                bad(f"rates[{i}]: rates are fractions in [0, 1] (0.01 = 1%), got {r!r}")
+            r = canonical_rate(r)
+            for j, q in enumerate(rates):
+                if same_rate(r, q):
+                    bad(f"rates[{i}]: duplicate rate {r!r}")
+            rates.append(r)
+        self.rates = sorted(rates)
+        if self.headline_rate is not None:
+            h = self.headline_rate
+            if isinstance(h, bool) or not isinstance(h, (int, float)):
+                bad(f"'headline_rate' must be a rate, got {h!r}")
+            match = [r for r in self.rates if same_rate(r, h)]
+            if self.rates and not match:
+                bad(f"headline_rate: {h!r} is not one of the suite's rates {self.rates}")
+            self.headline_rate = match[0] if match else canonical_rate(h)
+        elif self.rates:
+            self.headline_rate = self.rates[-1]
+        if not is_int(self.patterns) or self.patterns < 1:
+            bad(f"'patterns' must be an integer >= 1, got {self.patterns!r}")
+        if not is_int(self.base_seed) or not 0 <= self.base_seed < (1 << 64) - self.patterns:
+            bad(f"'base_seed' must be an integer in [0, 2^64 - patterns), got {self.base_seed!r}")
+        if not is_int(self.train_seed) or self.train_seed < 0:
+            bad(f"'train_seed' must be an integer >= 0, got {self.train_seed!r}")
+        if self.n_eval is not None and (not is_int(self.n_eval) or self.n_eval < 1):
+            bad(f"'n_eval' must be an integer >= 1, got {self.n_eval!r}")
+        if self.eval_split is not None:
+            m = EVAL_SPLIT_RE.fullmatch(self.eval_split) if isinstance(self.eval_split, str) else None
+            if not m or int(m.group(1)) != 0 or int(m.group(2)) < 1:
+                bad(f"'eval_split' must be 'test[0:N]' (the first N test images), got {self.eval_split!r}")
+            n = int(m.group(2))
+            if self.n_eval is not None and self.n_eval != n:
+                bad(f"eval_split {self.eval_split!r} and n_eval = {self.n_eval} disagree")
+            self.n_eval = n
+        elif self.n_eval is not None:
+            self.eval_split = f"test[0:{self.n_eval}]"
+        for k in ("model_options", "train", "augment"):
+            if not isinstance(getattr(self, k), dict):
+                bad(f"[{k}] must be a table, got {getattr(self, k)!r}")
+
+    # -- derived -----------------------------------------------------------------------------------------------
+    @property
+    def seeds(self) -> list[int]:
+        return [self.base_seed + k for k in range(self.patterns)]
+
+    @property
+    def protocol(self) -> dict:
+        """What makes two results comparable (the leaderboard checks it)."""
+        return {"dataset": self.dataset, "eval_split": self.eval_split, "bits": self.bits,
+                "rates": list(self.rates), "patterns": self.patterns, "base_seed": self.base_seed}
+
+    def rate_attacks(self) -> list[str]:
+        """One random-error attack spec per rate."""
+        return [f"random_p{r!r}" for r in self.rates]
+
+    def to_dict(self) -> dict:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "path"}
+
+    def replace(self, **kw) -> "Suite":
+        d = self.to_dict()
+        d.update(kw)
+        if "n_eval" in kw and "eval_split" not in kw:
+            d["eval_split"] = None  # re-derived from n_eval
+        return Suite(**d, path=self.path)
+
+
+_KEYS = {f.name for f in fields(Suite)} - {"path"}
+
+
+def packaged_suites_dir() -> Path | None:
+    """The folder of the packaged suite files (this package), or None if it cannot be read as a folder."""
+    try:
+        res = resources.files("bitbench.configs")
+        p = Path(str(res))
+        return p if p.is_dir() else None
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover
+        return None
+
+
+def _dirs(configs_dirs) -> list[Path]:
+    if configs_dirs is None:
+        d = packaged_suites_dir()
+        return [d] if d is not None else []
+    if isinstance(configs_dirs, (str, os.PathLike)):
+        return [Path(configs_dirs)]
+    return [Path(d) for d in configs_dirs]
+
+
+def list_suites(configs_dirs=None) -> list[str]:
+    """Names of the suites in the given folders (default: the packaged suites)."""
+    names = set()
+    for d in _dirs(configs_dirs):
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.toml"))
+    return sorted(names)
+
+
+def suite_path(name_or_path, configs_dirs=None) -> Path:
+    """A suite name (looked up in ``configs_dirs``, default the packaged suites) or a TOML path -> its file."""
+    s = os.fspath(name_or_path)
+    if os.path.isfile(s):
+        return Path(s)
+    if ("/" in s or os.sep in s) and not re.fullmatch(r"configs[/\\][^/\\]+\.toml", s):
+        raise SuiteError(f"suite file not found: {s}")
+    name = os.path.basename(s)
+    name = name[:-5] if name.endswith(".toml") else name
+    for d in _dirs(configs_dirs):
+        p = d / f"{name}.toml"
+        if p.is_file():
+            return p
+    known = list_suites(configs_dirs)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    where = ", ".join(str(d) for d in _dirs(configs_dirs)) or "no suite folder found"
+    raise SuiteError(f"unknown suite {s!r}: not a file, and no {name}.toml in {where}"
+                     + (f" (did you mean {', '.join(close)}?)" if close else "")
+                     + (". Packaged suites" if configs_dirs is None else "; known") + f": {', '.join(known) or 'none'}")
+
+
+def load_suite(name_or_path="default", configs_dirs=None) -> Suite:
+    """Read and validate a suite by name or path (:class:`SuiteError` with the file and the problem)."""
+    path = suite_path(name_or_path, configs_dirs)
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise SuiteError(f"{path}: cannot read the suite file ({e.strerror or e})") from None
+    unknown = sorted(set(d) - _KEYS)
+    if unknown:
+        raise SuiteError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_KEYS)}")
+    missing = [k for k in ("dataset", "model") if k not in d]
+    if missing:
+        raise SuiteError(f"{path}: missing required key(s) {missing}")
+    d.setdefault("name", path.stem)
+    return Suite(**d, path=str(path))
