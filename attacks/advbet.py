@@ -16,8 +16,8 @@ The defense registry imports this module on first lookup, so ``advbet`` is alway
 
 from __future__ import annotations
 
-from bitbench.defenses.randbet import RandBETStep
 from bitbench.configs.registries import register_defense
+from bitbench.defenses.randbet import RandBETStep
 from bitbench.defenses.zoo import BitErrorTraining, resolve_threshold
 
 from .base import check_int

@@ -24,43 +24,19 @@ from __future__ import annotations
 
 import torch
 
+from bitbench import kernels
+from bitbench.configs.registries import register_attack
 from bitbench.configs.spec import SpecError
 
 from .base import Attack, Perturbation, Victim, attack_batch, check_indices, check_int, check_out, guard_module
-from bitbench.configs.registries import register_attack
 
 __all__ = ["BFA", "flip_deltas"]
 
 
-def _to_pattern(x: torch.Tensor, width: int) -> torch.Tensor:
-    u = x.to(torch.int64)
-    return u if x.dtype == torch.uint8 else u & ((1 << width) - 1)
-
-
-def _decode(u: torch.Tensor, dtype: torch.dtype, width: int) -> torch.Tensor:
-    """int64 patterns -> int64 code values as the storage dtype reads them."""
-    if dtype == torch.uint8:
-        return u
-    return u - ((u >> (width - 1)) & 1) * (1 << width)
-
-
-_WIDTH = {torch.uint8: 8, torch.int8: 8, torch.int16: 16, torch.int32: 32}
-
-
 def flip_deltas(codes: torch.Tensor, bits: int, protected: int = 0) -> torch.Tensor:
-    """int64 ``[n, bits]``: the code change ``q' - q`` of flipping bit b of each code (0 for protected bits).
-
-    ``+2^b`` for a 0->1 flip, ``-2^b`` for 1->0; for signed (two's complement) codes the sign bit has weight
-    ``-2^(width-1)``.
-    """
-    width = _WIDTH[codes.dtype]
-    u = _to_pattern(codes.reshape(-1), width)
-    q = _decode(u, codes.dtype, width)
-    b = torch.arange(bits, dtype=torch.int64, device=codes.device)
-    flipped = _decode(u.unsqueeze(1) ^ (1 << b), codes.dtype, width)
-    d = flipped - q.unsqueeze(1)
-    prot = torch.tensor([(protected >> i) & 1 for i in range(bits)], dtype=torch.bool, device=codes.device)
-    return d.masked_fill(prot, 0)
+    """int64 ``[n, bits]``: the code change ``q' - q`` of flipping bit b of each code (0 for protected bits); see
+    :func:`kernels.flip_deltas`."""
+    return kernels.flip_deltas(codes, bits, protected)
 
 
 @register_attack("bfa", pattern=r"bfa_n(?P<n>-?[0-9]+)", pattern_help="bfa_n{n} (progressive bit search, n flips)")
@@ -120,9 +96,7 @@ class BFA(Attack):
         o = qm.offsets[t]
         view = cur[o:o + qm.lengths[t]]
         old = view[idx].clone()
-        width = _WIDTH[cur.dtype]
-        u = _to_pattern(old, width) ^ (torch.ones_like(bits, dtype=torch.int64) << bits.to(torch.int64))
-        new = _decode(u, cur.dtype, width).to(cur.dtype)
+        new = kernels.flip_one_bit(old, bits)
         view[idx] = new
         victim.set_words(t, idx, new)
         return old

@@ -23,12 +23,11 @@ from __future__ import annotations
 import torch
 
 from bitbench import kernels
+from bitbench.configs.registries import register_attack
 from bitbench.configs.spec import SpecError
 from bitbench.defenses.quantization import segment_ids
 
 from .base import Attack, Perturbation, Victim, attack_batch, check_indices, check_int, check_out, guard_module
-from .bfa import _WIDTH, _decode, _to_pattern
-from bitbench.configs.registries import register_attack
 
 __all__ = ["BudgetAttack"]
 
@@ -78,14 +77,13 @@ class BudgetAttack(Attack):
         k = min(self.eps, n)
         words = torch.randperm(n, generator=g)[:k]
         bits = torch.tensor(attackable)[torch.randint(len(attackable), (k,), generator=g)]
-        width = _WIDTH[clean.dtype]
-        u = _to_pattern(clean, width).cpu()
+        u = kernels.to_pattern(clean).cpu()
         u[words] ^= torch.ones(k, dtype=torch.int64) << bits
-        return _decode(u, clean.dtype, width).to(clean.dtype).to(clean.device)
+        return kernels.from_pattern(u, clean.dtype).to(clean.device)
 
     def _trace(self, qm, clean: torch.Tensor, codes: torch.Tensor, loss: float, acc: float) -> list[dict]:
-        width = _WIDTH[clean.dtype]
-        d = (_to_pattern(clean, width) ^ _to_pattern(codes, width)).cpu()
+        width = kernels.DTYPE_WIDTH[clean.dtype]
+        d = (kernels.to_pattern(clean) ^ kernels.to_pattern(codes)).cpu()
         words = torch.nonzero(d, as_tuple=True)[0]
         offs = torch.tensor(qm.offsets, dtype=torch.int64)
         ts = torch.searchsorted(offs, words, right=True) - 1
@@ -111,9 +109,8 @@ class BudgetAttack(Attack):
         x, y = attack_batch(data, self.batch, seed)
         clean = qm.codes
         dev = clean.device
-        width = _WIDTH[clean.dtype]
         cmin, cmax = qm.scheme.code_min, qm.scheme.code_max
-        q0 = _decode(_to_pattern(clean, width), clean.dtype, width).to(torch.float64)
+        q0 = clean.to(torch.float64)  # the integer values of the codes
         scale_w = qm.scale.to(device=dev, dtype=torch.float64)[segment_ids(qm.lengths, device=dev)]
         levels = float(2 ** qm.bits)
         params = qm.parameters_of(model)
@@ -140,10 +137,8 @@ class BudgetAttack(Attack):
                     if gmax == 0.0:
                         break
                     v.mul_(self.momentum).add_(gq / gmax)
-                    qcur = _decode(_to_pattern(cur, width), cur.dtype, width).to(torch.float64)
-                    z = qcur + (step / float(v.abs().max())) * v
-                    q = z.round().clamp_(cmin, cmax)
-                    q = _decode(q.to(torch.int64) & ((1 << width) - 1), clean.dtype, width).to(clean.dtype)
+                    z = cur.to(torch.float64) + (step / float(v.abs().max())) * v
+                    q = z.round().clamp_(cmin, cmax).to(clean.dtype)  # the code range fits the storage dtype
                     cand = kernels.budget_projection(clean, q, self.eps, bits=qm.bits, score=(z - q0).abs())
                     if torch.equal(cand, cur):
                         continue

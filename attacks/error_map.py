@@ -48,18 +48,15 @@ import numpy as np
 import torch
 
 from bitbench import kernels
+from bitbench.configs.registries import register_attack
 from bitbench.configs.spec import SpecError
 
 from .base import Attack, Perturbation, check_indices, check_int, check_out
 from .random_errors import layer_patterns
-from bitbench.configs.registries import register_attack
 
 __all__ = ["ErrorMap", "ErrorMapData", "load_error_map", "save_error_map", "ErrorMapError"]
 
 _CHUNK = 1 << 18          # words per processing chunk
-_MAX_KERNEL_VALUES = 8    # distinct probability pairs handled by kernels.random_flip_mask; more: Philox reference
-_TWO32 = 4294967296.0
-_M32 = 0xFFFFFFFF
 
 
 class ErrorMapError(SpecError):
@@ -202,19 +199,6 @@ def _bits_to_mask(cells: torch.Tensor) -> torch.Tensor:
     return (cells.to(torch.int64) << shifts).sum(1)
 
 
-def _to_pattern(x: torch.Tensor) -> torch.Tensor:
-    width = kernels.DTYPE_WIDTH[x.dtype]
-    u = x.to(torch.int64)
-    return u & ((1 << width) - 1) if x.dtype != torch.uint8 else u
-
-
-def _from_pattern(u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    width = kernels.DTYPE_WIDTH[dtype]
-    if dtype != torch.uint8:
-        u = u - ((u >> (width - 1)) & 1) * (1 << width)
-    return u.to(dtype)
-
-
 @register_attack("errmap", pattern_help=None)
 class ErrorMap(Attack):
     """Profiled chip: bit errors from a user-supplied SRAM error map (per-cell flip probabilities or stuck-at cells).
@@ -245,10 +229,8 @@ class ErrorMap(Attack):
         self.layers = layer_patterns(layers)
         self.rate = self.map.rate
         if self.map.kind == "prob":
-            pairs = np.unique(np.stack([self.map.p01.reshape(-1), self.map.p10.reshape(-1)], 1), axis=0)
-            self._pairs = [(float(a), float(b)) for a, b in pairs if a > 0 or b > 0]
-            self._t01 = torch.from_numpy(np.minimum(np.floor(self.map.p01 * _TWO32), _TWO32).astype(np.int64))
-            self._t10 = torch.from_numpy(np.minimum(np.floor(self.map.p10 * _TWO32), _TWO32).astype(np.int64))
+            self._t01 = kernels.thresholds(self.map.p01)
+            self._t10 = kernels.thresholds(self.map.p10)
         else:
             self._stuck = torch.from_numpy(self.map.stuck)
 
@@ -284,37 +266,12 @@ class ErrorMap(Attack):
         return j % self.map.words if self.tile else j
 
     def _prob_chunk(self, qm, x: torch.Tensor, a: int, j: torch.Tensor, seed: int) -> torch.Tensor:
-        """Xor mask (int64 patterns) for clean words x = codes[a:a+n] stored in map words j."""
+        """Xor mask (int64 patterns) for clean words x = codes[a:a+n] stored in map words j: the kernels' flip
+        rule with each cell's own thresholds."""
         m, dev = qm.bits, x.device
-        prot = int(qm.protected)
-        if len(self._pairs) <= _MAX_KERNEL_VALUES:
-            p01 = torch.from_numpy(self.map.p01)[j, :m]
-            p10 = torch.from_numpy(self.map.p10)[j, :m]
-            mask = torch.zeros(x.numel(), dtype=torch.int64)
-            for v01, v10 in self._pairs:
-                cells = (p01 == v01) & (p10 == v10)
-                if not bool(cells.any()):
-                    continue
-                other = _bits_to_mask(~cells) | prot
-                width = kernels.DTYPE_WIDTH[x.dtype]
-                other &= (1 << width) - 1
-                mask |= _to_pattern(kernels.random_flip_mask(x, v01, v10, seed=seed, bits=m,
-                                                             protected=other.to(dev), offset=a)).cpu()
-            return mask.to(dev)
-        # many distinct probabilities: the per-bit threshold compare on the reference Philox numbers
-        n = x.numel()
-        i = torch.arange(a, a + n, dtype=torch.int64)
-        groups = (m + 3) // 4
-        counter = torch.zeros(n, groups, 4, dtype=torch.int64)
-        counter[..., 0] = (i & _M32).unsqueeze(1)
-        counter[..., 1] = (i >> 32).unsqueeze(1)
-        counter[..., 2] = torch.arange(groups, dtype=torch.int64)
-        key = torch.tensor([seed & _M32, seed >> 32], dtype=torch.int64)
-        r = kernels.philox4x32_10(counter, key).reshape(n, 4 * groups)[:, :m]
-        u = _to_pattern(x).cpu()
-        bit = ((u.unsqueeze(1) >> torch.arange(m, dtype=torch.int64)) & 1).bool()
-        thr = torch.where(bit, self._t10[j, :m], self._t01[j, :m])
-        return (_bits_to_mask(r < thr) & ~prot).to(dev)
+        mask = kernels.threshold_flip_mask(x, self._t01[j, :m].to(dev), self._t10[j, :m].to(dev), seed=seed, bits=m,
+                                           protected=int(qm.protected), offset=a)
+        return kernels.to_pattern(mask)
 
     def _stuck_chunk(self, qm, x: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """Perturbed int64 patterns of clean words x stored in map words j."""
@@ -323,7 +280,7 @@ class ErrorMap(Attack):
         prot = int(qm.protected)
         smask = (_bits_to_mask(s >= 0) & ~prot).to(dev)
         vmask = (_bits_to_mask(s == 1) & ~prot).to(dev)
-        u = _to_pattern(x)
+        u = kernels.to_pattern(x)
         return (u & ~smask) | (vmask & smask)
 
     def pattern(self, qm, k: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -342,10 +299,10 @@ class ErrorMap(Attack):
                 x = qm.codes[a:b]
                 j = self._map_index(a, b, start)
                 if self.map.kind == "prob":
-                    u = _to_pattern(x) ^ self._prob_chunk(qm, x, a, j, seed)
+                    u = kernels.to_pattern(x) ^ self._prob_chunk(qm, x, a, j, seed)
                 else:
                     u = self._stuck_chunk(qm, x, j)
-                out[a:b] = _from_pattern(u, x.dtype)
+                out[a:b] = kernels.from_pattern(u, x.dtype)
         return out
 
     def perturbations(self, qm, *, model=None, data=None, out=None, indices=None):

@@ -20,11 +20,10 @@ from __future__ import annotations
 import torch
 
 from bitbench import kernels
-
+from bitbench.configs.registries import register_attack
 from bitbench.configs.spec import SpecError
 
 from .base import Attack, Perturbation, check_indices, check_int, check_out, check_rate
-from bitbench.configs.registries import register_attack
 
 __all__ = ["RandomBitErrors", "RandomMSBErrors", "layer_patterns"]
 

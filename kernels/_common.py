@@ -95,6 +95,14 @@ def threshold(p: float) -> int:
     return min(int(math.floor(p * 4294967296.0)), 1 << 32)
 
 
+def thresholds(p) -> torch.Tensor:
+    """Elementwise :func:`threshold` of a float array/tensor of rates (int64 tensor; every rate in [0, 1])."""
+    t = torch.as_tensor(p, dtype=torch.float64)
+    if t.numel() and (bool(torch.isnan(t).any()) or float(t.min()) < 0 or float(t.max()) > 1):
+        raise ValueError("rates must be numbers in [0, 1]")
+    return torch.floor(t * 4294967296.0).clamp_(max=4294967296.0).to(torch.int64)
+
+
 def low_mask(bits: int) -> int:
     return (1 << bits) - 1
 

@@ -87,6 +87,32 @@ def flip_mask_patterns(xu: torch.Tensor, prot: torch.Tensor | None, attack: int,
     return mask
 
 
+def threshold_mask_patterns(xu: torch.Tensor, t01: torch.Tensor, t10: torch.Tensor, attack: int, offset: int,
+                            seed: int) -> torch.Tensor:
+    """Xor mask (int64 patterns) with per-bit thresholds ``t01``/``t10`` (int64 [n, m], m = attack.bit_length())
+    for flat int64 patterns ``xu`` of words offset .. offset+n-1: the same Philox numbers as
+    :func:`flip_mask_patterns`, compared bit by bit with the word's own thresholds."""
+    n = xu.numel()
+    dev = xu.device
+    k0, k1 = seed & M32, seed >> 32
+    idx = offset + torch.arange(n, dtype=torch.int64, device=dev)
+    c0, c1 = idx & M32, idx >> 32
+    zero = torch.zeros_like(c0)
+    mask = torch.zeros_like(xu)
+    for g in range((attack.bit_length() + 3) // 4):
+        if not (attack >> (4 * g)) & 0xF:
+            continue
+        outs = _rounds(c0, c1, torch.full_like(c0, g), zero, k0, k1)
+        for k in range(4):
+            b = 4 * g + k
+            if not (attack >> b) & 1:
+                continue
+            bit = ((xu >> b) & 1).bool()
+            thr = torch.where(bit, t10[:, b], t01[:, b])
+            mask |= (outs[k] < thr).to(torch.int64) << b
+    return mask & attack
+
+
 def flip(x: torch.Tensor, out: torch.Tensor, prot: torch.Tensor | None, attack: int, offset: int, seed: int,
          t01: int, t10: int, mask_only: bool) -> None:
     """Write x ^ mask (or the mask) into ``out``; x, out, prot are contiguous, same dtype/shape/device."""

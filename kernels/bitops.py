@@ -16,7 +16,8 @@ from ._common import (check_bits, check_dtype, check_same, check_tensor, from_pa
 
 __all__ = [
     "to_bits", "from_bits", "bit_and", "bit_or", "bit_xor", "flip_bits", "set_bits", "clear_bits", "popcount",
-    "hamming_distance", "hamming_total", "msb_value", "msb_projection", "budget_projection",
+    "hamming_distance", "hamming_total", "msb_value", "msb_projection", "budget_projection", "flip_deltas",
+    "flip_one_bit", "to_pattern", "from_pattern",
 ]
 
 
@@ -78,6 +79,40 @@ def bit_xor(x: torch.Tensor, mask) -> torch.Tensor:
     """x ^ mask."""
     width = check_tensor(x, "x")
     return torch.bitwise_xor(x, _mask_operand(x, mask, width))
+
+
+def flip_deltas(x: torch.Tensor, bits: int | None = None, protected: int = 0) -> torch.Tensor:
+    """int64 ``[n, m]``: the change of each word's integer value (as x's dtype reads it) when bit b is flipped.
+
+    ``+2^b`` for a 0->1 flip, ``-2^b`` for 1->0; for signed (two's complement) dtypes the sign bit has weight
+    ``-2^(width-1)``; 0 for the bits set in ``protected``. ``n = x.numel()`` (C order), m = bits."""
+    width = check_tensor(x, "x")
+    m = check_bits(bits, width)
+    prot = int_pattern(protected, width, "protected")
+    u = to_pattern(x.reshape(-1))
+    b = torch.arange(m, dtype=torch.int64, device=x.device)
+    q = from_pattern(u, x.dtype).to(torch.int64)
+    flipped = _value(u.unsqueeze(1) ^ (1 << b), x.dtype)
+    d = flipped - q.unsqueeze(1)
+    keep = torch.tensor([not (prot >> i) & 1 for i in range(m)], dtype=torch.bool, device=x.device)
+    return d * keep
+
+
+def _value(u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """int64 patterns -> int64 values as ``dtype`` reads them (two's complement for signed dtypes)."""
+    width = check_dtype(dtype)
+    if dtype in (torch.int8, torch.int16, torch.int32):
+        return u - ((u >> (width - 1)) & 1) * (1 << width)
+    return u
+
+
+def flip_one_bit(x: torch.Tensor, bit: torch.Tensor) -> torch.Tensor:
+    """x with bit ``bit[i]`` of element i flipped (``bit``: an integer tensor of x's shape, values in 0..width-1)."""
+    width = check_tensor(x, "x")
+    b = bit.to(device=x.device, dtype=torch.int64)
+    if b.numel() and (int(b.min()) < 0 or int(b.max()) >= width):
+        raise ValueError(f"bit indices must be in 0..{width - 1}")
+    return from_pattern(to_pattern(x) ^ (torch.ones_like(b) << b), x.dtype)
 
 
 def flip_bits(x: torch.Tensor, mask) -> torch.Tensor:

@@ -15,8 +15,8 @@ import warnings
 import torch
 
 from . import _c_backend, _cupy_backend, _torch_backend
-from ._common import (check_rate, check_same, check_tensor, check_uint, int_pattern, low_mask, mask_tensor,
-                      check_bits, threshold)
+from ._common import (check_bits, check_rate, check_same, check_tensor, check_uint, from_pattern, int_pattern,
+                      low_mask, mask_tensor, threshold, to_pattern)
 
 ENV_BACKEND = "BITBENCH_KERNEL_BACKEND"
 BACKENDS = ("torch", "c", "cupy")
@@ -96,11 +96,15 @@ def backends() -> dict:
 
 
 def _run(x, p01, p10, seed, bits, protected, offset, out, backend, mask_only):
-    width = check_tensor(x, "x")
-    m = check_bits(bits, width)
     p01 = check_rate(p01, "p01")
     p10 = p01 if p10 is None else check_rate(p10, "p10")
-    t01, t10 = threshold(p01), threshold(p10)
+    return _flip(x, threshold(p01), threshold(p10), seed, bits, protected, offset, out, backend, mask_only)
+
+
+def _flip(x, t01, t10, seed, bits, protected, offset, out, backend, mask_only):
+    """The flip rule with integer thresholds t01, t10 (every backend computes the same bits)."""
+    width = check_tensor(x, "x")
+    m = check_bits(bits, width)
     seed = check_uint(seed, "seed", 64)
     offset = check_uint(offset, "offset", 63)
     n = x.numel()
@@ -152,6 +156,77 @@ def _run(x, p01, p10, seed, bits, protected, offset, out, backend, mask_only):
     if target is not out:
         out.copy_(target)
     return out
+
+
+_MAX_KERNEL_PAIRS = 8  # distinct per-bit threshold pairs served by the fast kernels; more: the torch reference
+
+
+def threshold_flip_mask(x: torch.Tensor, t01, t10=None, *, seed: int, bits: int | None = None, protected=None,
+                        offset: int = 0, backend: str | None = None) -> torch.Tensor:
+    """The xor mask of the flip rule with integer thresholds given per bit (x's dtype, x's shape).
+
+    Bit b of word i (i = offset + j for element j of x in C order) flips iff it is attackable (b < bits, not
+    protected) and r(seed, i, b) < t01[j, b] when the bit is 0, < t10[j, b] when it is 1 -- the rule of
+    :func:`random_flip` with a threshold per cell (``T(p) = min(floor(p * 2^32), 2^32)``, see :func:`threshold`).
+
+    Args:
+        t01, t10: Python ints or int64 tensors broadcastable to ``[x.numel(), bits]`` with values in
+            [0, 2^32]; t10 defaults to t01. Scalar thresholds give exactly :func:`random_flip_mask`.
+        seed, bits, protected, offset, backend: as for :func:`random_flip`.
+    A few distinct threshold pairs (a profiled chip with a handful of cell classes) run on the fast backends,
+    one launch per pair; otherwise the torch reference compares every cell.
+    """
+    width = check_tensor(x, "x")
+    m = check_bits(bits, width)
+    t10 = t01 if t10 is None else t10
+    if not isinstance(t01, torch.Tensor) and not isinstance(t10, torch.Tensor):
+        return _flip(x, _check_threshold(t01), _check_threshold(t10), seed, m, protected, offset, None, backend,
+                     True)
+    n = x.numel()
+    t01 = torch.as_tensor(t01, dtype=torch.int64, device=x.device).expand(n, m)
+    t10 = torch.as_tensor(t10, dtype=torch.int64, device=x.device).expand(n, m)
+    if n and (int(torch.minimum(t01.min(), t10.min())) < 0 or int(torch.maximum(t01.max(), t10.max())) > 1 << 32):
+        raise ValueError("thresholds must be integers in [0, 2^32]")
+    seed = check_uint(seed, "seed", 64)
+    offset = check_uint(offset, "offset", 63)
+    prot_const, prot = 0, None
+    if isinstance(protected, torch.Tensor):
+        prot = to_pattern(mask_tensor(protected, x, width, "protected")).reshape(-1)
+    elif protected is not None:
+        prot_const = int_pattern(protected, width, "protected")
+    attack = low_mask(m) & ~prot_const
+    out = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
+    if n == 0 or attack == 0:
+        return out
+    xu = to_pattern(x.reshape(-1))
+    pairs = torch.unique(torch.stack([t01.reshape(-1), t10.reshape(-1)], 1), dim=0)
+    pairs = pairs[(pairs[:, 0] > 0) | (pairs[:, 1] > 0)]
+    if pairs.shape[0] <= _MAX_KERNEL_PAIRS:
+        mask = torch.zeros_like(xu)
+        shifts = torch.arange(m, dtype=torch.int64, device=x.device)
+        for a, b in pairs.tolist():
+            cells = (t01 == a) & (t10 == b)                      # [n, m]: the cells of this class
+            others = ((~cells).to(torch.int64) << shifts).sum(1) | prot_const
+            if prot is not None:
+                others |= prot
+            others &= low_mask(width)
+            mask |= to_pattern(_flip(x, a, b, seed, m, from_pattern(others, x.dtype).reshape(x.shape), offset,
+                                     None, backend, True)).reshape(-1)
+    else:
+        mask = torch.empty_like(xu)
+        for s in range(0, n, _torch_backend.CHUNK):
+            e = min(n, s + _torch_backend.CHUNK)
+            mask[s:e] = _torch_backend.threshold_mask_patterns(xu[s:e], t01[s:e], t10[s:e], attack, offset + s, seed)
+        if prot is not None:
+            mask &= ~prot
+    return from_pattern(mask & attack, x.dtype).reshape(x.shape)
+
+
+def _check_threshold(t) -> int:
+    t = check_uint(t, "threshold", 33)
+    if t > 1 << 32:
+        raise ValueError(f"threshold {t} exceeds 2^32")
+    return t
 
 
 def random_flip(x: torch.Tensor, p01: float, p10: float | None = None, *, seed: int, bits: int | None = None,

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Iterable
 
 from bitbench.configs.fileio import atomic_write_text
+from bitbench.configs.suite import Suite, format_rate, same_rate
 
 from .entries import DEFAULT_ENTRIES_DIR, load_entries
-from bitbench.configs.suite import Suite, format_rate, same_rate
 
 __all__ = ["generate_markdown", "ranked_entries", "suite_table", "write_leaderboard", "NOTICE", "PAPER_MARK",
            "MISSING"]

@@ -12,9 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from bitbench.configs.suite import Suite, format_rate
+
 from .entries import DEFAULT_ENTRIES_DIR, load_entries
 from .generate import ranked_entries
-from bitbench.configs.suite import Suite, format_rate
 
 __all__ = ["plot_suite", "write_plots", "require_matplotlib"]
 

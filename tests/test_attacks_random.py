@@ -7,7 +7,7 @@ from torch import nn
 
 from bitbench import kernels
 from bitbench.attacks import ErrorMapError, SpecError, create_attack, list_attacks, save_error_map
-from bitbench.attacks import error_map as error_map_mod
+from bitbench.kernels import flip as flip_mod  # the per-cell threshold rule (threshold_flip_mask)
 from bitbench.defenses import QuantizedModel, QuantScheme, rquant
 
 
@@ -181,7 +181,7 @@ def _uniform_map(n_words, p, bits=8, wpr=16):
 @pytest.mark.parametrize("path_kind", ["kernel", "philox"])
 def test_errmap_uniform_probability_equals_random_pattern(qm, tmp_path, monkeypatch, path_kind):
     if path_kind == "philox":
-        monkeypatch.setattr(error_map_mod, "_MAX_KERNEL_VALUES", 0)
+        monkeypatch.setattr(flip_mod, "_MAX_KERNEL_PAIRS", 0)
     f = _write(tmp_path, "u.npy", _uniform_map(qm.n_words, 0.05, bits=max(8, qm.bits)))
     a = create_attack(f"errmap:file={f},patterns=3")
     assert a.kind == "random" and a.num_perturbations() == 3 and abs(a.rate - 0.05) < 1e-12
@@ -201,13 +201,13 @@ def test_errmap_per_cell_probabilities(qm8, tmp_path, monkeypatch):
     ref = kernels.random_flip(qm8.codes, 0.3, seed=100, bits=8)
     allowed = torch.from_numpy(((m2[:, 0, :] > 0) * (1 << np.arange(8))).sum(1))
     assert torch.equal(_mask(p.codes, qm8.codes), _mask(ref, qm8.codes) & allowed)
-    # many distinct probabilities (> _MAX_KERNEL_VALUES): the Philox reference path agrees with the per-value
+    # many distinct probabilities (> _MAX_KERNEL_PAIRS): the Philox reference path agrees with the per-value
     # kernel path
     m3 = rng.choice(np.linspace(0.0, 0.2, 20), size=(n // 8 + 1, 8, 8))
     f3 = _write(tmp_path, "many.npy", m3)
     a = create_attack(f"errmap:file={f3},patterns=2")
     ref_path = [x.codes.clone() for x in a.perturbations(qm8)]
-    monkeypatch.setattr(error_map_mod, "_MAX_KERNEL_VALUES", 10 ** 9)
+    monkeypatch.setattr(flip_mod, "_MAX_KERNEL_PAIRS", 10 ** 9)
     kern_path = [x.codes.clone() for x in a.perturbations(qm8)]
     assert all(torch.equal(x, y) for x, y in zip(ref_path, kern_path))
     assert not torch.equal(ref_path[0], ref_path[1])

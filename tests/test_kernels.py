@@ -108,6 +108,54 @@ def test_matches_pure_python_spec(backend):
             assert pattern(y[j], w) == want, (dtype, j)
 
 
+def py_threshold_flip_word(u, i, seed, m, t01, t10, protected=0):
+    """The flip rule with a threshold per bit (t01[b], t10[b]), straight from the definition."""
+    mask = 0
+    for b in range(m):
+        if (protected >> b) & 1:
+            continue
+        r = py_philox((i & 0xFFFFFFFF, i >> 32, b // 4, 0), (seed & 0xFFFFFFFF, seed >> 32))[b % 4]
+        if r < (t10[b] if (u >> b) & 1 else t01[b]):
+            mask |= 1 << b
+    return mask
+
+
+@pytest.mark.parametrize("classes", [3, 40], ids=["few-classes-kernel-path", "many-classes-reference-path"])
+def test_threshold_flip_mask_matches_pure_python_spec(classes):
+    """Per-cell thresholds (profiled chips): every cell compared with its own threshold; a few distinct classes
+    run on the fast backends, many on the torch reference -- both are the definition."""
+    g = torch.Generator().manual_seed(3)
+    for dtype, m, prot in [(torch.uint8, 8, 0), (torch.int8, 6, 0b100), (torch.int16, 13, 0x0F0),
+                           (torch.int32, 32, 0x80000001)]:
+        n = 60
+        x = rand_words((n,), dtype, g)
+        levels = torch.tensor([0, 2**32] + [int(v) for v in torch.randint(0, 2**32, (classes,), generator=g)])
+        t01 = levels[torch.randint(0, levels.numel(), (n, m), generator=g)]
+        t10 = levels[torch.randint(0, levels.numel(), (n, m), generator=g)] if classes > 3 else t01
+        seed, offset = 2**64 - 5, 2**32 - 30
+        mask = kernels.threshold_flip_mask(x, t01, t10, seed=seed, bits=m, protected=prot, offset=offset)
+        assert mask.dtype == x.dtype and mask.shape == x.shape
+        w = WIDTH[dtype]
+        for j in range(n):
+            want = py_threshold_flip_word(pattern(x[j], w), offset + j, seed, m, t01[j].tolist(), t10[j].tolist(),
+                                          prot)
+            assert pattern(mask[j], w) == want, (dtype, j)
+
+
+def test_threshold_flip_mask_scalar_and_uniform_equal_random_flip_mask():
+    g = torch.Generator().manual_seed(4)
+    x = rand_words((5, 41), torch.int16, g)
+    t = kernels.threshold(0.07)
+    ref = kernels.random_flip_mask(x, 0.07, seed=9, bits=12, offset=123)
+    assert torch.equal(kernels.threshold_flip_mask(x, t, seed=9, bits=12, offset=123), ref)
+    full = torch.full((x.numel(), 12), t, dtype=torch.int64)
+    assert torch.equal(kernels.threshold_flip_mask(x, full, full, seed=9, bits=12, offset=123), ref)
+    assert torch.equal(kernels.thresholds(torch.tensor([0.0, 0.07, 1.0], dtype=torch.float64)),
+                       torch.tensor([0, t, 2**32]))
+    with pytest.raises(ValueError, match="thresholds must be integers in"):
+        kernels.threshold_flip_mask(x, full + 2**32, seed=9, bits=12)
+
+
 # ---------------------------------------------------------------- backend equality
 
 def _cases(dtype, gen):

@@ -46,6 +46,27 @@ def test_to_from_bits(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_flip_deltas_flip_one_bit_and_patterns_against_python(dtype):
+    """The value change of flipping bit b, read in the dtype (two's complement), and the word with it flipped."""
+    w = WIDTH[dtype]
+    x = rand_words((30,), dtype, 5)
+    m = w - 1 if dtype == torch.int16 else w
+    prot = 0b10 if m > 2 else 0
+    d = kernels.flip_deltas(x, m, prot)
+    assert d.dtype == torch.int64 and d.shape == (30, m)
+    for j, v in enumerate(x.tolist()):
+        for b in range(m):
+            want = 0 if (prot >> b) & 1 else val(pat(v, w) ^ (1 << b), dtype) - v
+            assert int(d[j, b]) == want, (j, b)
+    bits = torch.tensor([j % m for j in range(30)])
+    y = kernels.flip_one_bit(x, bits)
+    assert y.dtype == dtype
+    assert y.tolist() == [val(pat(v, w) ^ (1 << (j % m)), dtype) for j, v in enumerate(x.tolist())]
+    assert kernels.to_pattern(x).tolist() == [pat(v, w) for v in x.tolist()]
+    assert torch.equal(kernels.from_pattern(kernels.to_pattern(x), dtype), x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_logic_ops_against_python(dtype):
     w = WIDTH[dtype]
     x = rand_words((200,), dtype, 2)
