@@ -10,13 +10,13 @@ evaluated under ``torch.inference_mode``.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from bitbench.configs.progress import Progress
 from bitbench.configs.record import PatternResult, Summary
 
 __all__ = ["predict", "evaluate_attack", "AttackEvaluation", "summarize"]
@@ -90,10 +90,7 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
     if indices is not None:
         kw["indices"] = list(indices)
     total = len(indices) if indices is not None else attack.num_perturbations()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc or "patterns", unit="pat", leave=False, disable=not progress,
-               file=sys.stderr)
+    bar = Progress(total, desc or "patterns", "patterns", enabled=progress)
     try:
         for pert in attack.perturbations(qm, **kw):
             qm.load_into(model, pert.codes)

@@ -22,7 +22,6 @@ import torch
 
 from bitbench import kernels
 from bitbench.configs.errors import UsageError
-from bitbench.kernels import _c_backend, _cupy_backend
 
 __all__ = ["run", "format_table", "baseline_flip", "main"]
 
@@ -79,8 +78,8 @@ def _time_pipelined(fn, device: torch.device, calls: int = 20, rounds: int = 3) 
 
 def _backends_for(device: torch.device) -> list[str]:
     if device.type == "cuda":
-        return ["cupy", "torch"] if _cupy_backend.available() else ["torch"]
-    return ["c", "torch"] if _c_backend.available() else ["torch"]
+        return ["cupy", "torch"] if "cupy" in kernels.backends()["available"] else ["torch"]
+    return ["c", "torch"] if "c" in kernels.backends()["available"] else ["torch"]
 
 
 def run(sizes=(60_000, 5_500_000, 25_000_000), p: float = 0.01, device="cpu", repeats: int | None = None,

@@ -79,7 +79,7 @@ from .record import RECORD_FORMAT
 from .suite import Suite, same_rate
 
 __all__ = ["FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "ENTRY_FIELDS", "RESULT_FIELDS", "NAME_RE",
-           "EntryError", "validate_entry"]
+           "EntryError", "validate_entry", "show_value"]
 
 FORMAT = "bitbench.leaderboard_entry/1"
 REPORTED_BY = ("benchmark", "paper")
@@ -111,7 +111,8 @@ class EntryError(UsageError):
         return EntryError(self.field, self.reason, source)
 
 
-def _show(v: Any) -> str:
+def show_value(v: Any) -> str:
+    """A value as it appears in an error message (its JSON text where possible)."""
     try:
         return json.dumps(v, ensure_ascii=False, allow_nan=True)
     except (TypeError, ValueError):
@@ -142,14 +143,14 @@ class _Checker:
             return None
         if not isinstance(v, str) or (nonempty and not v.strip()):
             what = "a non-empty string" + (" or null" if nullable else "")
-            self.fail(path, f"expected {what}, got {_show(v)}")
+            self.fail(path, f"expected {what}, got {show_value(v)}")
         return v
 
     def frac(self, v, path: str, *, nullable=False, what="a number in [0, 1]"):
         if v is None and nullable:
             return None
         if not (_is_num(v) and 0 <= v <= 1):
-            self.fail(path, f"expected {what}{' or null' if nullable else ''}, got {_show(v)}")
+            self.fail(path, f"expected {what}{' or null' if nullable else ''}, got {show_value(v)}")
         return float(v)
 
     def int_(self, v, path: str, lo=None, hi=None, *, nullable=False):
@@ -158,12 +159,12 @@ class _Checker:
         if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
             rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (f" >= {lo}" if lo is not None
                                                                                 else "")
-            self.fail(path, f"expected an integer{rng}{' or null' if nullable else ''}, got {_show(v)}")
+            self.fail(path, f"expected an integer{rng}{' or null' if nullable else ''}, got {show_value(v)}")
         return v
 
     def obj(self, v, path: str):
         if not isinstance(v, dict):
-            self.fail(path, f"expected an object, got {_show(v)}")
+            self.fail(path, f"expected an object, got {show_value(v)}")
         return v
 
 
@@ -173,7 +174,7 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
     Returns the entry unchanged; raises :class:`EntryError` (field path + reason) at the first problem."""
     c = _Checker(entry)
     if not isinstance(entry, dict):
-        raise EntryError("", f"expected a JSON object, got {_show(entry)[:60]}")
+        raise EntryError("", f"expected a JSON object, got {show_value(entry)[:60]}")
     for k in entry:
         if k not in ENTRY_FIELDS:
             raise EntryError(k, "unknown field (allowed: " + ", ".join(ENTRY_FIELDS) + ")")
@@ -181,17 +182,17 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
         if k not in entry and k not in _OPTIONAL_FIELDS:
             raise EntryError(k, "missing")
     if entry["format"] != FORMAT:
-        raise EntryError("format", f"expected {_show(FORMAT)}, got {_show(entry['format'])}")
+        raise EntryError("format", f"expected {show_value(FORMAT)}, got {show_value(entry['format'])}")
     reported_by = entry["reported_by"]
     if reported_by not in REPORTED_BY:
-        raise EntryError("reported_by", f"expected one of {', '.join(map(_show, REPORTED_BY))}, got "
-                                        f"{_show(reported_by)}")
+        raise EntryError("reported_by", f"expected one of {', '.join(map(show_value, REPORTED_BY))}, got "
+                                        f"{show_value(reported_by)}")
     paper = reported_by == "paper"
 
     c.str_(entry, "suite", "suite")
     name = c.str_(entry, "name", "name")
     if not NAME_RE.fullmatch(name):
-        raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {_show(name)}")
+        raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {show_value(name)}")
     c.str_(entry, "model", "model")
     c.obj(entry["model_options"], "model_options")
     c.int_(entry["n_params"], "n_params", 1, nullable=True)
@@ -218,16 +219,16 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
         raise EntryError("bits", f"{bits} differs from protocol.bits ({proto['bits']})")
     rates = proto["rates"]
     if not isinstance(rates, list):
-        raise EntryError("protocol.rates", f"expected a list of rates, got {_show(rates)}")
+        raise EntryError("protocol.rates", f"expected a list of rates, got {show_value(rates)}")
     for i, r in enumerate(rates):
         if not (_is_num(r) and 0 <= r <= 1):
-            raise EntryError(f"protocol.rates[{i}]", f"expected a rate in [0, 1], got {_show(r)}")
+            raise EntryError(f"protocol.rates[{i}]", f"expected a rate in [0, 1], got {show_value(r)}")
     patterns = c.int_(proto["patterns"], "protocol.patterns", 1)
     base_seed = c.int_(proto["base_seed"], "protocol.base_seed")
 
     if suite is not None:
         if entry["suite"] != suite.name:
-            raise EntryError("suite", f"{_show(entry['suite'])} is not the suite {_show(suite.name)}")
+            raise EntryError("suite", f"{show_value(entry['suite'])} is not the suite {show_value(suite.name)}")
         sp = suite.protocol
         for k in PROTOCOL_FIELDS:
             if k == "eval_split" and sp[k] is None:
@@ -238,8 +239,8 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
             else:
                 same = mine == theirs
             if not same:
-                raise EntryError(f"protocol.{k}", f"{_show(mine)} differs from suite {_show(suite.name)} "
-                                                  f"({_show(theirs)}): results are not comparable")
+                raise EntryError(f"protocol.{k}", f"{show_value(mine)} differs from suite {show_value(suite.name)} "
+                                                  f"({show_value(theirs)}): results are not comparable")
 
     clean = entry["clean_err"]
     if clean is None and not paper:
@@ -249,7 +250,7 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
     # results
     results = entry["results"]
     if not isinstance(results, list):
-        raise EntryError("results", f"expected a list, got {_show(results)}")
+        raise EntryError("results", f"expected a list, got {show_value(results)}")
     if not results and not paper:
         raise EntryError("results", "empty: a benchmark entry needs a result for every rate of the suite")
     seen_rates: list[tuple[float, int]] = []
@@ -265,21 +266,21 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
                 raise EntryError(f"{p}.{k}", "missing")
         attack = c.str_(r, "attack", f"{p}.attack")
         if attack in seen_attacks:
-            raise EntryError(f"{p}.attack", f"duplicate attack {_show(attack)} (also results[{seen_attacks[attack]}])")
+            raise EntryError(f"{p}.attack", f"duplicate attack {show_value(attack)} (also results[{seen_attacks[attack]}])")
         seen_attacks[attack] = i
         rate = r["rate"]
         if rate is not None:
             if not (_is_num(rate) and 0 <= rate <= 1):
-                raise EntryError(f"{p}.rate", f"expected a rate in [0, 1] or null, got {_show(rate)}")
+                raise EntryError(f"{p}.rate", f"expected a rate in [0, 1] or null, got {show_value(rate)}")
             for prev, j in seen_rates:
                 if same_rate(prev, rate):
-                    raise EntryError(f"{p}.rate", f"duplicate rate {_show(rate)} (also results[{j}])")
+                    raise EntryError(f"{p}.rate", f"duplicate rate {show_value(rate)} (also results[{j}])")
             if not any(same_rate(rate, x) for x in rates):
-                raise EntryError(f"{p}.rate", f"{_show(rate)} is not one of the protocol's rates {_show(rates)}")
+                raise EntryError(f"{p}.rate", f"{show_value(rate)} is not one of the protocol's rates {show_value(rates)}")
             seen_rates.append((rate, i))
         elif suite is not None and attack not in suite.attacks:
-            raise EntryError(f"{p}.attack", f"{_show(attack)} is neither a rate attack nor one of the suite's "
-                                            f"attacks {_show(list(suite.attacks))}")
+            raise EntryError(f"{p}.attack", f"{show_value(attack)} is neither a rate attack nor one of the suite's "
+                                            f"attacks {show_value(list(suite.attacks))}")
         if "flips" in r:
             c.int_(r["flips"], f"{p}.flips", 0, nullable=True)
         if "n_patterns" in r:
@@ -308,20 +309,20 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
             c.frac(rerr[k], f"{p}.rerr.{k}", nullable=paper and k != "mean")
         mean, lo, hi = rerr["mean"], rerr.get("min"), rerr.get("max")
         if lo is not None and mean < lo - _TOL:
-            raise EntryError(f"{p}.rerr.min", f"{_show(lo)} is larger than the mean {_show(mean)}")
+            raise EntryError(f"{p}.rerr.min", f"{show_value(lo)} is larger than the mean {show_value(mean)}")
         if hi is not None and mean > hi + _TOL:
-            raise EntryError(f"{p}.rerr.max", f"{_show(hi)} is smaller than the mean {_show(mean)}")
+            raise EntryError(f"{p}.rerr.max", f"{show_value(hi)} is smaller than the mean {show_value(mean)}")
         if "per_pattern_rerr" in r and r["per_pattern_rerr"] is not None:
             pp = r["per_pattern_rerr"]
             if not isinstance(pp, list):
-                raise EntryError(f"{p}.per_pattern_rerr", f"expected a list of numbers in [0, 1], got {_show(pp)}")
+                raise EntryError(f"{p}.per_pattern_rerr", f"expected a list of numbers in [0, 1], got {show_value(pp)}")
             for j, v in enumerate(pp):
                 c.frac(v, f"{p}.per_pattern_rerr[{j}]")
             if rate is not None and len(pp) != patterns:
                 raise EntryError(f"{p}.per_pattern_rerr", f"{len(pp)} values, expected protocol.patterns = "
                                                           f"{patterns}")
             if pp and abs(sum(pp) / len(pp) - mean) > _TOL:
-                raise EntryError(f"{p}.rerr.mean", f"{_show(mean)} does not match the mean of per_pattern_rerr "
+                raise EntryError(f"{p}.rerr.mean", f"{show_value(mean)} does not match the mean of per_pattern_rerr "
                                                    f"({sum(pp) / len(pp):.6g})")
     if not paper:
         missing = [x for x in rates if not any(same_rate(x, y) for y, _ in seen_rates)]
@@ -347,26 +348,26 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
     ps = seeds["patterns"]
     if ps is not None:
         if not isinstance(ps, list) or not all(_is_int(s) for s in ps):
-            raise EntryError("seeds.patterns", f"expected a list of integers or null, got {_show(ps)}")
+            raise EntryError("seeds.patterns", f"expected a list of integers or null, got {show_value(ps)}")
         want = list(range(base_seed, base_seed + patterns))
         if ps != want:
             raise EntryError("seeds.patterns", f"expected base_seed .. base_seed + patterns - 1 = "
-                                               f"[{want[0]}, ..., {want[-1]}], got {_show(ps)[:80]}")
+                                               f"[{want[0]}, ..., {want[-1]}], got {show_value(ps)[:80]}")
     c.str_(entry, "device", "device", nullable=True)
     date = c.str_(entry, "date", "date", nullable=True)
     if date is not None:
         try:
             datetime.fromisoformat(date.replace("Z", "+00:00"))
         except ValueError:
-            raise EntryError("date", f"expected an ISO 8601 date, got {_show(date)}") from None
+            raise EntryError("date", f"expected an ISO 8601 date, got {show_value(date)}") from None
     c.str_(entry, "citation", "citation", nullable=True)
     if paper and entry["citation"] is None:
         raise EntryError("citation", "required for rows reported by a paper")
     link = c.str_(entry, "link", "link", nullable=True)
     if link is not None and not re.match(r"https?://\S+$", link):
-        raise EntryError("link", f"expected an http(s) URL, got {_show(link)}")
+        raise EntryError("link", f"expected an http(s) URL, got {show_value(link)}")
     if "notes" in entry:
         notes = entry["notes"]
         if not isinstance(notes, list) or not all(isinstance(n, str) and n.strip() for n in notes):
-            raise EntryError("notes", f"expected a list of non-empty strings, got {_show(notes)}")
+            raise EntryError("notes", f"expected a list of non-empty strings, got {show_value(notes)}")
     return entry

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitbench.configs.errors import UsageError
+from bitbench.configs.progress import Progress
 
 from .io import atomic_torch_save
 from .qat import FlatQuantizer
@@ -235,7 +235,6 @@ class Trainer:
             raise ValueError("no training data")
         done_here = 0
         rank, world = dist_info()
-        from tqdm.auto import tqdm
 
         while self.epoch < c.epochs:
             if stop_after is not None and done_here >= stop_after:
@@ -246,8 +245,7 @@ class Trainer:
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             count = 0
-            bar = tqdm(total=n // world, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="img", leave=False,
-                       disable=not c.progress or rank != 0, file=sys.stderr)
+            bar = Progress(n // world, f"epoch {self.epoch + 1}/{c.epochs}", "img", enabled=c.progress and rank == 0)
             self.model.train()
             for idx in _batches(n, c.batch_size, self.generator):
                 if len(idx) < world:  # too few images to give every rank one: skipped alike on all ranks
@@ -278,8 +276,9 @@ class Trainer:
                 bar.update(len(idx))
                 bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}",
                                 acc=f"{stats.get('acc', float('nan')):.3f}")
-            bar.close()
             rec = {k: v / count for k, v in sums.items()}
+            bar.set_postfix(**{k: f"{rec[k]:.3f}" for k in ("loss", "acc", "loss_perturbed") if k in rec})
+            bar.close()  # without a terminal: one line per epoch with the epoch's mean loss and accuracy
             rec.update(epoch=self.epoch + 1, lr=lr, seconds=time.perf_counter() - t0)
             self.history.append(rec)
             self.epoch += 1

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from bitbench.configs.entry import FORMAT, NAME_RE, EntryError, _show, validate_entry
+from bitbench.configs.entry import FORMAT, NAME_RE, EntryError, show_value, validate_entry
 from bitbench.configs.fileio import atomic_write_text
 from bitbench.configs.record import RecordError, ResultRecord
 from bitbench.configs.suite import Suite, SuiteError, load_suite, same_rate
@@ -78,9 +78,9 @@ def load_entry(path: str | os.PathLike, suite: Suite | None = None, *, configs_d
     try:
         if isinstance(entry, dict):
             if isinstance(entry.get("name"), str) and entry["name"] != path.stem:
-                raise EntryError("name", f"{_show(entry['name'])} does not match the file name {path.name!r}")
+                raise EntryError("name", f"{show_value(entry['name'])} does not match the file name {path.name!r}")
             if isinstance(entry.get("suite"), str) and entry["suite"] != path.parent.name:
-                raise EntryError("suite", f"{_show(entry['suite'])} does not match the folder "
+                raise EntryError("suite", f"{show_value(entry['suite'])} does not match the folder "
                                           f"{path.parent.name!r}")
         validate_entry(entry)  # shape first: clear messages before the suite is looked up
         if suite is None:
@@ -128,7 +128,7 @@ def load_entries(entries_dir=None, suites: Iterable[str] | None = None, *, confi
                 splits.setdefault(e["protocol"]["eval_split"], p)
             if len(splits) > 1:
                 (a, pa), (b, pb) = sorted(splits.items(), key=lambda kv: str(kv[0]))[:2]
-                raise EntryError("protocol.eval_split", f"{_show(b)} differs from {_show(a)} of {pa.name}: "
+                raise EntryError("protocol.eval_split", f"{show_value(b)} differs from {show_value(a)} of {pa.name}: "
                                                         "results are not comparable", pb)
         entries.sort(key=lambda e: e["name"])
         out[sname] = (suite, entries)
@@ -159,7 +159,7 @@ def _same_everywhere(recs, paths, key, *, approx=False):
         v = r[key]
         same = abs(v - first) <= 1e-6 if approx else v == first
         if not same:
-            raise EntryError(key, f"{_show(v)} in {p} differs from {_show(first)} in {paths[0]}: one entry "
+            raise EntryError(key, f"{show_value(v)} in {p} differs from {show_value(first)} in {paths[0]}: one entry "
                                   "needs records of the same suite, model and defense")
     return first
 
@@ -179,43 +179,43 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
     clean = _same_everywhere(records, paths, "clean_err", approx=True)
     r0 = records[0]
     if r0["suite"] != suite.name:
-        raise EntryError("suite", f"the records are of suite {_show(r0['suite'])}, the suite file "
-                                  f"{suite.path or ''} is {_show(suite.name)}")
+        raise EntryError("suite", f"the records are of suite {show_value(r0['suite'])}, the suite file "
+                                  f"{suite.path or ''} is {show_value(suite.name)}")
 
     # protocol of the records, checked against the suite's
     for key, mine, theirs in (("dataset", r0["dataset"], suite.dataset), ("bits", r0["bits"], suite.bits)):
         if mine != theirs:
-            raise EntryError(key, f"{_show(mine)} in {paths[0]} differs from suite {_show(suite.name)} "
-                                  f"({_show(theirs)}): results are not comparable")
+            raise EntryError(key, f"{show_value(mine)} in {paths[0]} differs from suite {show_value(suite.name)} "
+                                  f"({show_value(theirs)}): results are not comparable")
     if suite.eval_split is not None and r0["eval_split"] != suite.eval_split:
-        raise EntryError("eval_split", f"{_show(r0['eval_split'])} in {paths[0]} differs from suite "
-                                       f"{_show(suite.name)} ({_show(suite.eval_split)}): results are not comparable")
+        raise EntryError("eval_split", f"{show_value(r0['eval_split'])} in {paths[0]} differs from suite "
+                                       f"{show_value(suite.name)} ({show_value(suite.eval_split)}): results are not comparable")
     results, pattern_seeds, by_rate = [], None, {}
     for rec, p in zip(records, paths):
         rate = rec.get("rate")
         if rate is not None:
             if rec["n_patterns"] != suite.patterns:
                 raise EntryError("n_patterns", f"{rec['n_patterns']} in {p} differs from suite "
-                                               f"{_show(suite.name)} patterns ({suite.patterns})")
+                                               f"{show_value(suite.name)} patterns ({suite.patterns})")
             seeds = rec.get("seeds")
             if seeds is not None:
                 want = list(range(suite.base_seed, suite.base_seed + suite.patterns))
                 if seeds != want:
-                    raise EntryError("seeds", f"{_show(seeds)[:60]} in {p} are not the suite's pattern seeds "
+                    raise EntryError("seeds", f"{show_value(seeds)[:60]} in {p} are not the suite's pattern seeds "
                                               f"base_seed={suite.base_seed} .. {want[-1]}")
                 pattern_seeds = want
             for prev, q in by_rate.items():
                 if same_rate(prev, rate):
-                    raise EntryError("rate", f"duplicate rate {_show(rate)}: {q} and {p}")
+                    raise EntryError("rate", f"duplicate rate {show_value(rate)}: {q} and {p}")
             if not any(same_rate(rate, x) for x in suite.rates):
-                raise EntryError("rate", f"{_show(rate)} in {p} is not one of the rates of suite "
-                                         f"{_show(suite.name)} {_show(list(suite.rates))}")
+                raise EntryError("rate", f"{show_value(rate)} in {p} is not one of the rates of suite "
+                                         f"{show_value(suite.name)} {show_value(list(suite.rates))}")
             by_rate[rate] = p
         else:
             if rec["attack"] not in suite.attacks:
-                raise EntryError("attack", f"{_show(rec['attack'])} in {p} is neither a random bit error rate nor "
-                                           f"one of the attacks of suite {_show(suite.name)} "
-                                           f"{_show(list(suite.attacks))}")
+                raise EntryError("attack", f"{show_value(rec['attack'])} in {p} is neither a random bit error rate nor "
+                                           f"one of the attacks of suite {show_value(suite.name)} "
+                                           f"{show_value(list(suite.attacks))}")
         res = {"attack": rec["attack"], "rate": rate}
         if rec.get("flips") is not None:
             res["flips"] = rec["flips"]
@@ -227,12 +227,12 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
         results.append(res)
     missing = [x for x in suite.rates if not any(same_rate(x, y) for y in by_rate)]
     if missing:
-        raise EntryError("results", "missing rates of suite " + _show(suite.name) + ": "
+        raise EntryError("results", "missing rates of suite " + show_value(suite.name) + ": "
                          + ", ".join(repr(m) for m in missing) + " (give one result record per rate)")
     dup = {}
     for res, p in zip(results, paths):
         if res["attack"] in dup:
-            raise EntryError("attack", f"duplicate attack {_show(res['attack'])}: {dup[res['attack']]} and {p}")
+            raise EntryError("attack", f"duplicate attack {show_value(res['attack'])}: {dup[res['attack']]} and {p}")
         dup[res["attack"]] = p
     results.sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0, r["attack"]))
 
@@ -292,7 +292,7 @@ def submit(result_files, *, name: str | None = None, citation: str | None = None
     suite = load_suite(suite_file if suite_file is not None else records[0].suite, configs_dir)
     if name is not None:
         if not NAME_RE.fullmatch(name):
-            raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {_show(name)}")
+            raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {show_value(name)}")
     entry = entry_from_records(records, suite, paths=paths, name=name, citation=citation, link=link)
     root = Path(out_dir) if out_dir is not None else DEFAULT_ENTRIES_DIR
     return write_entry(entry, root / suite.name / f"{entry['name']}.json")
