@@ -266,7 +266,8 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
                 raise EntryError(f"{p}.{k}", "missing")
         attack = c.str_(r, "attack", f"{p}.attack")
         if attack in seen_attacks:
-            raise EntryError(f"{p}.attack", f"duplicate attack {show_value(attack)} (also results[{seen_attacks[attack]}])")
+            raise EntryError(f"{p}.attack", f"duplicate attack {show_value(attack)} "
+                                            f"(also results[{seen_attacks[attack]}])")
         seen_attacks[attack] = i
         rate = r["rate"]
         if rate is not None:
@@ -276,7 +277,8 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
                 if same_rate(prev, rate):
                     raise EntryError(f"{p}.rate", f"duplicate rate {show_value(rate)} (also results[{j}])")
             if not any(same_rate(rate, x) for x in rates):
-                raise EntryError(f"{p}.rate", f"{show_value(rate)} is not one of the protocol's rates {show_value(rates)}")
+                raise EntryError(f"{p}.rate", f"{show_value(rate)} is not one of the protocol's rates "
+                                              f"{show_value(rates)}")
             seen_rates.append((rate, i))
         elif suite is not None and attack not in suite.attacks:
             raise EntryError(f"{p}.attack", f"{show_value(attack)} is neither a rate attack nor one of the suite's "

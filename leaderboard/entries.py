@@ -189,7 +189,8 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
                                   f"({show_value(theirs)}): results are not comparable")
     if suite.eval_split is not None and r0["eval_split"] != suite.eval_split:
         raise EntryError("eval_split", f"{show_value(r0['eval_split'])} in {paths[0]} differs from suite "
-                                       f"{show_value(suite.name)} ({show_value(suite.eval_split)}): results are not comparable")
+                                       f"{show_value(suite.name)} ({show_value(suite.eval_split)}): results are not "
+                                       "comparable")
     results, pattern_seeds, by_rate = [], None, {}
     for rec, p in zip(records, paths):
         rate = rec.get("rate")
