@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitbench.configs.spec import SpecError
-from bitbench.defenses.quantization import dequantize_expanded
 
 __all__ = ["Perturbation", "Attack", "Victim", "check_rate", "check_int", "check_indices", "attack_batch",
            "guard_module"]
@@ -197,19 +196,12 @@ class Victim:
     def load(self, codes: torch.Tensor | None = None) -> None:
         self.qm.load_into(self.model, codes)
 
-    def dequantize_words(self, t: int, codes: torch.Tensor) -> torch.Tensor:
-        """Dequantized values of codes of tensor ``t`` (1-D), in the parameters' dtype and device."""
-        qm = self.qm
-        n = codes.numel()
-        sw = qm.scale[t].to(codes.device).expand(n)
-        mw = qm.mid[t].to(codes.device).expand(n)
-        return dequantize_expanded(codes, sw, mw, qm.scheme, dtype=self.dtype).to(self.params[t].device)
-
     @torch.no_grad()
     def set_words(self, t: int, idx: torch.Tensor, codes: torch.Tensor) -> None:
-        """Write the dequantized ``codes`` of flat indices ``idx`` of tensor ``t`` into the parameter."""
+        """Write the weights of ``codes`` at flat indices ``idx`` of tensor ``t`` into the parameter (the values
+        ``qm.load_into`` would write, see :meth:`QuantizedModel.decode_words`)."""
         p = self.params[t]
-        p.data.view(-1)[idx.to(p.device)] = self.dequantize_words(t, codes)
+        p.data.view(-1)[idx.to(p.device)] = self.qm.decode_words(t, idx, codes, dtype=self.dtype).to(p.device)
 
     def _loss_acc(self, logits):
         loss = F.cross_entropy(logits, self.y)

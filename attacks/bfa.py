@@ -70,7 +70,6 @@ class BFA(Attack):
     def _candidates(self, qm, cur: torch.Tensor, grads: list[torch.Tensor]):
         """Per tensor: (gains, flat indices, bits) of its candidate flips, best first, gains > 0 only."""
         out = []
-        prot = int(qm.protected)
         for t, g in enumerate(grads):
             n = qm.lengths[t]
             if n == 0:
@@ -80,8 +79,7 @@ class BFA(Attack):
             kk = min(self.k, n)
             top = torch.topk(g.abs(), kk, sorted=True).indices
             o = qm.offsets[t]
-            deltas = flip_deltas(cur[o:o + n][top], qm.bits, prot).to(torch.float64)
-            gain = g[top].unsqueeze(1) * deltas * float(qm.scale[t])
+            gain = g[top].unsqueeze(1) * qm.flip_deltas(t, top, cur[o:o + n][top]).to(g.device)
             best_gain, best_bit = gain.max(1)
             order = torch.sort(best_gain, descending=True, stable=True).indices
             keep = order[best_gain[order] > 0]

@@ -232,6 +232,35 @@ class QuantizedModel:
         _, sw, mw = self._per_word()
         return dequantize_expanded(c, sw, mw, self.scheme, dtype=dtype, out=out)
 
+    def decode_words(self, t: int, idx: torch.Tensor, codes: torch.Tensor, dtype: torch.dtype = torch.float32
+                     ) -> torch.Tensor:
+        """The weights that words ``idx`` (flat indices inside tensor ``t``) hold when they store ``codes``.
+
+        The same arithmetic as :meth:`dequantize` / :meth:`load_into` (bit for bit), for a few words: what
+        adversarial attacks use to try flips. ``codes`` is 1-D of the memory's dtype, one per index."""
+        n = codes.numel()
+        sw = self.scale[t].to(codes.device).expand(n)
+        mw = self.mid[t].to(codes.device).expand(n)
+        return dequantize_expanded(codes, sw, mw, self.scheme, dtype=dtype)
+
+    def flip_deltas(self, t: int, idx: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """float64 ``[len(idx), bits]``: the exact change of each weight when bit b of its word is flipped,
+        ``decode(word ^ 2^b) - decode(word)`` (0 for protected bits). ``codes``: the words' current codes
+        (default: the clean memory). This is the contract adversarial attacks rank flips by."""
+        if codes is None:
+            o = self.offsets[t]
+            codes = self.codes[o:o + self.lengths[t]][idx.to(self.codes.device)]
+        from bitbench import kernels
+
+        m = self.bits
+        before = self.decode_words(t, idx, codes, dtype=torch.float64)
+        flipped = torch.stack([kernels.flip_one_bit(codes, torch.full_like(codes, b, dtype=torch.int64))
+                               for b in range(m)], 1)                               # [n, m] codes
+        after = self.decode_words(t, idx.repeat_interleave(m), flipped.reshape(-1), dtype=torch.float64)
+        delta = after.view(-1, m) - before.unsqueeze(1)
+        keep = torch.tensor([not (int(self.protected) >> b) & 1 for b in range(m)], device=delta.device)
+        return delta * keep
+
     def dequantize_tensors(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         flat = self.dequantize(codes)
         return {n: flat[o:o + k].view(s) for n, o, k, s in zip(self.names, self.offsets, self.lengths, self.shapes)}

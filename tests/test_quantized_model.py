@@ -179,6 +179,27 @@ def test_load_into_equals_fresh_dequantized_copy(scheme):
         assert torch.equal(b, buffers_before[n]), n  # buffers untouched
 
 
+@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: s.name)
+def test_decode_words_and_flip_deltas_equal_the_whole_memory_path(scheme):
+    """The few-word contract adversarial attacks use gives exactly what dequantizing the whole memory gives."""
+    net = make_net(1)
+    qm = QuantizedModel.from_module(net, scheme)
+    full = qm.dequantize(dtype=torch.float64)
+    t = len(qm.names) // 2
+    o, n = qm.offsets[t], qm.lengths[t]
+    idx = torch.arange(0, n, max(1, n // 7))
+    words = qm.codes[o:o + n][idx]
+    assert torch.equal(qm.decode_words(t, idx, words, dtype=torch.float64), full[o:o + n][idx])
+    d = qm.flip_deltas(t, idx)
+    assert d.dtype == torch.float64 and d.shape == (idx.numel(), qm.bits)
+    for b in range(qm.bits):
+        flipped = qm.codes.clone()
+        flipped[o:o + n][idx] = kernels.flip_one_bit(words, torch.full_like(words, b, dtype=torch.int64))
+        want = qm.dequantize(flipped, dtype=torch.float64)[o:o + n][idx] - full[o:o + n][idx]
+        want = want * (0 if (int(qm.protected) >> b) & 1 else 1)
+        assert torch.equal(d[:, b], want), b
+
+
 def test_load_into_partial_memory_leaves_other_parameters():
     net = make_net(2)
     orig = {n: p.detach().clone() for n, p in net.named_parameters()}
