@@ -156,3 +156,36 @@ def test_wheel_ships_bitbench_and_only_the_command_under_benchmark(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[2].split()[:3] == ["normal", "8", "random_p0.05:patterns=2"]
+
+
+def test_public_api_and_the_readme_extension_examples_run():
+    """`import bitbench` gives the registries and contracts; the README's extension examples work as written."""
+    import bitbench
+    import torch
+
+    for name in ("register_defense", "register_attack", "list_defenses", "list_attacks", "create_defense",
+                 "create_attack", "DEFENSES", "ATTACKS", "SpecError", "Defense", "Attack", "Perturbation",
+                 "QuantScheme", "QuantizedModel", "Suite", "load_suite", "ResultRecord", "Harness"):
+        assert getattr(bitbench, name) is not None, name
+    assert bitbench.DEFENSES is bitbench.defenses.DEFENSES is bitbench.configs.registries.DEFENSES
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Extending"):]
+    section = section[:section.index("\n## ", 4)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    ns: dict = {}
+    try:
+        for code in blocks:
+            exec(compile(code, "README.md", "exec"), ns)
+        d = bitbench.create_defense("mydefense:w_max=0.2")
+        assert d.scheme().w_max == 0.2
+        with pytest.raises(bitbench.SpecError, match="defense 'mydefense:w_max=2': w_max must be in"):
+            bitbench.create_defense("mydefense:w_max=2")
+        net = torch.nn.Linear(4, 3)
+        qm = bitbench.QuantizedModel.from_module(net, d.scheme())
+        (pert,) = bitbench.create_attack("stuck_msb_n3").perturbations(qm)
+        assert torch.equal(pert.codes[:3] & 0x80, torch.full((3,), 0x80, dtype=torch.uint8))
+        assert torch.equal(pert.codes[3:], qm.codes[3:])
+    finally:
+        bitbench.DEFENSES.unregister("mydefense")
+        bitbench.ATTACKS.unregister("stuck_msb")
