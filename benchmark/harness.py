@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bitbench.configs.errors import UsageError
-from bitbench.configs.fileio import atomic_write_json, check_writable
+from bitbench.configs.fileio import atomic_write_json, check_writable, sha256_file
 from bitbench.configs.lock import FileLock
 from bitbench.configs.record import RECORD_FORMAT, RecordError, ResultRecord
 from bitbench.configs.registries import ATTACKS, DEFENSES, create_attack, create_defense
@@ -153,6 +153,7 @@ class Harness:
         self._eval_cache: dict[str, tuple] = {}
         self._digests: dict[tuple, str] = {}
         self._attacks: dict[str, tuple] = {}  # one attack object per spec (an error map file is read once)
+        self._input_files: dict[str, dict] = {"model": {}, "cell": {}}
         if not reads_local_files(suite.dataset):
             where = ("--data-dir " + self.opt.data_dir if self.opt.data_dir else
                      f"data_dir = {suite.data_dir!r} in the suite file" if suite.data_dir else None)
@@ -223,16 +224,30 @@ class Harness:
             self._digests[splits] = self.dataset.digest(*splits)
         return self._digests[splits]
 
+    def add_input_file(self, kind: str, role: str, path) -> str:
+        """Declare a file behind every model (``kind='model'``, e.g. a user's checkpoint) or every cell
+        (``kind='cell'``): its content digest joins :meth:`input_digests` under ``role``. Returns the digest."""
+        if kind not in self._input_files:
+            raise ValueError(f"kind must be 'model' or 'cell', got {kind!r}")
+        try:
+            digest = "sha256:" + sha256_file(path)
+        except OSError as e:
+            raise UsageError(f"{role} {path}: cannot read it ({e.strerror or e})") from None
+        self._input_files[kind][role] = digest
+        return digest
+
     def input_digests(self, kind: str, obj=None) -> dict:
         """``{role: "sha256:..."}``: content digests of the inputs behind the numbers, which enter the configuration
-        hashes instead of any path. ``kind='model'``: the training data and files named by the defense ``obj``'s
-        parameters; ``kind='cell'``: the evaluation and attacker data and files named by the attack ``obj``'s
-        parameters (an error map's ``file``). Objects declare their files with ``input_digests()``."""
+        hashes instead of any path. ``kind='model'``: the training data, files declared with
+        :meth:`add_input_file` and files named by the defense ``obj``'s parameters; ``kind='cell'``: the evaluation
+        and attacker data, declared files and files named by the attack ``obj``'s parameters (an error map's
+        ``file``). Objects declare their files with ``input_digests()``."""
         if kind == "model":
             out, prefix = {"data.train": self._data_digest("train")}, "defense"
         else:
             out, prefix = {"data.eval": self._data_digest("test"), "data.attack": self._data_digest("attack")}, \
                 "attack"
+        out.update(self._input_files[kind])
         own = getattr(obj, "input_digests", None)
         for k, v in (own() if own is not None else {}).items():
             out[f"{prefix}.{k}"] = v
