@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bitbench.attacks.base import Attack
 from bitbench.configs.errors import UsageError
 from bitbench.configs.fileio import atomic_write_json, check_writable, sha256_file
 from bitbench.configs.lock import FileLock
@@ -212,10 +213,12 @@ class Harness:
                        need_bytes=16 * n_params + (1 << 20))
         if results and self.opt.write_results:
             check_writable(self.opt.results_dir, "results folder", option="--results-dir", need_bytes=1 << 20)
-        attack_objs = [self.canonical_attack(a)[1] for a in attacks]
-        for d in defenses:
+        # Attacks with model-dependent checks (layers=..., an error map's size) meet each defense's memory layout.
+        checks = [a for a in (self.canonical_attack(x)[1] for x in attacks)
+                  if getattr(a, "layers", None) is not None or type(a).check is not Attack.check]
+        for d in defenses if checks else ():
             qm = create_defense(self.canonical_defense(d)).quantize(model)
-            for a in attack_objs:
+            for a in checks:
                 a.check(qm)
 
     # -- inputs by content ---------------------------------------------------------------------------------------
