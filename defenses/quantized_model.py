@@ -23,7 +23,7 @@ from .quantization import (QuantScheme, dequantize_expanded, expand_segments, qu
 
 __all__ = ["QuantizedModel", "select_parameters", "flatten_parameters", "flat_buffer_of", "FORMAT"]
 
-FORMAT = "bitbench.quantized_model/2"  # /2: files carry a content digest (defenses.io)
+FORMAT = "bitbench.quantized_model/1"
 
 
 def _as_patterns(p) -> list[str] | None:
