@@ -81,6 +81,18 @@ class Attack:
         """
         raise NotImplementedError
 
+    def check(self, qm) -> None:
+        """Refuse (:class:`SpecError`) a model this attack cannot run on, e.g. ``layers`` patterns that match no
+        tensor; the harness calls it on the untrained model, before any training or attacking."""
+        layers = getattr(self, "layers", None)
+        if layers is not None:
+            qm.select(layers)
+
+    def input_digests(self) -> dict:
+        """``{parameter: "sha256:..."}`` for parameters that name input files (e.g. an error map's ``file``): the
+        numbers depend on the file's content, so configuration hashes use the digest instead of the path."""
+        return {}
+
     def __repr__(self) -> str:
         return f"<attack {getattr(self, 'spec', type(self).__name__)}>"
 

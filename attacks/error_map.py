@@ -42,6 +42,7 @@ contain ',' -- the spec separator).
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -49,7 +50,9 @@ import torch
 
 from bitbench import kernels
 from bitbench.configs.registries import register_attack
+from bitbench.configs.fileio import sha256_bytes
 from bitbench.configs.spec import SpecError
+from bitbench.configs.suite import MAX_PATTERNS
 
 from .base import Attack, Perturbation, check_indices, check_int, check_out
 from .random_errors import layer_patterns
@@ -72,6 +75,7 @@ class ErrorMapData:
         self.rows, self.words_per_row, self.bits = (int(s) for s in shape)
         self.words = self.rows * self.words_per_row
         self.source = source
+        self.sha256: str | None = None        # "sha256:<hex>" of the file it was read from
         self.p01 = p01                        # float64 [words, bits]
         self.p10 = p10
         self.stuck = stuck                    # int8 [words, bits]
@@ -132,12 +136,24 @@ def _from_array(a: np.ndarray, source: str) -> ErrorMapData:
 
 
 def load_error_map(path) -> ErrorMapData:
-    """Read and validate an error-map file (see the module docstring)."""
+    """Read and validate an error-map file (see the module docstring). The map's ``sha256`` is the digest of the
+    bytes it was read from (the numbers depend on the content, never on the path)."""
     source = os.fspath(path)
     if not os.path.isfile(source):
         raise ErrorMapError(f"error map file {source!r} does not exist")
     try:
-        loaded = np.load(source, allow_pickle=False)
+        with open(source, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ErrorMapError(f"error map {source}: cannot read it ({e.strerror or e})") from None
+    data = _parse_error_map(raw, source)
+    data.sha256 = "sha256:" + sha256_bytes(raw)
+    return data
+
+
+def _parse_error_map(raw: bytes, source: str) -> ErrorMapData:
+    try:
+        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
     except Exception as e:  # not a NumPy file, pickled objects, truncated archive
         raise ErrorMapError(f"error map {source}: cannot read it as a .npy/.npz file ({type(e).__name__}: {e})") \
             from None
@@ -224,7 +240,7 @@ class ErrorMap(Attack):
         self.tile = bool(tile)
         if patterns is None:
             patterns = 1 if (self.map.kind == "stuck" and self.shift == 0) else 50
-        self.patterns = check_int(patterns, "patterns", 1)
+        self.patterns = check_int(patterns, "patterns", 1, MAX_PATTERNS)
         self.base_seed = check_int(base_seed, "base_seed", 0, (1 << 64) - self.patterns)
         self.layers = layer_patterns(layers)
         self.rate = self.map.rate
@@ -236,6 +252,13 @@ class ErrorMap(Attack):
 
     def num_perturbations(self) -> int:
         return self.patterns
+
+    def input_digests(self) -> dict:
+        return {"file": self.map.sha256}
+
+    def check(self, qm) -> None:
+        self.check_fits(qm)
+        super().check(qm)
 
     def seed(self, k: int) -> int | None:
         return self.base_seed + k if self.map.kind == "prob" else None

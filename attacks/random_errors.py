@@ -22,6 +22,7 @@ import torch
 from bitbench import kernels
 from bitbench.configs.registries import register_attack
 from bitbench.configs.spec import SpecError
+from bitbench.configs.suite import MAX_PATTERNS
 
 from .base import Attack, Perturbation, check_indices, check_int, check_out, check_rate
 
@@ -64,7 +65,7 @@ class RandomBitErrors(Attack):
                  layers: str | None = None):
         self.p = check_rate(p, "p")
         self.p10 = check_rate(p10, "p10", allow_none=True)
-        self.patterns = check_int(patterns, "patterns", 1)
+        self.patterns = check_int(patterns, "patterns", 1, MAX_PATTERNS)
         self.base_seed = check_int(base_seed, "base_seed", 0, (1 << 64) - self.patterns)
         self.layers = layer_patterns(layers)
         self.rate = self.p

@@ -187,6 +187,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"suite {suite.name!r} names no defenses; pass --defense")
     _validate_specs(defenses, attacks)  # fail fast, before any training
     h = _harness(args, suite)
+    h.preflight(defenses, attacks)
     records = []
     for d in defenses:
         for a in attacks:
@@ -205,6 +206,7 @@ def cmd_suite(args) -> int:
         raise UsageError(f"suite {suite.name!r} needs defenses and rates or attacks")
     _validate_specs(suite.defenses, attacks)
     h = _harness(args, suite)
+    h.preflight(suite.defenses, attacks)
     records = [h.run_cell(d, a) for d in suite.defenses for a in attacks]
     _emit(suite_table(records, show_std=args.std), args.format, records, args)
     return 0
@@ -219,6 +221,11 @@ def cmd_train(args) -> int:
     defenses = args.defense or list(suite.defenses)
     _validate_specs(defenses, [])
     h = _harness(args, suite)
+    h.preflight(defenses, [], results=False)
+    if args.save_quantized and _is_main(args):
+        from bitbench.configs.fileio import check_writable
+
+        check_writable(args.save_quantized, "folder for quantized models", option="--save-quantized")
     rows = []
     for d in defenses:
         dep = h.deploy(d)

@@ -1,9 +1,14 @@
 """The harness: train (or load) a defended model, quantize it, attack it, evaluate, write result records.
 
-Checkpoints are keyed by everything that determines the trained weights (dataset, architecture and options,
-defense spec and its scheme, training recipe, augmentation, seed, code version): a changed configuration never
-loads a stale file. Training checkpoints are written atomically every epoch and resume. Result records are written
-atomically as each (defense, attack) finishes; a rerun reuses records whose configuration hash matches.
+Checkpoints are keyed by everything that determines the trained weights (the training data by content digest,
+architecture and options, defense spec and its scheme, training recipe, augmentation, seed, code version): a
+changed configuration never loads a stale file. Training checkpoints are written atomically every epoch, carry a
+content digest verified on every load, and resume; a damaged one is reported and trained again, never used. Result
+records are written atomically as each (defense, attack) finishes; a rerun reuses records whose configuration hash
+(which includes the digest of the deployed weights and of every input file) and content digest match; an edited or
+damaged record is reported and recomputed. A file lock per artefact (``<file>.lock``) makes concurrent identical
+runs compute each checkpoint and record once. :meth:`Harness.preflight` finds bad input and unwritable folders
+before any work.
 """
 
 from __future__ import annotations
@@ -15,21 +20,26 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
+from bitbench.attacks.base import Attack
 from bitbench.configs.errors import UsageError
-from bitbench.configs.fileio import atomic_write_json
+from bitbench.configs.fileio import atomic_write_json, check_writable, sha256_file
+from bitbench.configs.lock import FileLock
 from bitbench.configs.record import RECORD_FORMAT, RecordError, ResultRecord
 from bitbench.configs.registries import ATTACKS, DEFENSES, create_attack, create_defense
 from bitbench.configs.spec import format_spec, parse_spec
 from bitbench.configs.suite import Suite, stable_hash
 from bitbench.defenses import TrainConfig
+from bitbench.defenses.io import CheckpointError, load_checkpoint, payload_digest
 from bitbench.defenses.quantized_model import flatten_parameters
+from bitbench.defenses.training import CHECKPOINT_FORMAT
 
 from . import __version__
-from .data import Augment, load_dataset
+from .data import Augment, load_dataset, reads_local_files
 from .distributed import DistContext
 from .evaluate import AttackEvaluation, evaluate_attack, predict
 from .models import build_model
@@ -77,7 +87,9 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"invalid device {name!r}; use cpu, cuda, cuda:N or auto") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"invalid device {name!r}; use cpu, cuda, cuda:N or auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu or auto")
     return dev
@@ -109,19 +121,14 @@ class DeployedModel:
     train_seconds: float
     trained_now: bool
     history: list
+    weights_digest: str = ""   # payload digest of the quantized model (codes + contexts)
 
 
-def _read_record(path: str, chash: str) -> ResultRecord | None:
-    """The record at ``path`` if it exists, is a valid record and was computed with configuration hash ``chash``."""
+def _discard(path: str) -> None:
     try:
-        with open(path) as f:
-            rec = ResultRecord.from_json(json.load(f), source=path)
-    except (OSError, json.JSONDecodeError, RecordError):
-        return None
-    if rec.config_hash != chash:
-        return None
-    rec.cached, rec.path = True, path
-    return rec
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def merge_evaluations(parts: list) -> "AttackEvaluation":
@@ -145,6 +152,17 @@ class Harness:
         self._dataset = None
         self._deployed: dict[str, DeployedModel] = {}
         self._eval_cache: dict[str, tuple] = {}
+        self._digests: dict[tuple, str] = {}
+        self._attacks: dict[str, tuple] = {}  # one attack object per spec (an error map file is read once)
+        self._input_files: dict[str, dict] = {"model": {}, "cell": {}}
+        if not reads_local_files(suite.dataset):
+            where = ("--data-dir " + self.opt.data_dir if self.opt.data_dir else
+                     f"data_dir = {suite.data_dir!r} in the suite file" if suite.data_dir else None)
+            if where:
+                raise UsageError(f"{where}: dataset {suite.dataset!r} of suite {suite.name!r} is built in and reads "
+                                 "no local files, so the folder would be ignored; drop it, or use a suite whose "
+                                 "dataset is read from files (mnist, cifar10, cifar100, or dataset = \"npz\"/\"h5\" "
+                                 "in a suite file)")
 
     def log(self, msg: str) -> None:
         if not self.dist.is_main:
@@ -153,6 +171,95 @@ class Harness:
             self.opt.log(msg)
         elif self.opt.progress:
             print(msg, file=sys.stderr)
+
+    def warn(self, msg: str) -> None:
+        """A problem the run works around (a damaged file it does not use): shown even without progress output."""
+        if not self.dist.is_main:
+            return
+        if self.opt.log is not None:
+            self.opt.log(f"warning: {msg}")
+        else:
+            print(f"warning: {msg}", file=sys.stderr)
+
+    @contextmanager
+    def _artefact_lock(self, path: str, what: str):
+        """Hold ``<path>.lock`` while an artefact is looked up and computed (rank 0 for all ranks under torchrun)."""
+        lock = FileLock(path + ".lock", what, log=self.log).acquire() if self.dist.is_main else None
+        self.dist.barrier()
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
+    # -- fail before the work ----------------------------------------------------------------------------------
+    def preflight(self, defenses=(), attacks=(), *, results: bool = True) -> None:
+        """Find what would fail later before any training or attacking (:class:`UsageError`): the dataset, the
+        model and its options, the training and augmentation options, every (defense, attack) pair on the untrained
+        model (e.g. ``layers`` patterns), writable cache and results folders with room for the files."""
+        self.train_config()
+        aug = self.augment_options()
+        if any(aug.values()):
+            Augment.from_config(aug)
+        try:
+            model = self.build_model()
+        except UsageError as e:  # unknown model, norm or model option: name the suite it came from
+            where = f"suite {self.suite.name!r}" + (f" ({self.suite.path})" if self.suite.path else "")
+            raise UsageError(f"{where}: model {self.suite.model!r} with [model_options] "
+                             f"{self.suite.model_options}: {e}") from None
+        n_params = sum(p.numel() for p in model.parameters())
+        # A checkpoint: weights + momentum (float32), twice while the atomic write replaces the old file.
+        check_writable(os.path.join(self.opt.cache_dir, "checkpoints"), "cache folder", option="--cache-dir",
+                       need_bytes=16 * n_params + (1 << 20))
+        if results and self.opt.write_results:
+            check_writable(self.opt.results_dir, "results folder", option="--results-dir", need_bytes=1 << 20)
+        # Attacks with model-dependent checks (layers=..., an error map's size) meet each defense's memory layout.
+        checks = [a for a in (self.canonical_attack(x)[1] for x in attacks)
+                  if getattr(a, "layers", None) is not None or type(a).check is not Attack.check]
+        for d in defenses if checks else ():
+            qm = create_defense(self.canonical_defense(d)).quantize(model)
+            for a in checks:
+                a.check(qm)
+
+    # -- inputs by content ---------------------------------------------------------------------------------------
+    def _data_digest(self, *splits: str) -> str:
+        if splits not in self._digests:
+            self._digests[splits] = self.dataset.digest(*splits)
+        return self._digests[splits]
+
+    def add_input_file(self, kind: str, role: str, path) -> str:
+        """Declare a file behind every model (``kind='model'``, e.g. a user's checkpoint) or every cell
+        (``kind='cell'``): its content digest joins :meth:`input_digests` under ``role``. Returns the digest."""
+        if kind not in self._input_files:
+            raise ValueError(f"kind must be 'model' or 'cell', got {kind!r}")
+        try:
+            digest = "sha256:" + sha256_file(path)
+        except OSError as e:
+            raise UsageError(f"{role} {path}: cannot read it ({e.strerror or e})") from None
+        self._input_files[kind][role] = digest
+        return digest
+
+    def input_digests(self, kind: str, obj=None) -> dict:
+        """``{role: "sha256:..."}``: content digests of the inputs behind the numbers, which enter the configuration
+        hashes instead of any path. ``kind='model'``: the training data, files declared with
+        :meth:`add_input_file` and files named by the defense ``obj``'s parameters; ``kind='cell'``: the evaluation
+        and attacker data, declared files and files named by the attack ``obj``'s parameters (an error map's
+        ``file``). Objects declare their files with ``input_digests()``."""
+        if kind == "model":
+            out, prefix = {"data.train": self._data_digest("train")}, "defense"
+        else:
+            out, prefix = {"data.eval": self._data_digest("test"), "data.attack": self._data_digest("attack")}, \
+                "attack"
+        out.update(self._input_files[kind])
+        own = getattr(obj, "input_digests", None)
+        for k, v in (own() if own is not None else {}).items():
+            out[f"{prefix}.{k}"] = v
+        return out
+
+    @staticmethod
+    def _hashed_params(obj, digests: dict, prefix: str) -> dict:
+        """``obj.params`` with every file parameter replaced by its content digest (never hashed by path)."""
+        return {k: digests.get(f"{prefix}.{k}", v) for k, v in dict(getattr(obj, "params", {})).items()}
 
     # -- data --------------------------------------------------------------------------------------------------
     @property
@@ -168,7 +275,7 @@ class Harness:
 
     def train_config(self) -> TrainConfig:
         d = dict(self.suite.train)
-        d.setdefault("seed", self.suite.train_seed)
+        d["seed"] = self.suite.train_seed
         d["device"] = str(self.device)
         d["progress"] = self.opt.progress
         return TrainConfig.from_dict(d)
@@ -194,9 +301,12 @@ class Harness:
 
     def model_identity(self, defense) -> dict:
         ds = self.dataset
-        return {"dataset": self.suite.dataset, "data": {k: ds.info.get(k) for k in ("n_train", "source")},
-                "n_train": int(ds.train_y.shape[0]), "model": self.suite.model,
-                "model_options": self.suite.model_options, "defense": defense.identity(),
+        digests = self.input_digests("model", defense)
+        ident = defense.identity()
+        if "params" in ident:
+            ident = dict(ident, params=self._hashed_params(defense, digests, "defense"))
+        return {"dataset": self.suite.dataset, "inputs": digests, "n_train": int(ds.train_y.shape[0]),
+                "model": self.suite.model, "model_options": self.suite.model_options, "defense": ident,
                 "train": self.train_config().identity(), "augment": self.augment_options(),
                 "version": __version__}
 
@@ -212,7 +322,7 @@ class Harness:
                             f"{_slug(defense.spec)}-{key}.pt")
 
     def deploy(self, defense_spec: str) -> DeployedModel:
-        """Train (or load the cached checkpoint of) the defended model and quantize it."""
+        """Train (or load the cached, verified checkpoint of) the defended model and quantize it."""
         spec = self.canonical_defense(defense_spec)
         if spec in self._deployed:
             return self._deployed[spec]
@@ -224,27 +334,26 @@ class Harness:
         model = self.build_model()
         t0 = time.perf_counter()
         trained_now = False
-        if self.opt.retrain and os.path.exists(path):
-            os.unlink(path)
-        ckpt = None
-        if os.path.exists(path):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            if ckpt.get("key") != key:
-                ckpt = None
-        if ckpt is not None and int(ckpt.get("epoch", -1)) >= cfg.epochs:
-            model.load_state_dict(ckpt["model"])
-            model.to(self.device)
-            history = list(ckpt.get("history", []))
-            self.log(f"[{spec}] loaded checkpoint {path}")
-        else:
-            resumed = f" (resuming at epoch {int(ckpt['epoch']) + 1})" if ckpt is not None else ""
-            self.log(f"[{spec}] training {self.suite.model} on {self.suite.dataset} for {cfg.epochs} epochs"
-                     f"{resumed} on {self.device}")
-            aug_opts = self.augment_options()
-            augment = Augment.from_config(aug_opts) if any(aug_opts.values()) else None
-            history = defense.train(model, ds.train_x, ds.train_y, cfg, augment=augment,
-                                    num_classes=ds.num_classes, checkpoint=path, key=key, wrap=self._ddp_wrap())
-            trained_now = True
+        with self._artefact_lock(path, f"the checkpoint of {spec}"):
+            if self.opt.retrain:
+                if self.dist.is_main:
+                    _discard(path)
+                self.dist.barrier()
+            ckpt = self._read_checkpoint(path, key, spec)
+            if ckpt is not None and int(ckpt.get("epoch", -1)) >= cfg.epochs:
+                model.load_state_dict(ckpt["model"])
+                model.to(self.device)
+                history = list(ckpt.get("history", []))
+                self.log(f"[{spec}] loaded checkpoint {path}")
+            else:
+                resumed = f" (resuming at epoch {int(ckpt['epoch']) + 1})" if ckpt is not None else ""
+                self.log(f"[{spec}] training {self.suite.model} on {self.suite.dataset} for {cfg.epochs} epochs"
+                         f"{resumed} on {self.device}")
+                aug_opts = self.augment_options()
+                augment = Augment.from_config(aug_opts) if any(aug_opts.values()) else None
+                history = defense.train(model, ds.train_x, ds.train_y, cfg, augment=augment,
+                                        num_classes=ds.num_classes, checkpoint=path, key=key, wrap=self._ddp_wrap())
+                trained_now = True
         train_s = time.perf_counter() - t0
         if trained_now:
             train_s = sum(h.get("seconds", 0.0) for h in history) or train_s
@@ -252,9 +361,29 @@ class Harness:
         qm = defense.quantize(model)
         # The per-chip loop dequantizes each pattern straight into one flat parameter buffer (one pass).
         flatten_parameters(qm.parameters_of(model))
-        dep = DeployedModel(defense, model, qm, key, train_s, trained_now, history)
+        dep = DeployedModel(defense, model, qm, key, train_s, trained_now, history, payload_digest(qm.state_dict()))
         self._deployed[spec] = dep
         return dep
+
+    def _read_checkpoint(self, path: str, key: str, spec: str) -> dict | None:
+        """The verified checkpoint of ``key`` at ``path`` (None if absent). Anything else there -- damaged,
+        unreadable, of another format or configuration -- is reported, removed and never used."""
+        if not os.path.exists(path):
+            return None
+        try:
+            d = load_checkpoint(path, hint="it is not used: the model is trained again and the file replaced "
+                                           "(--retrain does this on purpose; or delete the file)")
+        except CheckpointError as e:
+            self.warn(str(e))
+            d = None
+        else:
+            if d.get("format") == CHECKPOINT_FORMAT and d.get("key") == key:
+                return d
+            self.log(f"[{spec}] checkpoint {path} is of another format or configuration "
+                     f"({d.get('format')!r}): training again")
+        if self.dist.is_main:
+            _discard(path)
+        return None
 
     def _ddp_wrap(self):
         """DistributedDataParallel under torchrun (None in a single process)."""
@@ -272,6 +401,11 @@ class Harness:
     # -- attacks -----------------------------------------------------------------------------------------------
     def canonical_attack(self, spec: str) -> tuple[str, object]:
         """Create the attack; random attacks take the suite's patterns/base_seed unless the spec sets them."""
+        if spec not in self._attacks:
+            self._attacks[spec] = self._create_attack(spec)
+        return self._attacks[spec]
+
+    def _create_attack(self, spec: str) -> tuple[str, object]:
         entry, params = ATTACKS.resolve(spec)
         _, kv = parse_spec(spec)
         # Only where the attack's own default is a number (an error map's 'patterns=None' keeps its meaning).
@@ -285,9 +419,37 @@ class Harness:
                             _slug(attack_spec) + ".json")
 
     def cell_hash(self, dep: DeployedModel, attack) -> str:
-        return stable_hash({"model_key": dep.key, "attack": attack.spec, "attack_params": attack.params,
-                            "eval_split": self.eval_split(), "n_eval": int(self.dataset.test_y.shape[0]),
-                            "version": __version__})
+        """Hash of everything behind a cell's numbers: the model key, the digest of the deployed quantized weights
+        (a retrained model that differs never reuses old records), the attack with its input files by content,
+        the evaluation split and data by content, the code version."""
+        digests = self.input_digests("cell", attack)
+        return stable_hash({"model_key": dep.key, "weights": dep.weights_digest,
+                            "attack": attack.registry_name, "attack_params": self._hashed_params(attack, digests,
+                                                                                                "attack"),
+                            "inputs": digests, "eval_split": self.eval_split(),
+                            "n_eval": int(self.dataset.test_y.shape[0]), "version": __version__})
+
+    def _read_record(self, path: str, chash: str) -> ResultRecord | None:
+        """The record at ``path`` if it is intact and was computed with configuration hash ``chash``. A damaged or
+        edited one is reported and not used (the caller recomputes and replaces it)."""
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                rec = ResultRecord.from_json(json.load(f))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError) as e:
+            why = (f"{e.field}: {e.reason}" if isinstance(e, RecordError) else
+                   f"not valid JSON ({e})" if isinstance(e, json.JSONDecodeError) else f"cannot read it ({e})")
+            if isinstance(e, RecordError) and e.field == "format":
+                self.log(f"result record {path} is of another format ({why}): recomputing it")
+            else:
+                self.warn(f"result record {path} is not used: {why}; it is recomputed now and replaced (rerun with "
+                          "--rerun or delete the file to do so on purpose)")
+            return None
+        if rec.config_hash != chash:
+            return None
+        rec.cached, rec.path = True, path
+        return rec
 
     def _eval_tensors(self):
         if "x" not in self._eval_cache:
@@ -305,10 +467,18 @@ class Harness:
         chash = self.cell_hash(dep, attack)
         path = self.record_path(dep.defense.spec, aspec)
         write = self.opt.write_results if write is None else write
-        if not self.opt.rerun and indices is None:
-            old = self.dist.broadcast_object(_read_record(path, chash) if self.dist.is_main else None)
-            if old is not None:
-                return old
+        if indices is not None:  # a part of the patterns: never read or written as the cell's record
+            return self._compute_cell(dep, attack, aspec, chash, path, t_start, indices=indices, write=False)
+        lock = self._artefact_lock(path, f"the result of {dep.defense.spec} x {aspec}") if write else nullcontext()
+        with lock:
+            if not self.opt.rerun:
+                old = self.dist.broadcast_object(self._read_record(path, chash) if self.dist.is_main else None)
+                if old is not None:
+                    return old
+            return self._compute_cell(dep, attack, aspec, chash, path, t_start, indices=None, write=write)
+
+    def _compute_cell(self, dep: DeployedModel, attack, aspec: str, chash: str, path: str, t_start: float, *,
+                      indices, write: bool) -> ResultRecord:
         (x, y), (ax, ay) = self._eval_tensors()
         dist = self.dist
         if dist.enabled and os.environ.get("BITBENCH_INJECT_FAILURE_RANK") == str(dist.rank):
@@ -334,7 +504,7 @@ class Harness:
             rec = dist.broadcast_object(rec)
             return rec
         rec = self.make_record(dep, attack, ev, chash, time.perf_counter() - t_start)
-        if write and indices is None:
+        if write:
             atomic_write_json(path, rec.to_json())
             rec.path = path
         return rec
@@ -353,7 +523,8 @@ class Harness:
             attack_kind=getattr(attack, "kind", None), rate=None if rate is None else float(rate),
             flips=getattr(attack, "flips", None), clean_err=ev.clean_err, patterns=list(ev.patterns),
             train_seed=self.suite.train_seed, version=__version__, git_rev=git_revision(), config_hash=chash,
-            device=device_name(self.device),
+            inputs={**self.input_digests("model", d), **self.input_digests("cell", attack),
+                    "weights": dep.weights_digest}, device=device_name(self.device),
             timings={"train": dep.train_seconds, "trained_now": dep.trained_now, "attack_eval": ev.seconds,
                      "total": total_s},
             date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),

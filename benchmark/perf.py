@@ -211,12 +211,10 @@ def _print(rows: list[dict], as_json: bool, title: str) -> None:
 
 
 def main(args) -> int:
-    what = args.what
-    dev = args.device
-    if torch.device(dev).type == "cuda" and not torch.cuda.is_available():
-        from .errors import UsageError
+    from .harness import resolve_device
 
-        raise UsageError("--device cuda was asked for but CUDA is not available")
+    what = args.what
+    dev = str(resolve_device(args.device))  # cpu, cuda, cuda:N (anything else: a usage error, exit 2)
     if what in ("kernels", "all"):
         from . import perf_kernels
 

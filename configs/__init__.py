@@ -8,5 +8,6 @@ the registry machinery and the registries of defenses and attacks; the user-erro
 * :mod:`.suite` -- the suite format (:class:`Suite`, :func:`load_suite`);
 * :mod:`.record` -- the result record (:class:`ResultRecord`);
 * :mod:`.entry` -- the leaderboard entry format (:func:`validate_entry`);
-* :mod:`.fileio` -- atomic writes and content digests.
+* :mod:`.fileio` -- atomic writes, content digests, writable-folder checks;
+* :mod:`.lock` -- per-artefact file locks (concurrent identical runs compute an artefact once).
 """

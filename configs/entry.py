@@ -22,8 +22,8 @@ field              type                    meaning
 ``defense_params`` object                  every defense parameter, defaults filled in
 ``bits``           int in [1, 32]          bits per weight; must equal ``protocol.bits``
 ``protocol``       object                  ``{dataset, eval_split, bits, rates, patterns, base_seed}``: the
-                                           suite's protocol; must equal it (``eval_split`` only where the suite
-                                           pins it; otherwise all entries of a suite must agree)
+                                           suite's protocol; must equal it (every suite on the leaderboard pins
+                                           its ``eval_split``: only results on the same images are ranked)
 ``clean_err``      number in [0, 1]        error of the clean quantized model (null allowed for paper rows)
 ``results``        [object]                one per attack, see below (sorted by rate, then attack)
 ``version``        str or null             package version that produced the numbers (null for paper rows)
@@ -50,8 +50,9 @@ Each item of ``results``:
 ``rerr``              object or null          ``{mean, std, min, max}`` over patterns, fractions; min <= mean <=
                                               max. Paper rows: std/min/max may be null, and ``rerr`` itself may
                                               be null (a value the paper does not give as a number)
-``per_pattern_rerr``  [number] (optional)     one per pattern (length ``protocol.patterns``); its mean must match
-                                              ``rerr.mean``
+``per_pattern_rerr``  [number]                one per pattern (length ``protocol.patterns``); ``rerr`` (mean, std,
+                                              min, max) is recomputed from it and must match. Required for
+                                              benchmark rows (optional for paper rows)
 ``n_patterns``        int (optional)          must equal ``protocol.patterns``
 ``config_hash``       str (optional)          the result record's configuration hash
 ``note``              str (optional)          remark on this value (e.g. "reported as >12%")
@@ -75,7 +76,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import UsageError
-from .record import RECORD_FORMAT
+from .record import RECORD_FORMAT, Summary
 from .suite import Suite, same_rate
 
 __all__ = ["FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "ENTRY_FIELDS", "RESULT_FIELDS", "NAME_RE",
@@ -92,6 +93,7 @@ _OPTIONAL_FIELDS = {"git_rev", "notes", "defense_name"}
 RESULT_FIELDS = ("attack", "rate", "flips", "rerr", "per_pattern_rerr", "n_patterns", "config_hash", "note")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOL = 1e-6  # tolerance of consistency checks between stored floats
+_SUMMARY_TOL = 1e-9  # a summary recomputed from per-pattern values must match to rounding (an edit never does)
 
 
 class EntryError(UsageError):
@@ -230,9 +232,11 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
         if entry["suite"] != suite.name:
             raise EntryError("suite", f"{show_value(entry['suite'])} is not the suite {show_value(suite.name)}")
         sp = suite.protocol
+        if sp["eval_split"] is None:
+            raise EntryError("protocol.eval_split", f"suite {show_value(suite.name)} does not pin its evaluation "
+                                                    "images (eval_split = \"test[0:N]\" or n_eval in its TOML file): "
+                                                    "the leaderboard ranks only results on the same images")
         for k in PROTOCOL_FIELDS:
-            if k == "eval_split" and sp[k] is None:
-                continue  # not pinned by the suite file
             mine, theirs = proto[k], sp[k]
             if k == "rates":
                 same = len(mine) == len(theirs) and all(same_rate(a, b) for a, b in zip(sorted(mine), theirs))
@@ -314,18 +318,24 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
             raise EntryError(f"{p}.rerr.min", f"{show_value(lo)} is larger than the mean {show_value(mean)}")
         if hi is not None and mean > hi + _TOL:
             raise EntryError(f"{p}.rerr.max", f"{show_value(hi)} is smaller than the mean {show_value(mean)}")
-        if "per_pattern_rerr" in r and r["per_pattern_rerr"] is not None:
+        if r.get("per_pattern_rerr") is None and not paper:
+            raise EntryError(f"{p}.per_pattern_rerr", "missing: a benchmark row gives every pattern's value, from "
+                                                      "which its rerr is recomputed and checked")
+        if r.get("per_pattern_rerr") is not None:
             pp = r["per_pattern_rerr"]
-            if not isinstance(pp, list):
+            if not isinstance(pp, list) or not pp:
                 raise EntryError(f"{p}.per_pattern_rerr", f"expected a list of numbers in [0, 1], got {show_value(pp)}")
             for j, v in enumerate(pp):
                 c.frac(v, f"{p}.per_pattern_rerr[{j}]")
             if rate is not None and len(pp) != patterns:
                 raise EntryError(f"{p}.per_pattern_rerr", f"{len(pp)} values, expected protocol.patterns = "
                                                           f"{patterns}")
-            if pp and abs(sum(pp) / len(pp) - mean) > _TOL:
-                raise EntryError(f"{p}.rerr.mean", f"{show_value(mean)} does not match the mean of per_pattern_rerr "
-                                                   f"({sum(pp) / len(pp):.6g})")
+            recomputed = Summary.of(pp).to_json()
+            for k in ("mean", "std", "min", "max"):
+                v = rerr.get(k)
+                if (v is not None or not paper) and (v is None or abs(v - recomputed[k]) > _SUMMARY_TOL):
+                    raise EntryError(f"{p}.rerr.{k}", f"{show_value(v)} does not match the {k} of per_pattern_rerr "
+                                                      f"({recomputed[k]!r}): the entry was edited or damaged")
     if not paper:
         missing = [x for x in rates if not any(same_rate(x, y) for y, _ in seen_rates)]
         if missing:

@@ -3,8 +3,10 @@
 :class:`ResultRecord` is the one type for it: the harness builds it, tables print it, the leaderboard turns it into
 entries. Per-pattern results are stored once (:class:`PatternResult`, one per bit-error pattern / chip); the
 summary (mean, std, min, max of RErr) is always computed from them, never stored on its own authority: a record
-read from disk whose stored summary does not match its per-pattern values is refused. Errors are fractions in
-[0, 1]. Field reference: docs/formats.md.
+read from disk whose stored summary does not match its per-pattern values is refused. Every file carries a content
+digest (``digest``: SHA-256 of the canonical JSON of all its other fields, :func:`record_digest`) verified on load:
+an edited or damaged record is refused, never reused or published. Errors are fractions in [0, 1]. Field
+reference: docs/formats.md.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import UsageError
+from .fileio import canonical_json, sha256_bytes
 
-__all__ = ["RECORD_FORMAT", "RecordError", "Summary", "PatternResult", "ResultRecord"]
+__all__ = ["RECORD_FORMAT", "RecordError", "Summary", "PatternResult", "ResultRecord", "record_digest"]
 
-RECORD_FORMAT = "bitbench.result/1"
+RECORD_FORMAT = "bitbench.result/2"
 _TOL = 1e-9
 
 
@@ -86,11 +89,18 @@ _FIELDS = (
     ("defense_params", _DICT), ("bits", _INT), ("scheme", _OPT_STR), ("attack", _STR), ("attack_name", _STR),
     ("attack_params", _DICT), ("attack_kind", _OPT_STR), ("rate", _OPT_NUM), ("flips", _OPT_INT),
     ("clean_err", _FRAC), ("train_seed", _OPT_INT), ("version", _STR), ("git_rev", _OPT_STR),
-    ("config_hash", _STR), ("device", _OPT_STR), ("timings", _DICT), ("date", _STR),
+    ("config_hash", _STR), ("inputs", _DICT), ("device", _OPT_STR), ("timings", _DICT), ("date", _STR),
 )
 _OPTIONAL = {"eval_split_rule", "scheme", "attack_kind", "rate", "flips", "train_seed", "git_rev", "device",
-             "defense_name", "attack_name", "attack_params", "timings"}
-_DEFAULTS = {"defense_name": "", "attack_name": "", "attack_params": {}, "timings": {}}
+             "defense_name", "attack_name", "attack_params", "timings", "inputs"}
+_DEFAULTS = {"defense_name": "", "attack_name": "", "attack_params": {}, "timings": {}, "inputs": {}}
+
+
+def record_digest(d: dict) -> str:
+    """``sha256:<hex>`` of a record's JSON object without its ``digest`` field: the canonical JSON (sorted keys,
+    no spaces) of the object exactly as a JSON file holds it (tuples as lists, keys as strings)."""
+    body = json.loads(json.dumps({k: v for k, v in d.items() if k != "digest"}, default=str))
+    return "sha256:" + sha256_bytes(canonical_json(body, allow_nan=True))
 
 
 @dataclass
@@ -113,6 +123,7 @@ class ResultRecord:
     config_hash: str
     date: str
     patterns: list = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)  # {role: "sha256:..."} of the input files behind the numbers
     defense_name: str = ""
     attack_name: str = ""
     attack_params: dict = field(default_factory=dict)
@@ -164,7 +175,7 @@ class ResultRecord:
 
     # -- JSON --------------------------------------------------------------------------------------------------
     def to_json(self) -> dict:
-        """The file's JSON object (docs/formats.md), summary included."""
+        """The file's JSON object (docs/formats.md), summary and content digest included."""
         d: dict = {"format": RECORD_FORMAT}
         for name, _ in _FIELDS:
             d[name] = getattr(self, name)
@@ -178,6 +189,7 @@ class ResultRecord:
             d["world_size"] = self.world_size
         if self.trace is not None:
             d["trace"] = self.trace
+        d["digest"] = record_digest(d)
         return d
 
     @classmethod
@@ -246,9 +258,15 @@ class ResultRecord:
                 raise RecordError(f"rerr.{k}", f"{s!r} does not match the per-pattern values ({v!r}): the record "
                                                "was edited or damaged")
         extra = set(d) - {n for n, _ in _FIELDS} - {"format", "per_pattern_err", "per_pattern_rerr", "rerr",
-                                                     "seeds", "n_patterns", "trace", "world_size"}
+                                                     "seeds", "n_patterns", "trace", "world_size", "digest"}
         if extra:
             raise RecordError(sorted(extra)[0], "unknown field")
+        digest = d.get("digest")
+        if not isinstance(digest, str):
+            raise RecordError("digest", f"missing (expected the record's content digest \"sha256:...\"), got "
+                                        f"{json.dumps(digest, default=str)}")
+        if digest != record_digest(d):
+            raise RecordError("digest", "does not match the record's content: the record was edited or damaged")
         return rec
 
 

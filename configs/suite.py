@@ -31,9 +31,24 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["Suite", "SuiteError", "load_suite", "list_suites", "suite_path", "packaged_suites_dir", "same_rate",
-           "rate_key", "format_rate", "stable_hash", "EVAL_SPLIT_RE"]
+           "rate_key", "format_rate", "stable_hash", "EVAL_SPLIT_RE", "TRAIN_KEYS", "AUGMENT_KEYS",
+           "DATASET_MODEL_OPTIONS", "MAX_PATTERNS"]
 
 EVAL_SPLIT_RE = re.compile(r"test\[(\d+):(\d+)\]")
+
+# The keys a suite may set in [train] (fields of defenses.TrainConfig; the seed is the suite's train_seed and the
+# device is --device) and in [augment] (benchmark.data.Augment.KEYS). The core has no torch: a test keeps these
+# equal to the classes'.
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
+              "gamma")
+_TRAIN_ELSEWHERE = {"seed": "the top-level train_seed", "device": "--device on the command line",
+                    "progress": "--no-progress on the command line"}
+AUGMENT_KEYS = ("crop", "flip", "autoaugment", "cutout", "fill")
+# Model builder arguments that come from the dataset (or the suite), never from [model_options].
+DATASET_MODEL_OPTIONS = {"num_classes": "the dataset's classes", "in_channels": "the dataset's image channels",
+                         "image_size": "the dataset's image size", "mean": "the training images' channel means",
+                         "std": "the training images' channel stds", "seed": "the suite's train_seed"}
+MAX_PATTERNS = 1 << 32  # bit-error patterns per rate (seeds base_seed .. base_seed + patterns - 1)
 
 
 class SuiteError(UsageError):
@@ -131,8 +146,8 @@ class Suite:
             self.headline_rate = match[0] if match else canonical_rate(h)
         elif self.rates:
             self.headline_rate = self.rates[-1]
-        if not is_int(self.patterns) or self.patterns < 1:
-            bad(f"'patterns' must be an integer >= 1, got {self.patterns!r}")
+        if not is_int(self.patterns) or not 1 <= self.patterns <= MAX_PATTERNS:
+            bad(f"'patterns' must be an integer in [1, {MAX_PATTERNS}], got {self.patterns!r}")
         if not is_int(self.base_seed) or not 0 <= self.base_seed < (1 << 64) - self.patterns:
             bad(f"'base_seed' must be an integer in [0, 2^64 - patterns), got {self.base_seed!r}")
         if not is_int(self.train_seed) or self.train_seed < 0:
@@ -152,6 +167,17 @@ class Suite:
         for k in ("model_options", "train", "augment"):
             if not isinstance(getattr(self, k), dict):
                 bad(f"[{k}] must be a table, got {getattr(self, k)!r}")
+        for k in sorted(self.train):
+            if k in _TRAIN_ELSEWHERE:
+                bad(f"[train] {k}: not a [train] key here; it is set by {_TRAIN_ELSEWHERE[k]}")
+            if k not in TRAIN_KEYS:
+                bad(f"[train] unknown key {k!r}{_close(k, TRAIN_KEYS)}; allowed: {', '.join(TRAIN_KEYS)}")
+        for k in sorted(self.augment):
+            if k not in AUGMENT_KEYS:
+                bad(f"[augment] unknown key {k!r}{_close(k, AUGMENT_KEYS)}; allowed: {', '.join(AUGMENT_KEYS)}")
+        for k in sorted(self.model_options):
+            if k in DATASET_MODEL_OPTIONS:
+                bad(f"[model_options] {k}: set by {DATASET_MODEL_OPTIONS[k]}, not by the suite; remove it")
 
     # -- derived -----------------------------------------------------------------------------------------------
     @property
@@ -180,6 +206,11 @@ class Suite:
 
 
 _KEYS = {f.name for f in fields(Suite)} - {"path"}
+
+
+def _close(name: str, allowed) -> str:
+    m = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {m[0]!r}?)" if m else ""
 
 
 def packaged_suites_dir() -> Path | None:

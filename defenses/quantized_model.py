@@ -15,7 +15,9 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .io import atomic_torch_save
+from bitbench.configs.spec import SpecError
+
+from .io import load_checkpoint, save_checkpoint
 from .quantization import (QuantScheme, dequantize_expanded, expand_segments, quantize_flat, scheme_from_dict,
                            segment_ids, segment_starts)
 
@@ -183,8 +185,9 @@ class QuantizedModel:
         if pats is None:
             return list(range(len(self.names)))
         idx = [i for i, n in enumerate(self.names) if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-        if not idx:
-            raise ValueError(f"no quantized tensor matches {patterns!r}; tensors are {self.names}")
+        if not idx:  # a user's layers=... pattern (bad input: exit code 2 on the command line)
+            shown = "|".join(pats)
+            raise SpecError(f"layers={shown}: no quantized tensor matches {shown!r}; tensors are {self.names}")
         return idx
 
     def views(self, codes: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -313,9 +316,11 @@ class QuantizedModel:
         return cls(scheme_from_dict(d["scheme"]), d["names"], d["shapes"], d["codes"], d["scale"], d["mid"])
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically with ``torch.save`` (integers + contexts; loadable with ``weights_only=True``)."""
-        atomic_torch_save(self.state_dict(), path)
+        """Write atomically with ``torch.save`` (integers + contexts + content digest; loadable with
+        ``weights_only=True``)."""
+        save_checkpoint(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location="cpu") -> "QuantizedModel":
-        return cls.from_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+        """Read a file written by :meth:`save`, verified (:class:`defenses.io.CheckpointError` if damaged)."""
+        return cls.from_state_dict(load_checkpoint(path, map_location=map_location))

@@ -3,7 +3,8 @@
 A *step* object computes the gradients of one batch into the parameters' ``.grad`` (see :class:`QATStep`; random
 bit error training plugs in its own, :class:`defenses.randbet.RandBETStep`). The :class:`Trainer` owns the data
 order, the optimizer and schedule, weight clipping after each step, progress display and atomic, resumable
-checkpoints (one per epoch; a resumed run ends with exactly the weights of an uninterrupted one on the CPU).
+checkpoints (one per epoch; a resumed run ends with exactly the weights of an uninterrupted one on the CPU; each
+carries a content digest, verified before it is resumed from: a damaged one is reported and not used).
 
 Randomness never touches the global RNG: the data order, augmentation and the step's own randomness come from
 ``torch.Generator`` objects seeded from ``TrainConfig.seed``.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
@@ -24,13 +26,14 @@ from torch import nn
 from bitbench.configs.errors import UsageError
 from bitbench.configs.progress import Progress
 
-from .io import atomic_torch_save
+from .io import CheckpointError, load_checkpoint, save_checkpoint
 from .qat import FlatQuantizer
 from .quantization import QuantScheme
 
-__all__ = ["TrainConfig", "QATStep", "Trainer", "train", "CHECKPOINT_FORMAT", "evaluate_error"]
+__all__ = ["TrainConfig", "QATStep", "Trainer", "train", "CHECKPOINT_FORMAT", "evaluate_error",
+           "read_resume_checkpoint"]
 
-CHECKPOINT_FORMAT = "bitbench.train_checkpoint/1"
+CHECKPOINT_FORMAT = "bitbench.train_checkpoint/2"  # /2: with a content digest (defenses.io)
 
 
 @dataclass
@@ -227,8 +230,8 @@ class Trainer:
         """
         c = self.config
         if checkpoint is not None and os.path.exists(checkpoint):
-            d = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            if d.get("format") == CHECKPOINT_FORMAT and d.get("key") == key:
+            d = read_resume_checkpoint(checkpoint, key)
+            if d is not None:
                 self.load_state_dict(d)
         n = train_x.shape[0]
         if n == 0:
@@ -287,10 +290,29 @@ class Trainer:
                 if rank == 0:  # under torch.distributed only rank 0 writes; the others wait for the file
                     d = self.state_dict()
                     d["key"] = key
-                    atomic_torch_save(d, checkpoint)
+                    save_checkpoint(d, checkpoint)
                 if world > 1:
                     torch.distributed.barrier()
         return self.history
+
+
+def read_resume_checkpoint(path, key: str | None, *, warn=None) -> dict | None:
+    """The verified training checkpoint at ``path`` if it belongs to ``key`` (another key or format: None).
+
+    A damaged or unreadable file is never used: it is reported (``warn(message)``, default
+    :func:`warnings.warn`) and None is returned, so training starts from the beginning and replaces it.
+    """
+    try:
+        d = load_checkpoint(path, hint="it is not used: training starts from the beginning and replaces it")
+    except CheckpointError as e:
+        if warn is None:
+            warnings.warn(str(e), RuntimeWarning, stacklevel=3)
+        else:
+            warn(str(e))
+        return None
+    if d.get("format") != CHECKPOINT_FORMAT or d.get("key") != key:
+        return None
+    return d
 
 
 @torch.no_grad()

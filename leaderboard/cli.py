@@ -3,15 +3,15 @@
     submit <result files...> [--name NAME] [--citation TEXT] [--link URL] [--entries DIR] [--suite-file TOML]
     leaderboard [--suite NAME] [--out FILE] [--entries DIR] [--plots DIR] [--configs DIR] [--check]
 
-Errors print one message on stderr and return 2. ``leaderboard --check`` writes nothing and returns 1 when the
-output file is not what the entries generate (for CI: "LEADERBOARD.md is stale").
+Errors print one message on stderr and return 2 (a missing or empty entries folder included: nothing is written).
+``leaderboard --check [--plots DIR]`` writes nothing and returns 1 when the output file is not what the entries
+generate, with the same plot links, or a linked plot is missing (for CI: "LEADERBOARD.md is stale").
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from bitbench.configs.entry import EntryError
 from bitbench.configs.suite import SuiteError
@@ -44,7 +44,8 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("--configs", default=None, metavar="DIR",
                         help="folder of suite TOML files (default: the configs package)")
     parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if --out differs from what the entries generate")
+                        help="write nothing; exit 1 if --out (with --plots: and its plot links and files) differs "
+                             "from what the entries generate")
     return parser
 
 
@@ -68,23 +69,23 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def run_leaderboard(args: argparse.Namespace) -> int:
-    from .generate import generate_markdown, write_leaderboard
+    from .generate import check_leaderboard, generate_markdown, write_leaderboard
 
     try:
-        if args.check or args.out == "-":
-            if args.plots:
-                return _fail("--plots cannot be combined with --check or --out -")
-            text = generate_markdown(args.entries, args.suite, configs_dir=args.configs)
-            if args.out == "-":
-                sys.stdout.write(text)
-                return 0
-            out = Path(args.out)
-            current = out.read_text(encoding="utf-8") if out.is_file() else None
-            if current != text:
-                print(f"{out} is stale: regenerate it with `python -m benchmark leaderboard --out {out}`",
-                      file=sys.stderr)
+        if args.check:
+            problems = check_leaderboard(args.out, args.entries, args.suite, configs_dir=args.configs,
+                                         plots_dir=args.plots)
+            if problems:
+                again = " ".join(["python -m benchmark leaderboard", "--out", args.out]
+                                 + (["--plots", args.plots] if args.plots else []))
+                print(f"{args.out} is stale ({'; '.join(problems)}): regenerate it with `{again}`", file=sys.stderr)
                 return 1
-            print(f"{out} is up to date")
+            print(f"{args.out} is up to date" + (f" (plots in {args.plots})" if args.plots else ""))
+            return 0
+        if args.out == "-":
+            if args.plots:
+                return _fail("--plots cannot be combined with --out - (plots are files next to the markdown)")
+            sys.stdout.write(generate_markdown(args.entries, args.suite, configs_dir=args.configs))
             return 0
         path = write_leaderboard(args.out, args.entries, args.suite, configs_dir=args.configs,
                                  plots_dir=args.plots)

@@ -112,24 +112,22 @@ def entry_files(entries_dir: str | os.PathLike | None = None, suites: Iterable[s
 def load_entries(entries_dir=None, suites: Iterable[str] | None = None, *, configs_dir=None) -> dict:
     """``{suite_name: (Suite, [entry, ...])}`` for every suite folder (or the given ``suites``), validated.
 
-    Entries are sorted by name. All entries of a suite must share one eval split where the suite file does not
-    pin it."""
+    Entries are sorted by name. A folder that does not exist or holds no entry at all is an error (a typo must
+    not produce an empty leaderboard)."""
+    root = Path(entries_dir) if entries_dir is not None else DEFAULT_ENTRIES_DIR
+    if not root.is_dir():
+        raise EntryError("", "the entries folder does not exist" if not root.exists() else "not a folder", root)
+    found = entry_files(root)
+    if not found:
+        raise EntryError("", "the entries folder holds no entries (expected <suite>/<name>.json files)", root)
     out = {}
-    for sname, files in entry_files(entries_dir, suites).items():
+    for sname, files in (entry_files(root, suites) if suites is not None else found).items():
         try:
             suite = load_suite(sname, configs_dir)
         except SuiteError as e:
             where = files[0].parent if files else Path(entries_dir or DEFAULT_ENTRIES_DIR) / sname
             raise EntryError("suite", str(e), where) from None
         entries = [load_entry(p, suite) for p in files]
-        if suite.eval_split is None:
-            splits = {}
-            for p, e in zip(files, entries):
-                splits.setdefault(e["protocol"]["eval_split"], p)
-            if len(splits) > 1:
-                (a, pa), (b, pb) = sorted(splits.items(), key=lambda kv: str(kv[0]))[:2]
-                raise EntryError("protocol.eval_split", f"{show_value(b)} differs from {show_value(a)} of {pa.name}: "
-                                                        "results are not comparable", pb)
         entries.sort(key=lambda e: e["name"])
         out[sname] = (suite, entries)
     return out

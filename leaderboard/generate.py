@@ -16,8 +16,8 @@ from bitbench.configs.suite import Suite, format_rate, same_rate
 
 from .entries import DEFAULT_ENTRIES_DIR, load_entries
 
-__all__ = ["generate_markdown", "ranked_entries", "suite_table", "write_leaderboard", "NOTICE", "PAPER_MARK",
-           "MISSING"]
+__all__ = ["generate_markdown", "ranked_entries", "suite_table", "write_leaderboard", "check_leaderboard",
+           "plot_paths", "NOTICE", "PAPER_MARK", "MISSING"]
 
 NOTICE = ("<!-- GENERATED FILE: do not edit by hand. It is generated from leaderboard/entries/<suite>/*.json "
           "by `python -m benchmark leaderboard` (or `python -m bitbench.leaderboard.cli leaderboard`). -->")
@@ -167,6 +167,17 @@ def generate_markdown(entries_dir: str | os.PathLike | None = None, suites: Iter
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+def plot_paths(data: dict, plots_dir: str | os.PathLike) -> dict:
+    """``{suite: <plots_dir>/<suite>.png}`` for every suite of ``data`` (as :func:`load_entries` returns) that has
+    entries: the plots :func:`write_leaderboard` draws and links."""
+    return {name: Path(plots_dir) / f"{name}.png" for name, (_, entries) in data.items() if entries}
+
+
+def _links(out: Path, paths: dict) -> dict:
+    base = out.resolve().parent
+    return {s: Path(os.path.relpath(Path(p).resolve(), base)).as_posix() for s, p in paths.items()}
+
+
 def write_leaderboard(out: str | os.PathLike = "LEADERBOARD.md", entries_dir=None, suites=None, *,
                       configs_dir=None, plots_dir: str | os.PathLike | None = None) -> Path:
     """Generate the markdown (and, with ``plots_dir``, one PNG per suite linked from it) and write it atomically."""
@@ -175,9 +186,29 @@ def write_leaderboard(out: str | os.PathLike = "LEADERBOARD.md", entries_dir=Non
     if plots_dir is not None:
         from .plot import write_plots
 
-        written = write_plots(entries_dir, plots_dir, suites, configs_dir=configs_dir)
-        base = out.resolve().parent
-        links = {s: Path(os.path.relpath(Path(p).resolve(), base)).as_posix() for s, p in written.items()}
+        links = _links(out, write_plots(entries_dir, plots_dir, suites, configs_dir=configs_dir))
     text = generate_markdown(entries_dir, suites, configs_dir=configs_dir, plot_links=links)
     atomic_write_text(out, text)
     return out
+
+
+def check_leaderboard(out: str | os.PathLike = "LEADERBOARD.md", entries_dir=None, suites=None, *,
+                      configs_dir=None, plots_dir: str | os.PathLike | None = None) -> list[str]:
+    """What is stale in ``out`` (and its plots): an empty list when ``out`` is exactly what
+    :func:`write_leaderboard` would write with the same arguments and every linked plot exists. Writes nothing."""
+    out = Path(out)
+    links = None
+    problems = []
+    if plots_dir is not None:
+        data = load_entries(entries_dir if entries_dir is not None else DEFAULT_ENTRIES_DIR, suites,
+                            configs_dir=configs_dir)
+        paths = plot_paths(data, plots_dir)
+        problems += [f"plot {p} is missing" for p in paths.values() if not Path(p).is_file()]
+        links = _links(out, paths)
+    text = generate_markdown(entries_dir, suites, configs_dir=configs_dir, plot_links=links)
+    current = out.read_text(encoding="utf-8") if out.is_file() else None
+    if current is None:
+        problems.insert(0, f"{out} does not exist")
+    elif current != text:
+        problems.insert(0, f"{out} differs from what the entries generate")
+    return problems

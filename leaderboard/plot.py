@@ -15,7 +15,7 @@ from typing import Iterable
 from bitbench.configs.suite import Suite, format_rate
 
 from .entries import DEFAULT_ENTRIES_DIR, load_entries
-from .generate import ranked_entries
+from .generate import plot_paths, ranked_entries
 
 __all__ = ["plot_suite", "write_plots", "require_matplotlib"]
 
@@ -78,9 +78,5 @@ def write_plots(entries_dir=None, plots_dir: str | os.PathLike = "leaderboard/pl
     require_matplotlib()
     data = load_entries(entries_dir if entries_dir is not None else DEFAULT_ENTRIES_DIR, suites,
                         configs_dir=configs_dir)
-    out = {}
-    for name, (suite, entries) in data.items():
-        if entries:
-            out[name] = plot_suite(suite, entries, Path(plots_dir) / f"{name}.png")
-    return out
+    return {name: plot_suite(data[name][0], data[name][1], path) for name, path in plot_paths(data, plots_dir).items()}
 

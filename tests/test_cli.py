@@ -37,7 +37,7 @@ def test_run_end_to_end_and_second_run_reuses(tmp_path):
     recs = json.loads(p.stdout)
     assert [r["attack"] for r in recs] == ["random_p0.05:patterns=4", "random_msb_p0.01:patterns=4"]
     r = recs[0]
-    assert r["format"] == "bitbench.result/1" and r["suite"] == "default" and r["dataset"] == "mnist5k"
+    assert r["format"] == "bitbench.result/2" and r["suite"] == "default" and r["dataset"] == "mnist5k"
     assert r["defense"] == "clip" and r["bits"] == 8 and r["rate"] == 0.05
     assert r["seeds"] == [100, 101, 102, 103] and r["n_patterns"] == 4
     assert len(r["per_pattern_rerr"]) == 4 and len(r["per_pattern_err"]) == 4
@@ -52,7 +52,7 @@ def test_run_end_to_end_and_second_run_reuses(tmp_path):
     assert len(written) == 2 and all(f.endswith(".json") for f in written)
     with open(written[0]) as f:
         on_disk = json.load(f)
-    assert on_disk["format"] == "bitbench.result/1"
+    assert on_disk["format"] == "bitbench.result/2"
     assert "training" in p.stderr
 
     # Second run: the checkpoint is loaded (no training) and the records are reused.

@@ -14,6 +14,7 @@ import pytest
 from bitbench.leaderboard import (EntryError, SuiteError, generate_markdown, load_entries, load_entry, load_suite,
                          ranked_entries, submit, validate_entry, write_entry)
 from bitbench.leaderboard import cli as lcli
+from bitbench.configs.record import record_digest
 from bitbench.leaderboard.entries import DEFAULT_ENTRIES_DIR, entry_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +32,7 @@ rates = [0.001, 0.01, 0.1]
 headline_rate = 0.01
 patterns = 3
 base_seed = 100
+eval_split = "test[0:1000]"
 """
 
 
@@ -39,7 +41,7 @@ def configs(tmp_path) -> Path:
     d = tmp_path / "configs"
     d.mkdir()
     (d / "toy.toml").write_text(TOY_SUITE)
-    (d / "pinned.toml").write_text(TOY_SUITE.replace('"toy"', '"pinned"') + "n_eval = 500\n")
+    (d / "pinned.toml").write_text(TOY_SUITE.replace('"toy"', '"pinned"').replace("test[0:1000]", "test[0:500]"))
     return d
 
 
@@ -83,7 +85,7 @@ def make_record(rate, *, rerr=(0.1, 0.12, 0.14), clean=0.02, suite="toy", defens
     mean = sum(rerr) / len(rerr)
     std = (sum((v - mean) ** 2 for v in rerr) / len(rerr)) ** 0.5
     rec = {
-        "format": "bitbench.result/1", "suite": suite, "dataset": dataset, "eval_split": eval_split, "n_eval": 1000,
+        "format": "bitbench.result/2", "suite": suite, "dataset": dataset, "eval_split": eval_split, "n_eval": 1000,
         "model": "lenet", "model_options": {"norm": "none"}, "n_params": 61706, "defense": defense,
         "defense_name": defense.split(":")[0], "defense_params": {"bits": 8}, "bits": 8,
         "attack": attack or f"random_p{rate!r}", "attack_name": "random",
@@ -96,6 +98,7 @@ def make_record(rate, *, rerr=(0.1, 0.12, 0.14), clean=0.02, suite="toy", defens
         "date": f"2024-05-0{1 + RATES.index(rate) if rate in RATES else 9}T10:00:00+00:00",
     }
     rec.update(extra)
+    rec["digest"] = record_digest(rec)  # as the harness writes it (an edit after this is refused)
     return rec
 
 
@@ -145,14 +148,14 @@ BROKEN = [
      'protocol.rates: [0.001, 0.01] differs from suite "toy" ([0.001, 0.01, 0.1]): results are not comparable'),
     (lambda e: e["protocol"].pop("eval_split"), "protocol.eval_split: missing"),
     (lambda e: e.__setitem__("bits", 4), "bits: 4 differs from protocol.bits (8)"),
-    (lambda e: e.__setitem__("format", "bitbench.result/1"),
-     'format: expected "bitbench.leaderboard_entry/1", got "bitbench.result/1"'),
+    (lambda e: e.__setitem__("format", "bitbench.result/2"),
+     'format: expected "bitbench.leaderboard_entry/1", got "bitbench.result/2"'),
     (lambda e: e.__setitem__("reported_by", "me"), 'reported_by: expected one of "benchmark", "paper", got "me"'),
     (lambda e: e.__setitem__("colour", "red"), None),  # unknown field
     (lambda e: e["results"][0]["rerr"].__setitem__("min", 0.2),
      "results[0].rerr.min: 0.2 is larger than the mean 0.05"),
     (lambda e: e["results"][0].__setitem__("per_pattern_rerr", [0.0, 0.0, 0.0]),
-     "results[0].rerr.mean: 0.05 does not match the mean of per_pattern_rerr (0)"),
+     "results[0].rerr.mean: 0.05 does not match the mean of per_pattern_rerr (0.0): the entry was edited or damaged"),
     (lambda e: e["results"][0].__setitem__("per_pattern_rerr", [0.05]),
      "results[0].per_pattern_rerr: 1 values, expected protocol.patterns = 3"),
     (lambda e: e["seeds"].__setitem__("patterns", [0, 1, 2]), None),
@@ -249,14 +252,13 @@ def test_bad_json_is_refused(tmp_path, configs):
         load_entry(p, configs_dir=configs)
 
 
-def test_unpinned_eval_split_must_agree_within_a_suite(tmp_path, configs):
+def test_a_suite_that_does_not_pin_its_eval_split_is_refused(tmp_path, configs):
+    (configs / "loose.toml").write_text(TOY_SUITE.replace('"toy"', '"loose"').replace('eval_split = "test[0:1000]"\n',
+                                                                                      ""))
     entries = tmp_path / "entries"
-    put(entries, make_entry("a"))
-    e = make_entry("b")
-    e["protocol"]["eval_split"] = "test[0:900]"
-    put(entries, e)
-    with pytest.raises(EntryError, match=r"b\.json: protocol\.eval_split: \"test\[0:900\]\" differs from "
-                                         r"\"test\[0:1000\]\" of a\.json"):
+    put(entries, make_entry("a", suite="loose"))
+    with pytest.raises(EntryError, match=r"a\.json: protocol\.eval_split: suite \"loose\" does not pin its "
+                                         r"evaluation images"):
         load_entries(entries, configs_dir=configs)
 
 
@@ -454,7 +456,7 @@ def test_submit_refuses_malformed_records_and_unknown_suites(tmp_path, configs):
     with pytest.raises(EntryError, match=r"r2/.*: clean_err: missing$"):
         submit([p], suite_file=configs / "toy.toml", out_dir=tmp_path / "e")
     (p,) = write_records(tmp_path, [dict(make_record(0.01), format="something")], sub="r3")
-    with pytest.raises(EntryError, match=r"format: expected \"bitbench.result/1\""):
+    with pytest.raises(EntryError, match=r"format: expected \"bitbench.result/2\""):
         submit([p], suite_file=configs / "toy.toml", out_dir=tmp_path / "e")
     paths = write_records(tmp_path, [make_record(r, suite="nosuch") for r in RATES], sub="r4")
     with pytest.raises(SuiteError, match="unknown suite 'nosuch'"):

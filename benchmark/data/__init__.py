@@ -4,7 +4,8 @@
     ds = load_dataset("mnist5k")            # float32 N,C,H,W in [0, 1]; int64 labels
 """
 from .augment import Augment, autoaugment, batches, cutout, random_crop, random_hflip
-from .loaders import DataError, Dataset, default_data_dir, describe_datasets, list_datasets, load_dataset
+from .loaders import (DataError, Dataset, default_data_dir, describe_datasets, list_datasets, load_dataset,
+                      reads_local_files)
 
 __all__ = ["Dataset", "DataError", "list_datasets", "describe_datasets", "load_dataset", "default_data_dir",
-           "Augment", "random_crop", "random_hflip", "cutout", "autoaugment", "batches"]
+           "reads_local_files", "Augment", "random_crop", "random_hflip", "cutout", "autoaugment", "batches"]

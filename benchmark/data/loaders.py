@@ -41,7 +41,8 @@ import torch
 
 from bitbench.configs.errors import UsageError
 
-__all__ = ["Dataset", "DataError", "list_datasets", "load_dataset", "split_eval_attack", "default_data_dir"]
+__all__ = ["Dataset", "DataError", "list_datasets", "load_dataset", "split_eval_attack", "default_data_dir",
+           "reads_local_files"]
 
 
 class DataError(UsageError):
@@ -77,6 +78,21 @@ class Dataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.train_x.shape[1:])  # type: ignore[return-value]
 
+    def digest(self, *splits: str) -> str:
+        """``sha256:<hex>`` of the content of ``splits`` (default all: 'train', 'test', 'attack'): images and labels
+        (dtype, shape, bytes) and the class count. Configuration hashes use it, never a path: a changed file
+        changes the hash, a moved one does not."""
+        import hashlib
+
+        h = hashlib.sha256(f"classes={self.num_classes}".encode())
+        for split in splits or ("train", "test", "attack"):
+            for t in (getattr(self, f"{split}_x"), getattr(self, f"{split}_y")):
+                t = t.contiguous()
+                h.update(f"|{split}|{t.dtype}|{list(t.shape)}|".encode())
+                if t.numel():
+                    h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        return "sha256:" + h.hexdigest()
+
     def __repr__(self) -> str:  # keep it short: no tensor dumps
         return (f"Dataset(name={self.name!r}, train={tuple(self.train_x.shape)}, test={tuple(self.test_x.shape)}, "
                 f"attack={tuple(self.attack_x.shape)}, num_classes={self.num_classes})")
@@ -93,8 +109,16 @@ _DESCRIPTIONS = {
 }
 
 
+_BUILT_IN = ("mnist5k", "sklearn_digits")  # shipped with the package (or scikit-learn): no data_dir
+
+
 def list_datasets() -> list[str]:
     return list(_DESCRIPTIONS)
+
+
+def reads_local_files(name: str) -> bool:
+    """Whether dataset ``name`` is read from ``data_dir`` (False for the built-in sets, which ignore it)."""
+    return name.lower().replace("-", "_") not in _BUILT_IN
 
 
 def describe_datasets() -> dict[str, str]:
@@ -530,7 +554,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, n_eval: int | None =
     """Load a dataset by name (see `list_datasets`). Local datasets read ``data_dir`` (default: $BITBENCH_DATA or
     ./data); nothing is ever downloaded. ``n_eval`` keeps only the first n_eval evaluation images."""
     key = name.lower().replace("-", "_")
-    if key in ("mnist5k", "sklearn_digits"):
+    if key in _BUILT_IN:
         from . import embedded
         if key == "mnist5k":
             return embedded.load_mnist5k(n_eval=n_eval)
