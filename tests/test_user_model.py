@@ -261,3 +261,19 @@ def test_supplied_model_loads_a_checkpoint_into_a_copy(tmp_path):
     os.remove(path)
     with pytest.raises(CheckpointError, match="not found"):
         supplied_model(fresh, checkpoint=path)
+
+
+@pytest.mark.gpu
+def test_api_on_cuda_flips_the_same_bits_as_on_the_cpu():
+    """The same call on the GPU: same weights digest and memory; the patterns are the same bits (the kernels are
+    bit-identical), so the robust errors agree up to float differences of the inference (here: exactly or within
+    one example of 64)."""
+    torch.manual_seed(0)
+    model = TokenTransformer()
+    g = torch.Generator().manual_seed(1)
+    ids, y = torch.randint(0, 20, (64, 6), generator=g), torch.randint(0, 4, (64,), generator=g)
+    cpu = bitbench.evaluate_model(model, (ids, y), format="rquant", attack="random_p0.02", patterns=3, device="cpu")
+    gpu = bitbench.evaluate_model(model, (ids, y), format="rquant", attack="random_p0.02", patterns=3, device="cuda")
+    assert gpu.device.startswith("cuda") and gpu.weights_sha256 == cpu.weights_sha256
+    assert gpu.n_params == cpu.n_params and gpu.seeds == cpu.seeds
+    assert all(abs(a - b) <= 1 / 64 + 1e-12 for a, b in zip(gpu.per_pattern_rerr, cpu.per_pattern_rerr))
