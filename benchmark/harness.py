@@ -8,8 +8,8 @@ atomically as each (defense, attack) finishes; a rerun reuses records whose conf
 A *supplied* model (:class:`~bitbench.user_model.SuppliedModel`: the user's module or checkpoint, or a leaderboard
 entry's checkpoint) is never trained: each defense spec names the storage format it is quantized in. For a user's
 model only formats qualify (a training recipe such as clip or randbet is refused: its weights did not come from it);
-for an entry's checkpoint, trained here with the entry's defense, that defense's scheme applies. Its configuration hash holds
-the weights' digest, the checkpoint file's SHA-256 and the digest of the evaluation and attacker images.
+for an entry's checkpoint, trained here with the entry's defense, that defense's scheme applies. Its configuration
+hash holds the weights' digest, the checkpoint file's SHA-256 and the digest of the evaluation and attacker images.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .data import Augment, load_dataset
 from .distributed import DistContext
 from .evaluate import AttackEvaluation, evaluate_attack, predict
 from .models import build_model
-from .user_model import SuppliedModel, tensor_digest
+from .user_model import SuppliedModel, supplied_model, tensor_digest
 
 __all__ = ["RunOptions", "Harness", "default_cache_dir", "RECORD_FORMAT", "git_revision", "device_name",
            "is_storage_format"]
@@ -129,7 +129,7 @@ class DeployedModel:
     trained_now: bool
     history: list
     weights: dict | None = None       # the float weights before quantization (CPU state dict; trained models)
-    weights_sha256: str | None = None  # tensor_digest of them
+    weights_sha256: str | None = None  # tensor_digest of the float weights (trained or supplied)
 
 
 def _read_record(path: str, chash: str) -> ResultRecord | None:
@@ -267,8 +267,6 @@ class Harness:
     def supply_checkpoint(self, path, source: str = "user") -> SuppliedModel:
         """Evaluate the weights in the checkpoint file ``path`` on the suite's architecture (model and options,
         built for the dataset) instead of training it; see :func:`~bitbench.user_model.supplied_model`."""
-        from .user_model import supplied_model
-
         self.supplied = supplied_model(self.build_model(), name=self.suite.model, options=self.suite.model_options,
                                        checkpoint=path, source=source)
         self._deployed.clear()
@@ -334,7 +332,8 @@ class Harness:
         flatten_parameters(qm.parameters_of(model))
         self.log(f"[{spec}] {sm.name}: supplied model ({qm.n_words} words in the memory), quantized as "
                  f"{qm.scheme.name}; not trained")
-        dep = DeployedModel(defense, model, qm, stable_hash(self.model_identity(defense)), 0.0, False, [])
+        dep = DeployedModel(defense, model, qm, stable_hash(self.model_identity(defense)), 0.0, False, [],
+                            weights_sha256=sm.weights_sha256)
         self._deployed[spec] = dep
         return dep
 
@@ -386,9 +385,12 @@ class Harness:
                             _slug(attack_spec) + ".json")
 
     def cell_hash(self, dep: DeployedModel, attack) -> str:
-        return stable_hash({"model_key": dep.key, "attack": attack.spec, "attack_params": attack.params,
-                            "eval_split": self.eval_split(), "n_eval": int(self.dataset.test_y.shape[0]),
-                            "version": __version__})
+        """The record's configuration hash: the model's key and its weights' digest (a checkpoint retrained under
+        the same configuration, e.g. on another thread count, gives other weights: its old records are not
+        reused), the attack and the evaluation split."""
+        return stable_hash({"model_key": dep.key, "weights_sha256": dep.weights_sha256,
+                            "attack": attack.spec, "attack_params": attack.params, "eval_split": self.eval_split(),
+                            "n_eval": int(self.dataset.test_y.shape[0]), "version": __version__})
 
     def _eval_tensors(self):
         if "x" not in self._eval_cache:
@@ -451,7 +453,7 @@ class Harness:
             model_options=dict(self.suite.model_options if sm is None else sm.options), n_params=int(dep.qm.n_words),
             model_source="trained" if sm is None else sm.source, checkpoint=None if sm is None else sm.checkpoint,
             checkpoint_sha256=None if sm is None else sm.checkpoint_sha256,
-            weights_sha256=dep.weights_sha256 if sm is None else sm.weights_sha256,
+            weights_sha256=dep.weights_sha256,
             defense=d.spec, defense_name=d.registry_name, defense_params=dict(d.params),
             bits=int(dep.qm.bits), scheme=dep.qm.scheme.name,
             attack=attack.spec, attack_name=attack.registry_name, attack_params=dict(attack.params),

@@ -360,3 +360,37 @@ def test_submit_refuses_a_checkpoint_other_than_the_records(user, tmp_path, monk
     other.write_bytes(user["ckpt"].read_bytes() + b"\0")
     with pytest.raises(EntryError, match="but the records were measured on .*net.pt with SHA-256"):
         checkpoint_field(other, tmp_path, [rec])
+
+
+def test_model_option_trains_another_architecture(tmp_path, capsys):
+    """`--model` without a checkpoint trains that architecture with the defense's recipe (here a small ViT with
+    weight clipping); its options replace the suite's model options."""
+    args = ["run", "--model", "vit:depth=1,dim=32", "--defense", "clip", "--attack", "random_p0.01", "--epochs", "1",
+            "--patterns", "2", "--n-eval", "100", "--format", "json", "--no-progress", "--cache-dir",
+            str(tmp_path / "c"), "--results-dir", str(tmp_path / "r")]
+    assert cli.main(args) == 0
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert rec["model"] == "vit" and rec["model_options"] == {"depth": 1, "dim": 32}
+    assert rec["model_source"] == "trained" and rec["checkpoint"] is None and rec["train_seed"] == 0
+    assert rec["n_params"] == 49 * 32 + 32 + 16 * 32 + (2 * 64 + 32 * 96 + 96 + 32 * 32 + 32 + 32 * 64 + 64
+                                                        + 64 * 32 + 32) + 64 + 330
+    assert rec["clean_err"] < 0.85 and rec["timings"]["trained_now"] is True
+
+
+def test_records_of_other_weights_are_not_reused(tmp_path):
+    """The configuration hash holds the weights' digest: a checkpoint that changed under the same configuration
+    (retrained on another thread count, replaced) gets its records recomputed, not the old ones."""
+    from bitbench.harness import Harness, RunOptions
+
+    suite = bitbench.load_suite("default").replace(n_eval=100, patterns=2, train={"epochs": 1})
+    opt = RunOptions(cache_dir=str(tmp_path / "c"), results_dir=str(tmp_path / "r"), progress=False)
+    rec = Harness(suite, opt).run_cell("rquant", "random_p0.01")
+    again = Harness(suite, opt).run_cell("rquant", "random_p0.01")
+    assert again.cached and again.config_hash == rec.config_hash and again.weights_sha256 == rec.weights_sha256
+    (ck,) = (tmp_path / "c").rglob("*.pt")
+    d = torch.load(ck, weights_only=True)
+    d["model"]["classifier.5.bias"] += 0.01
+    torch.save(d, ck)
+    other = Harness(suite, opt).run_cell("rquant", "random_p0.01")
+    assert not other.cached and other.weights_sha256 != rec.weights_sha256
+    assert other.config_hash != rec.config_hash
