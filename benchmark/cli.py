@@ -209,21 +209,20 @@ def _emit(df, fmt, records, args=None):
         print(render(df, fmt, records))
 
 
-def _format_defenses(suite, given) -> list:
-    """The defenses that apply to a supplied checkpoint: the given ones, else the suite's storage formats."""
+def _format_defenses(suite, given) -> tuple[list, str | None]:
+    """The defenses that apply to a supplied checkpoint: the given ones, else the suite's storage formats (and a
+    note naming the recipes left out)."""
     from bitbench.configs.registries import create_defense
 
     from .harness import is_storage_format
 
     if given:
-        return list(given)
-    keep = [d for d in suite.defenses if is_storage_format(create_defense(d))]
+        return list(given), None
+    keep = [d for d in suite.defenses if is_storage_format(create_defense(d))] or ["rquant"]
     skipped = [d for d in suite.defenses if d not in keep]
-    if skipped:
-        print(f"note: {', '.join(skipped)} of suite {suite.name!r} are training recipes and do not apply to a "
-              f"supplied checkpoint; evaluating the storage formats {', '.join(keep or ['rquant'])}",
-              file=sys.stderr)
-    return keep or ["rquant"]
+    note = (f"note: {', '.join(skipped)} of suite {suite.name!r} are training recipes and do not apply to a supplied "
+            f"checkpoint; evaluating the storage formats {', '.join(keep)}") if skipped else None
+    return keep, note
 
 
 def cmd_run(args) -> int:
@@ -233,9 +232,9 @@ def cmd_run(args) -> int:
     if args.entry:
         return _run_entry(args)
     suite = _override_model_dataset(args, load_suite(args.suite))
-    defenses = args.defense or list(suite.defenses)
+    defenses, note = args.defense or list(suite.defenses), None
     if args.checkpoint:
-        defenses = _format_defenses(suite, args.defense)
+        defenses, note = _format_defenses(suite, args.defense)
     attacks = list(args.attack or [])
     if args.rates:
         attacks += [f"random_p{r!r}" for r in args.rates]  # canonical rates: 0.7% and 0.007 are one attack
@@ -246,11 +245,13 @@ def cmd_run(args) -> int:
     _validate_specs(defenses, attacks)  # fail fast, before any training
     h = _harness(args, suite)
     if args.checkpoint:
-        h.supply_checkpoint(args.checkpoint)
         from bitbench.configs.registries import create_defense
 
+        h.supply_checkpoint(args.checkpoint)
         for d in defenses:
             h.check_defense(create_defense(h.canonical_defense(d)))
+        if note and _is_main(args):
+            print(note, file=sys.stderr)
     records = []
     for d in defenses:
         for a in attacks:
@@ -309,10 +310,11 @@ def _compare_with_entry(entry: dict, records) -> str:
         if want is None:
             continue
         pp = want.get("per_pattern_rerr")
-        ok = (abs(rec.clean_err - entry["clean_err"]) <= 1e-9
-              and (all(abs(a - b) <= 1e-9 for a, b in zip(rec.per_pattern_rerr, pp)) and len(pp) == rec.n_patterns
-                   if pp else abs(rec.rerr.mean - want["rerr"]["mean"]) <= 1e-9))
-        if ok:
+        if pp:
+            same_rerr = len(pp) == rec.n_patterns and all(abs(a - b) <= 1e-9 for a, b in zip(rec.per_pattern_rerr, pp))
+        else:
+            same_rerr = abs(rec.rerr.mean - want["rerr"]["mean"]) <= 1e-9
+        if same_rerr and abs(rec.clean_err - entry["clean_err"]) <= 1e-9:
             same += 1
         else:
             differ.append(f"{rec.attack} (RErr {100 * rec.rerr.mean:.2f}% vs {100 * want['rerr']['mean']:.2f}%)")

@@ -1,6 +1,8 @@
 """Datasets: the common `Dataset` record, split rules, and loaders for local files (never a download).
 
-Names (see `list_datasets`):
+Every dataset is an entry of the dataset registry (``bitbench.DATASETS``: the built-ins below, registered at the end
+of this module, plus ``@register_dataset`` and the ``bitbench.datasets`` entry points of other packages, whose
+factories can build their `Dataset` with `dataset_from_arrays`). Built-in names (see `list_datasets`):
 
 - ``mnist5k``        embedded 5,000 MNIST digits (default; see `benchmark.data.embedded`).
 - ``sklearn_digits`` scikit-learn's bundled 8x8 digits (needs scikit-learn).
