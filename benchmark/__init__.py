@@ -1,9 +1,10 @@
 """bitbench: the bit-error robustness benchmark.
 
     import bitbench
-    bitbench.list_defenses("rand*")                  # registries of defenses and attacks (timm style)
+    bitbench.list_defenses("rand*")                  # registries of defenses, attacks, models, datasets (timm style)
     defense = bitbench.create_defense("randbet:p=0.02")
     attack = bitbench.create_attack("random_p0.01")
+    rec = bitbench.evaluate_model(my_model, (x, y), format="rquant", attack="random_p0.01")   # any trained nn.Module
 
     @bitbench.register_defense("mydefense")          # a decorator is the whole registration
     class MyDefense(bitbench.Defense): ...
@@ -33,6 +34,11 @@ _API = {
     "register_defense": "bitbench.configs.registries", "register_attack": "bitbench.configs.registries",
     "list_defenses": "bitbench.configs.registries", "list_attacks": "bitbench.configs.registries",
     "create_defense": "bitbench.configs.registries", "create_attack": "bitbench.configs.registries",
+    "MODELS": "bitbench.configs.registries", "DATASETS": "bitbench.configs.registries",
+    "register_model": "bitbench.configs.registries", "register_dataset": "bitbench.configs.registries",
+    "list_models": "bitbench.configs.registries", "list_datasets": "bitbench.configs.registries",
+    "build_model": "bitbench.models", "load_dataset": "bitbench.data", "Dataset": "bitbench.data",
+    "dataset_from_arrays": "bitbench.data",
     # contracts
     "Defense": "bitbench.defenses.base",
     "Attack": "bitbench.attacks.base", "Perturbation": "bitbench.attacks.base",
@@ -42,6 +48,7 @@ _API = {
     "ResultRecord": "bitbench.configs.record",
     # running
     "Harness": "bitbench.harness", "RunOptions": "bitbench.harness",
+    "evaluate_model": "bitbench.api", "load_checkpoint": "bitbench.user_model",
 }
 
 __all__ = sorted(_API) + ["__version__"]

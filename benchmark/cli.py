@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -73,6 +74,15 @@ def _common(p: argparse.ArgumentParser, *, suite_positional: bool = False) -> No
     p.add_argument("--rerun", action="store_true", help="recompute results even if matching records exist")
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help="the architecture instead of the suite's: a registered model with options (vit, "
+                        "vit:depth=4), or your builder: package.module:function or path/to/file.py:function "
+                        "(options after a second colon)")
+    p.add_argument("--dataset", default=None, metavar="SPEC",
+                   help="the dataset instead of the suite's (see `list datasets`; local files: --data-dir)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmark",
                                  description="Bit-error robustness benchmark for quantized neural networks.")
@@ -87,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attack spec, e.g. random_p0.01, random_msb_p0.01, bfa_n20 (repeatable)")
     p.add_argument("--rates", type=_rates, default=None,
                    help="rate sweep shorthand: comma-separated rates (0.01 or 1%%) -> random_p<rate> attacks")
+    _model_options(p)
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="evaluate the weights in this state-dict file (torch.save(model.state_dict(), FILE)) on the "
+                        "model instead of training it; --defense then names only the storage format (normal, "
+                        "rquant, quant:...)")
+    p.add_argument("--entry", default=None, metavar="FILE",
+                   help="re-run the attacks of a leaderboard entry on the checkpoint it names (suite, model and "
+                        "defense come from the entry; --checkpoint gives another location of the same file)")
     _common(p)
 
     p = sub.add_parser("suite", help="run the full grid of a suite and print the comparison table")
@@ -98,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defense", action="append", default=None, help="defense spec (repeatable)")
     p.add_argument("--save-quantized", default=None, metavar="DIR",
                    help="also save each quantized model (integer codes + contexts) into DIR")
+    p.add_argument("--save-weights", default=None, metavar="DIR",
+                   help="also save each trained model's float weights (a state dict, for --checkpoint and "
+                        "`submit --checkpoint`) into DIR")
+    _model_options(p)
     _common(p)
 
     p = sub.add_parser("list", help="list defenses, attacks, datasets, models and suites")
@@ -149,6 +171,23 @@ def _harness(args, suite):
     return Harness(suite, opt, dist=dist)
 
 
+def _override_model_dataset(args, suite):
+    """The suite with ``--model`` (its options replace the suite's model options) and ``--dataset``."""
+    from bitbench.configs.registries import DATASETS
+
+    from .models import resolve_model
+
+    if getattr(args, "model", None):
+        mb = resolve_model(args.model)
+        suite = suite.replace(model=mb.name, model_options=dict(mb.options))
+    if getattr(args, "dataset", None):
+        DATASETS.resolve(args.dataset)
+        # the suite's pinned evaluation split belongs to its own dataset: another dataset is evaluated on its whole
+        # evaluation split (or --n-eval); such records are not comparable with the suite's leaderboard
+        suite = suite.replace(dataset=args.dataset, n_eval=None, eval_split=None)
+    return suite
+
+
 def _validate_specs(defenses, attacks):
     from bitbench.configs.registries import ATTACKS, DEFENSES
 
@@ -172,12 +211,32 @@ def _emit(df, fmt, records, args=None):
         print(render(df, fmt, records))
 
 
+def _format_defenses(suite, given) -> tuple[list, str | None]:
+    """The defenses that apply to a supplied checkpoint: the given ones, else the suite's storage formats (and a
+    note naming the recipes left out)."""
+    from bitbench.configs.registries import create_defense
+
+    from .harness import is_storage_format
+
+    if given:
+        return list(given), None
+    keep = [d for d in suite.defenses if is_storage_format(create_defense(d))] or ["rquant"]
+    skipped = [d for d in suite.defenses if d not in keep]
+    note = (f"note: {', '.join(skipped)} of suite {suite.name!r} are training recipes and do not apply to a supplied "
+            f"checkpoint; evaluating the storage formats {', '.join(keep)}") if skipped else None
+    return keep, note
+
+
 def cmd_run(args) -> int:
     from bitbench.configs.suite import load_suite
     from .tables import run_table
 
-    suite = load_suite(args.suite)
-    defenses = args.defense or list(suite.defenses)
+    if args.entry:
+        return _run_entry(args)
+    suite = _override_model_dataset(args, load_suite(args.suite))
+    defenses, note = args.defense or list(suite.defenses), None
+    if args.checkpoint:
+        defenses, note = _format_defenses(suite, args.defense)
     attacks = list(args.attack or [])
     if args.rates:
         attacks += [f"random_p{r!r}" for r in args.rates]  # canonical rates: 0.7% and 0.007 are one attack
@@ -187,6 +246,14 @@ def cmd_run(args) -> int:
         raise UsageError(f"suite {suite.name!r} names no defenses; pass --defense")
     _validate_specs(defenses, attacks)  # fail fast, before any training
     h = _harness(args, suite)
+    if args.checkpoint:
+        from bitbench.configs.registries import create_defense
+
+        h.supply_checkpoint(args.checkpoint)
+        for d in defenses:
+            h.check_defense(create_defense(h.canonical_defense(d)))
+        if note and _is_main(args):
+            print(note, file=sys.stderr)
     h.preflight(defenses, attacks)
     records = []
     for d in defenses:
@@ -194,6 +261,69 @@ def cmd_run(args) -> int:
             records.append(h.run_cell(d, a))
     _emit(run_table(records), args.format, records, args)
     return 0
+
+
+def _run_entry(args) -> int:
+    """``run --entry FILE``: the entry's attacks on the checkpoint it names, compared with its numbers."""
+    from bitbench.configs.fileio import sha256_file
+    from bitbench.configs.suite import load_suite
+    from bitbench.leaderboard.entries import load_entry
+
+    from .tables import run_table
+
+    clash = [f for f, v in (("--model", args.model), ("--dataset", args.dataset), ("--defense", args.defense),
+                            ("--rates", args.rates)) if v]
+    if clash:
+        raise UsageError(f"--entry names the model, dataset and defense; it cannot be combined with "
+                         f"{', '.join(clash)} (only --attack, --checkpoint, --suite (the entry's suite file), "
+                         "--data-dir and the run options)")
+    entry = load_entry(args.entry, load_suite(args.suite) if args.suite != "default" else None)
+    ck = entry.get("checkpoint")
+    if ck is None:
+        raise UsageError(f"{args.entry}: the entry names no checkpoint, so its model cannot be re-evaluated without "
+                         f"training (train it: python -m benchmark run --suite {entry['suite']} --defense "
+                         f"{entry['defense']})")
+    path = args.checkpoint or os.path.join(os.path.dirname(os.path.abspath(args.entry)), ck["path"])
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: the checkpoint of entry {args.entry} is not there (give its location with "
+                         "--checkpoint)")
+    digest = sha256_file(path)
+    if digest != ck["sha256"]:
+        raise UsageError(f"{path}: SHA-256 {digest} differs from the entry's {ck['sha256']}: not the checkpoint "
+                         f"entry {entry['name']} was measured on")
+    suite = load_suite(entry["suite"] if args.suite == "default" else args.suite)
+    suite = suite.replace(model=entry["model"], model_options=dict(entry["model_options"]))
+    attacks = list(args.attack or [r["attack"] for r in entry["results"]])
+    _validate_specs([entry["defense"]], attacks)
+    h = _harness(args, suite)
+    h.supply_checkpoint(path, source=entry.get("model_source", "trained"))
+    records = [h.run_cell(entry["defense"], a) for a in attacks]
+    if _is_main(args):
+        print(_compare_with_entry(entry, records), file=sys.stderr)
+    _emit(run_table(records), args.format, records, args)
+    return 0
+
+
+def _compare_with_entry(entry: dict, records) -> str:
+    """One line: how many of the entry's results the records reproduce (per-pattern RErr equal)."""
+    by_attack = {r["attack"]: r for r in entry["results"]}
+    same, differ = 0, []
+    for rec in records:
+        want = by_attack.get(rec.attack)
+        if want is None:
+            continue
+        pp = want.get("per_pattern_rerr")
+        if pp:
+            same_rerr = len(pp) == rec.n_patterns and all(abs(a - b) <= 1e-9 for a, b in zip(rec.per_pattern_rerr, pp))
+        else:
+            same_rerr = abs(rec.rerr.mean - want["rerr"]["mean"]) <= 1e-9
+        if same_rerr and abs(rec.clean_err - entry["clean_err"]) <= 1e-9:
+            same += 1
+        else:
+            differ.append(f"{rec.attack} (RErr {100 * rec.rerr.mean:.2f}% vs {100 * want['rerr']['mean']:.2f}%)")
+    n = same + len(differ)
+    line = f"entry {entry['name']}: {same}/{n} results reproduced exactly"
+    return line + (f"; differ: {', '.join(differ)}" if differ else "")
 
 
 def cmd_suite(args) -> int:
@@ -217,7 +347,7 @@ def cmd_train(args) -> int:
 
     from bitbench.configs.suite import load_suite
 
-    suite = load_suite(args.suite)
+    suite = _override_model_dataset(args, load_suite(args.suite))
     defenses = args.defense or list(suite.defenses)
     _validate_specs(defenses, [])
     h = _harness(args, suite)
@@ -238,6 +368,13 @@ def cmd_train(args) -> int:
                                 .replace(":", "_").replace(",", "_"))
             dep.qm.save(path)
             row["quantized"] = path
+        if args.save_weights and _is_main(args):
+            from bitbench.defenses.io import atomic_torch_save
+
+            name = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{suite.name}-{suite.model}-{dep.defense.spec}")
+            path = os.path.join(args.save_weights, name + ".pt")
+            atomic_torch_save(dep.weights, path)
+            row["weights"] = path
         rows.append(row)
     from .tables import render
 
@@ -249,33 +386,24 @@ def cmd_train(args) -> int:
 def _list_rows(what: str, pattern: str) -> dict:
     import fnmatch
 
-    from bitbench.configs.registries import ATTACKS, DEFENSES
+    from bitbench.configs.registries import ATTACKS, DATASETS, DEFENSES, MODELS
     from bitbench.configs.suite import list_suites, load_suite
 
-    from .data import describe_datasets
-    from .models import list_models
+    from .models import DATA_ARGS
 
     out = {}
-    if what in ("all", "defenses"):
-        out["defenses"] = [e for e in DEFENSES.describe() if fnmatch.fnmatchcase(e["name"], pattern)]
-    if what in ("all", "attacks"):
-        out["attacks"] = [e for e in ATTACKS.describe() if fnmatch.fnmatchcase(e["name"], pattern)]
-    if what in ("all", "datasets"):
-        out["datasets"] = [{"name": k, "summary": v} for k, v in describe_datasets().items()
-                           if fnmatch.fnmatchcase(k, pattern)]
-    if what in ("all", "models"):
-        rows = []
-        for k, v in list_models().items():
-            if not fnmatch.fnmatchcase(k, pattern):
-                continue
-            if isinstance(v, dict):
-                params = dict(v.get("defaults", {}))
-                params["norm"] = v.get("recommended_norm", "none")
-                docs = {"width": v.get("width", ""), "norm": "one of " + ", ".join(v.get("norms", []))}
-                rows.append({"name": k, "summary": v.get("description", ""), "params": params, "param_docs": docs})
-            else:
-                rows.append({"name": k, "summary": str(v)})
-        out["models"] = rows
+    for section, reg in (("defenses", DEFENSES), ("attacks", ATTACKS), ("datasets", DATASETS), ("models", MODELS)):
+        if what not in ("all", section):
+            continue
+        rows = [e for e in reg.describe() if fnmatch.fnmatchcase(e["name"], pattern)]
+        for e in rows:
+            if section == "models":  # the dataset supplies these
+                e["params"] = {k: v for k, v in e["params"].items() if k not in DATA_ARGS}
+            if section == "datasets":
+                e["params"] = {k: v for k, v in e["params"].items() if k != "data_dir"}
+        out[section] = rows + [{"name": n, "summary": f"(broken plug-in: {err})", "broken": True}
+                               for n, err in sorted(reg.entry_point_errors.items())
+                               if fnmatch.fnmatchcase(n, pattern)]
     if what in ("all", "suites"):
         rows = []
         for n in list_suites():
@@ -298,6 +426,8 @@ def cmd_list(args) -> int:
             print("  (none)")
         for r in rows:
             print(f"  {r['name']:<16} {r.get('summary', '')}")
+            if r.get("aliases"):
+                print(f"  {'':<16} also: {', '.join(r['aliases'])}")
             if r.get("form"):
                 print(f"  {'':<16} form: {r['form']}")
             for k, v in (r.get("params") or {}).items():

@@ -9,10 +9,17 @@ records are written atomically as each (defense, attack) finishes; a rerun reuse
 damaged record is reported and recomputed. A file lock per artefact (``<file>.lock``) makes concurrent identical
 runs compute each checkpoint and record once. :meth:`Harness.preflight` finds bad input and unwritable folders
 before any work.
+
+A *supplied* model (:class:`~bitbench.user_model.SuppliedModel`: the user's module or checkpoint, or a leaderboard
+entry's checkpoint) is never trained: each defense spec names the storage format it is quantized in. For a user's
+model only formats qualify (a training recipe such as clip or randbet is refused: its weights did not come from it);
+for an entry's checkpoint, trained here with the entry's defense, that defense's scheme applies. Its configuration
+hash holds the weights' digest, the checkpoint file's SHA-256 and the digest of the evaluation and attacker images.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import os
@@ -43,8 +50,10 @@ from .data import Augment, load_dataset, reads_local_files
 from .distributed import DistContext
 from .evaluate import AttackEvaluation, evaluate_attack, predict
 from .models import build_model
+from .user_model import SuppliedModel, supplied_model, tensor_digest
 
-__all__ = ["RunOptions", "Harness", "default_cache_dir", "RECORD_FORMAT", "git_revision", "device_name"]
+__all__ = ["RunOptions", "Harness", "default_cache_dir", "RECORD_FORMAT", "git_revision", "device_name",
+           "is_storage_format"]
 
 
 def default_cache_dir() -> str:
@@ -112,6 +121,16 @@ class RunOptions:
     log = None                  # callable(str) for messages (stderr by default)
 
 
+def is_storage_format(defense) -> bool:
+    """A defense that is only a storage format: quantization-aware training with its scheme and nothing else (no
+    weight clipping, no own training step or loop). Only these apply to a model the benchmark did not train."""
+    from bitbench.defenses.base import Defense
+
+    cls = type(defense)
+    return (getattr(defense, "w_max", None) is None and cls.make_step is Defense.make_step
+            and cls.train is Defense.train and cls.trainer is Defense.trainer)
+
+
 @dataclass
 class DeployedModel:
     defense: object
@@ -122,6 +141,8 @@ class DeployedModel:
     trained_now: bool
     history: list
     weights_digest: str = ""   # payload digest of the quantized model (codes + contexts)
+    weights: dict | None = None       # the float weights before quantization (CPU state dict; trained models)
+    weights_sha256: str | None = None  # tensor_digest of the float weights (trained or supplied)
 
 
 def _discard(path: str) -> None:
@@ -144,25 +165,28 @@ def merge_evaluations(parts: list) -> "AttackEvaluation":
 class Harness:
     """Runs a suite's (defense, attack) cells; see the module docstring."""
 
-    def __init__(self, suite: Suite, options: RunOptions | None = None, dist: DistContext | None = None):
+    def __init__(self, suite: Suite, options: RunOptions | None = None, dist: DistContext | None = None, *,
+                 supplied: SuppliedModel | None = None, dataset=None):
+        """``supplied``: evaluate this model instead of training the suite's (see the module docstring);
+        ``dataset``: use this :class:`~bitbench.data.Dataset` instead of loading the suite's."""
         self.suite = suite
         self.opt = options or RunOptions()
         self.dist = dist or DistContext()
         self.device = resolve_device(self.opt.device)
-        self._dataset = None
+        self.supplied = supplied
+        self._dataset = dataset
         self._deployed: dict[str, DeployedModel] = {}
         self._eval_cache: dict[str, tuple] = {}
         self._digests: dict[tuple, str] = {}
         self._attacks: dict[str, tuple] = {}  # one attack object per spec (an error map file is read once)
         self._input_files: dict[str, dict] = {"model": {}, "cell": {}}
-        if not reads_local_files(suite.dataset):
-            where = ("--data-dir " + self.opt.data_dir if self.opt.data_dir else
-                     f"data_dir = {suite.data_dir!r} in the suite file" if suite.data_dir else None)
-            if where:
-                raise UsageError(f"{where}: dataset {suite.dataset!r} of suite {suite.name!r} is built in and reads "
-                                 "no local files, so the folder would be ignored; drop it, or use a suite whose "
-                                 "dataset is read from files (mnist, cifar10, cifar100, or dataset = \"npz\"/\"h5\" "
-                                 "in a suite file)")
+        where = ("--data-dir " + self.opt.data_dir if self.opt.data_dir else
+                 f"data_dir = {suite.data_dir!r} in the suite file" if suite.data_dir else None)
+        if where and dataset is None and not reads_local_files(suite.dataset):
+            raise UsageError(f"{where}: dataset {suite.dataset!r} of suite {suite.name!r} is built in and reads "
+                             "no local files, so the folder would be ignored; drop it, or use a suite whose "
+                             "dataset is read from files (mnist, cifar10, cifar100, or dataset = \"npz\"/\"h5\" "
+                             "in a suite file)")
 
     def log(self, msg: str) -> None:
         if not self.dist.is_main:
@@ -269,6 +293,15 @@ class Harness:
                                          n_eval=self.suite.n_eval)
         return self._dataset
 
+    def data_digest(self) -> str:
+        """:func:`tensor_digest` of the evaluation and attacker images and labels (what a supplied model's
+        results depend on)."""
+        if "digest" not in self._eval_cache:
+            ds = self.dataset
+            self._eval_cache["digest"] = tensor_digest({"test_x": ds.test_x, "test_y": ds.test_y,
+                                                        "attack_x": ds.attack_x, "attack_y": ds.attack_y})
+        return self._eval_cache["digest"]
+
     def eval_split(self) -> str:
         """``test[0:N]``: the first N images of the dataset's test split (its rule is in ``eval_split_rule``)."""
         return f"test[0:{self.dataset.test_y.shape[0]}]"
@@ -299,7 +332,17 @@ class Harness:
             params["bits"] = self.suite.bits
         return format_spec(entry.name, params, entry.params)
 
+    @property
+    def model_name(self) -> str:
+        return self.supplied.name if self.supplied is not None else self.suite.model
+
     def model_identity(self, defense) -> dict:
+        if self.supplied is not None:
+            sm = self.supplied
+            return {"model_source": sm.source, "model": sm.name, "model_options": sm.options,
+                    "weights_sha256": sm.weights_sha256, "checkpoint_sha256": sm.checkpoint_sha256,
+                    "data": {"dataset": self.suite.dataset, "sha256": self.data_digest()},
+                    "defense": defense.identity(), "version": __version__}
         ds = self.dataset
         digests = self.input_digests("model", defense)
         ident = defense.identity()
@@ -318,15 +361,35 @@ class Harness:
                            **opts)
 
     def checkpoint_path(self, defense, key: str) -> str:
-        return os.path.join(self.opt.cache_dir, "checkpoints", self.suite.dataset, self.suite.model,
+        return os.path.join(self.opt.cache_dir, "checkpoints", _slug(self.suite.dataset), _slug(self.suite.model),
                             f"{_slug(defense.spec)}-{key}.pt")
 
+    def check_defense(self, defense) -> None:
+        """Refuse a training recipe for a user's model (see :func:`is_storage_format`)."""
+        if self.supplied is not None and self.supplied.source == "user" and not is_storage_format(defense):
+            raise UsageError(
+                f"defense {defense.spec!r} is a training recipe (weight clipping or its own training step), but the "
+                f"model {self.supplied.name} was supplied, not trained here: a supplied model's defense spec names "
+                "only the storage format. Use a format such as normal, rquant or quant:bits=4 (a recipe applies "
+                "only to a model the benchmark trains)")
+
+    def supply_checkpoint(self, path, source: str = "user") -> SuppliedModel:
+        """Evaluate the weights in the checkpoint file ``path`` on the suite's architecture (model and options,
+        built for the dataset) instead of training it; see :func:`~bitbench.user_model.supplied_model`."""
+        self.supplied = supplied_model(self.build_model(), name=self.suite.model, options=self.suite.model_options,
+                                       checkpoint=path, source=source)
+        self._deployed.clear()
+        return self.supplied
+
     def deploy(self, defense_spec: str) -> DeployedModel:
-        """Train (or load the cached, verified checkpoint of) the defended model and quantize it."""
+        """Train (or load the cached, verified checkpoint of) the defended model and quantize it; a supplied model
+        is only quantized."""
         spec = self.canonical_defense(defense_spec)
         if spec in self._deployed:
             return self._deployed[spec]
         defense = create_defense(spec)
+        if self.supplied is not None:
+            return self._deploy_supplied(spec, defense)
         ds = self.dataset
         key = stable_hash(self.model_identity(defense))
         path = self.checkpoint_path(defense, key)
@@ -358,10 +421,12 @@ class Harness:
         if trained_now:
             train_s = sum(h.get("seconds", 0.0) for h in history) or train_s
         model.eval()
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         qm = defense.quantize(model)
         # The per-chip loop dequantizes each pattern straight into one flat parameter buffer (one pass).
         flatten_parameters(qm.parameters_of(model))
-        dep = DeployedModel(defense, model, qm, key, train_s, trained_now, history, payload_digest(qm.state_dict()))
+        dep = DeployedModel(defense, model, qm, key, train_s, trained_now, history, payload_digest(qm.state_dict()),
+                            weights, tensor_digest(weights))
         self._deployed[spec] = dep
         return dep
 
@@ -384,6 +449,38 @@ class Harness:
         if self.dist.is_main:
             _discard(path)
         return None
+
+    def _deploy_supplied(self, spec: str, defense) -> DeployedModel:
+        self.check_defense(defense)
+        sm = self.supplied
+        model = copy.deepcopy(sm.module).to(self.device)
+        model.requires_grad_(True)  # every parameter is stored in the memory, frozen or not
+        model.eval()
+        self._check_outputs(model)
+        qm = defense.quantize(model)
+        flatten_parameters(qm.parameters_of(model))
+        self.log(f"[{spec}] {sm.name}: supplied model ({qm.n_words} words in the memory), quantized as "
+                 f"{qm.scheme.name}; not trained")
+        dep = DeployedModel(defense, model, qm, stable_hash(self.model_identity(defense)), 0.0, False, [],
+                            payload_digest(qm.state_dict()), weights_sha256=sm.weights_sha256)
+        self._deployed[spec] = dep
+        return dep
+
+    def _check_outputs(self, model) -> None:
+        """A supplied model must map the evaluation images to one logit per class (a clear error otherwise)."""
+        ds = self.dataset
+        x = ds.test_x[:2].to(self.device)
+        try:
+            with torch.inference_mode():
+                out = model(x)
+        except Exception as e:  # noqa: BLE001 - the user's model does not fit the data: name both
+            raise UsageError(f"model {self.supplied.name} fails on the {self.suite.dataset} images of shape "
+                             f"{list(ds.test_x.shape[1:])}: {type(e).__name__}: {str(e).strip()[:300]}") from None
+        k = int(max(int(ds.test_y.max()), int(ds.attack_y.max()) if ds.attack_y.numel() else 0)) + 1
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0] or out.shape[1] < k:
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UsageError(f"model {self.supplied.name} returns {shape} for {x.shape[0]} images; expected logits "
+                             f"[N, classes] with at least {k} classes (the labels of {self.suite.dataset})")
 
     def _ddp_wrap(self):
         """DistributedDataParallel under torchrun (None in a single process)."""
@@ -415,7 +512,10 @@ class Harness:
         return attack.spec, attack
 
     def record_path(self, defense_spec: str, attack_spec: str) -> str:
-        return os.path.join(self.opt.results_dir, self.suite.name, self.suite.model, _slug(defense_spec),
+        model = _slug(self.model_name)
+        if self.supplied is not None:  # one folder per set of weights
+            model += f"-{self.supplied.source}-{self.supplied.weights_sha256[:12]}"
+        return os.path.join(self.opt.results_dir, self.suite.name, model, _slug(defense_spec),
                             _slug(attack_spec) + ".json")
 
     def cell_hash(self, dep: DeployedModel, attack) -> str:
@@ -513,18 +613,22 @@ class Harness:
         ds = self.dataset
         d = dep.defense
         rate = getattr(attack, "rate", None)
+        sm = self.supplied
         return ResultRecord(
             suite=self.suite.name, dataset=self.suite.dataset, eval_split=self.eval_split(),
-            eval_split_rule=ds.info.get("eval_split"), n_eval=int(ds.test_y.shape[0]), model=self.suite.model,
-            model_options=dict(self.suite.model_options), n_params=int(dep.qm.n_words),
+            eval_split_rule=ds.info.get("eval_split"), n_eval=int(ds.test_y.shape[0]), model=self.model_name,
+            model_options=dict(self.suite.model_options if sm is None else sm.options), n_params=int(dep.qm.n_words),
+            model_source="trained" if sm is None else sm.source, checkpoint=None if sm is None else sm.checkpoint,
+            checkpoint_sha256=None if sm is None else sm.checkpoint_sha256,
+            weights_sha256=dep.weights_sha256,
             defense=d.spec, defense_name=d.registry_name, defense_params=dict(d.params),
             bits=int(dep.qm.bits), scheme=dep.qm.scheme.name,
             attack=attack.spec, attack_name=attack.registry_name, attack_params=dict(attack.params),
             attack_kind=getattr(attack, "kind", None), rate=None if rate is None else float(rate),
             flips=getattr(attack, "flips", None), clean_err=ev.clean_err, patterns=list(ev.patterns),
-            train_seed=self.suite.train_seed, version=__version__, git_rev=git_revision(), config_hash=chash,
-            inputs={**self.input_digests("model", d), **self.input_digests("cell", attack),
-                    "weights": dep.weights_digest}, device=device_name(self.device),
+            train_seed=self.suite.train_seed if sm is None else None, version=__version__, git_rev=git_revision(),
+            config_hash=chash, inputs={**self.input_digests("model", d), **self.input_digests("cell", attack),
+                                       "weights": dep.weights_digest}, device=device_name(self.device),
             timings={"train": dep.train_seconds, "trained_now": dep.trained_now, "attack_eval": ev.seconds,
                      "total": total_s},
             date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),

@@ -139,7 +139,8 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
 
 
 def _train_models(device, quick: bool):
-    """(name, model, x, y) for the train benchmark: LeNet on CPU; SimpleNet width 64 + group norm on a GPU."""
+    """(name, model, x, y) for the train benchmark: LeNet and the ViT on CPU; SimpleNet width 64 + group norm on a
+    GPU."""
     from .data import load_dataset
     from .models import build_model
 
@@ -149,6 +150,9 @@ def _train_models(device, quick: bool):
         ds = load_dataset("mnist5k")
         m = build_model("lenet", num_classes=10, in_channels=1, image_size=28, mean=ds.mean, std=ds.std, seed=0)
         out.append(("lenet", m.to(dev), ds.train_x[:128].to(dev), ds.train_y[:128].to(dev)))
+        if not quick:  # the vit suite's transformer: attention, layer norms, embeddings in the memory
+            m = build_model("vit", num_classes=10, in_channels=1, image_size=28, mean=ds.mean, std=ds.std, seed=0)
+            out.append(("vit", m.to(dev), ds.train_x[:128].to(dev), ds.train_y[:128].to(dev)))
     if dev.type == "cuda":
         g = torch.Generator().manual_seed(0)
         m = build_model("simplenet", num_classes=10, in_channels=3, image_size=32, norm="rgn", width=64, seed=0)

@@ -17,6 +17,13 @@ field              type                    meaning
 ``model``          str                     architecture (``lenet``, ``simplenet``, ...)
 ``model_options``  object                  options of the model builder (may be ``{}``)
 ``n_params``       int >= 1 or null        parameters in the quantized memory (words); null: unknown (paper)
+``model_source``   ``"trained"|"user"``    (optional, default ``"trained"``) trained by this benchmark with the
+                                           defense's recipe, or the user's own weights (``model`` is then their
+                                           builder and ``defense`` only the storage format)
+``checkpoint``     object (optional)       ``{"path": str, "sha256": str}``: the weights file (a state dict) the
+                                           results were measured on, ``path`` relative to the entry's folder,
+                                           ``sha256`` the file's SHA-256 (64 hex digits); ``python -m benchmark
+                                           run --entry FILE`` re-runs the attacks on it
 ``defense``        str                     canonical defense spec (``randbet:p=0.05``)
 ``defense_name``   str                     registry name (``randbet``)
 ``defense_params`` object                  every defense parameter, defaults filled in
@@ -80,16 +87,20 @@ from .record import RECORD_FORMAT, Summary
 from .suite import Suite, same_rate
 
 __all__ = ["FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "ENTRY_FIELDS", "RESULT_FIELDS", "NAME_RE",
-           "EntryError", "validate_entry", "show_value"]
+           "MODEL_SOURCES", "CHECKPOINT_FIELDS", "EntryError", "validate_entry", "show_value"]
 
 FORMAT = "bitbench.leaderboard_entry/1"
 REPORTED_BY = ("benchmark", "paper")
 PROTOCOL_FIELDS = ("dataset", "eval_split", "bits", "rates", "patterns", "base_seed")
-ENTRY_FIELDS = ("format", "suite", "name", "model", "model_options", "n_params", "defense", "defense_name",
+ENTRY_FIELDS = ("format", "suite", "name", "model", "model_options", "n_params", "model_source", "checkpoint",
+                "defense", "defense_name",
                 "defense_params", "bits", "protocol", "clean_err", "results", "version", "git_rev", "config_hash",
                 "seeds", "device", "date", "citation", "link", "reported_by", "notes")
 # fields that may be absent (the rest must be present, possibly null where the type allows)
-_OPTIONAL_FIELDS = {"git_rev", "notes", "defense_name"}
+_OPTIONAL_FIELDS = {"git_rev", "notes", "defense_name", "model_source", "checkpoint"}
+MODEL_SOURCES = ("trained", "user")
+CHECKPOINT_FIELDS = ("path", "sha256")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 RESULT_FIELDS = ("attack", "rate", "flips", "rerr", "per_pattern_rerr", "n_patterns", "config_hash", "note")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOL = 1e-6  # tolerance of consistency checks between stored floats
@@ -164,9 +175,16 @@ class _Checker:
             self.fail(path, f"expected an integer{rng}{' or null' if nullable else ''}, got {show_value(v)}")
         return v
 
-    def obj(self, v, path: str):
+    def obj(self, v, path: str, fields=None):
+        """``v`` must be an object; with ``fields``, holding exactly those (unknown or missing ones refused)."""
         if not isinstance(v, dict):
             self.fail(path, f"expected an object, got {show_value(v)}")
+        for k in v if fields is not None else ():
+            if k not in fields:
+                self.fail(f"{path}.{k}", "unknown field (allowed: " + ", ".join(fields) + ")")
+        for k in fields or ():
+            if k not in v:
+                self.fail(f"{path}.{k}", "missing")
         return v
 
 
@@ -200,6 +218,17 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
     c.int_(entry["n_params"], "n_params", 1, nullable=True)
     if entry["n_params"] is None and not paper:
         raise EntryError("n_params", "expected an integer >= 1 (null only for paper rows), got null")
+    if "model_source" in entry and entry["model_source"] not in MODEL_SOURCES:
+        raise EntryError("model_source", f"expected one of {', '.join(map(show_value, MODEL_SOURCES))}, got "
+                                         f"{show_value(entry['model_source'])}")
+    if "checkpoint" in entry:
+        ck = c.obj(entry["checkpoint"], "checkpoint", CHECKPOINT_FIELDS)
+        c.str_(ck, "path", "checkpoint.path")
+        if not (isinstance(ck["sha256"], str) and _SHA256.fullmatch(ck["sha256"])):
+            raise EntryError("checkpoint.sha256", f"expected 64 lowercase hex digits (SHA-256), got "
+                                                  f"{show_value(ck['sha256'])}")
+        if paper:
+            raise EntryError("checkpoint", "rows reported by a paper were not measured here: no checkpoint")
     c.str_(entry, "defense", "defense")
     if "defense_name" in entry:
         c.str_(entry, "defense_name", "defense_name")
@@ -207,13 +236,7 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
     bits = c.int_(entry["bits"], "bits", 1, 32)
 
     # protocol
-    proto = c.obj(entry["protocol"], "protocol")
-    for k in proto:
-        if k not in PROTOCOL_FIELDS:
-            raise EntryError(f"protocol.{k}", "unknown field (allowed: " + ", ".join(PROTOCOL_FIELDS) + ")")
-    for k in PROTOCOL_FIELDS:
-        if k not in proto:
-            raise EntryError(f"protocol.{k}", "missing")
+    proto = c.obj(entry["protocol"], "protocol", PROTOCOL_FIELDS)
     c.str_(proto, "dataset", "protocol.dataset")
     c.str_(proto, "eval_split", "protocol.eval_split", nullable=True)
     c.int_(proto["bits"], "protocol.bits", 1, 32)
@@ -349,13 +372,7 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
         c.str_(entry, k, k, nullable=True)
     if "git_rev" in entry:
         c.str_(entry, "git_rev", "git_rev", nullable=True)
-    seeds = c.obj(entry["seeds"], "seeds")
-    for k in seeds:
-        if k not in ("train", "patterns"):
-            raise EntryError(f"seeds.{k}", "unknown field (allowed: train, patterns)")
-    for k in ("train", "patterns"):
-        if k not in seeds:
-            raise EntryError(f"seeds.{k}", "missing")
+    seeds = c.obj(entry["seeds"], "seeds", ("train", "patterns"))
     c.int_(seeds["train"], "seeds.train", nullable=True)
     ps = seeds["patterns"]
     if ps is not None:

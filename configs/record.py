@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import UsageError
 from .fileio import canonical_json, sha256_bytes
 
-__all__ = ["RECORD_FORMAT", "RecordError", "Summary", "PatternResult", "ResultRecord", "record_digest"]
+__all__ = ["RECORD_FORMAT", "MODEL_SOURCES", "RecordError", "Summary", "PatternResult", "ResultRecord",
+           "record_digest"]
 
 RECORD_FORMAT = "bitbench.result/2"
+# where the evaluated weights came from: trained by this benchmark with the defense's recipe (now, from its cache,
+# or a leaderboard entry's checkpoint), or supplied by the user (the defense spec names only the storage format)
+MODEL_SOURCES = ("trained", "user")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _TOL = 1e-9
 
 
@@ -85,15 +91,18 @@ _STR, _OPT_STR, _INT, _OPT_INT, _FRAC, _OPT_NUM, _DICT, _ANY = "str", "str?", "i
     "dict", "any"
 _FIELDS = (
     ("suite", _STR), ("dataset", _STR), ("eval_split", _STR), ("eval_split_rule", _OPT_STR), ("n_eval", _INT),
-    ("model", _STR), ("model_options", _DICT), ("n_params", _INT), ("defense", _STR), ("defense_name", _STR),
+    ("model", _STR), ("model_options", _DICT), ("n_params", _INT), ("model_source", _STR), ("checkpoint", _OPT_STR),
+    ("checkpoint_sha256", _OPT_STR), ("weights_sha256", _OPT_STR), ("defense", _STR), ("defense_name", _STR),
     ("defense_params", _DICT), ("bits", _INT), ("scheme", _OPT_STR), ("attack", _STR), ("attack_name", _STR),
     ("attack_params", _DICT), ("attack_kind", _OPT_STR), ("rate", _OPT_NUM), ("flips", _OPT_INT),
     ("clean_err", _FRAC), ("train_seed", _OPT_INT), ("version", _STR), ("git_rev", _OPT_STR),
     ("config_hash", _STR), ("inputs", _DICT), ("device", _OPT_STR), ("timings", _DICT), ("date", _STR),
 )
 _OPTIONAL = {"eval_split_rule", "scheme", "attack_kind", "rate", "flips", "train_seed", "git_rev", "device",
-             "defense_name", "attack_name", "attack_params", "timings", "inputs"}
-_DEFAULTS = {"defense_name": "", "attack_name": "", "attack_params": {}, "timings": {}, "inputs": {}}
+             "defense_name", "attack_name", "attack_params", "timings", "inputs", "model_source", "checkpoint",
+             "checkpoint_sha256", "weights_sha256"}
+_DEFAULTS = {"defense_name": "", "attack_name": "", "attack_params": {}, "timings": {}, "inputs": {},
+             "model_source": "trained"}
 
 
 def record_digest(d: dict) -> str:
@@ -138,6 +147,10 @@ class ResultRecord:
     timings: dict = field(default_factory=dict)
     trace: Any = None
     world_size: int | None = None
+    model_source: str = "trained"         # one of MODEL_SOURCES
+    checkpoint: str | None = None         # the checkpoint file of a supplied model, as given
+    checkpoint_sha256: str | None = None  # SHA-256 of that file's bytes
+    weights_sha256: str | None = None     # digest of the evaluated float weights (state dict; docs/formats.md)
     # where it came from (not part of the file)
     cached: bool = field(default=False, compare=False)
     path: str | None = field(default=None, compare=False)
@@ -226,6 +239,12 @@ class ResultRecord:
                         _OPT_NUM: "a number in [0, 1] or null", _DICT: "an object", _ANY: "a value"}[kind]
                 raise RecordError(name, f"expected {want}, got {v!r}"[:200])
             kw[name] = v
+        if kw["model_source"] not in MODEL_SOURCES:
+            raise RecordError("model_source", f"expected one of {', '.join(MODEL_SOURCES)}, got "
+                                              f"{kw['model_source']!r}"[:200])
+        for key in ("checkpoint_sha256", "weights_sha256"):
+            if kw[key] is not None and not _SHA256.fullmatch(kw[key]):
+                raise RecordError(key, f"expected 64 lowercase hex digits (SHA-256) or null, got {kw[key]!r}"[:200])
         errs, rerrs, seeds = d.get("per_pattern_err"), d.get("per_pattern_rerr"), d.get("seeds")
         for key, vals in (("per_pattern_err", errs), ("per_pattern_rerr", rerrs)):
             if not isinstance(vals, list) or not all(_is_num(x) and 0 <= x <= 1 for x in vals):

@@ -1,26 +1,38 @@
-"""The registries of named entries: defenses and attacks (models and datasets: see the harness).
+"""The registries of named entries: defenses, attacks, models and datasets.
 
     from bitbench import register_defense, list_defenses, create_defense
     list_attacks("random*")                 # shell-style wildcards
     create_attack("random_p0.01:patterns=10")
+    list_models(), list_datasets()          # architectures (bitbench.models), datasets (bitbench.data)
 
 Each registry imports the modules of its built-in entries on first lookup (``advbet``, a defense that lives with
-the attack it trains against, is therefore always found) and then its entry-point group.
+the attack it trains against, is therefore always found) and then its entry-point group (``bitbench.defenses``,
+``bitbench.attacks``, ``bitbench.models``, ``bitbench.datasets``).
+
+Models are classes or factories returning an ``nn.Module``; the harness passes ``num_classes``, ``in_channels``,
+``image_size`` (and ``mean``/``std`` for a fixed whitening layer) where the entry accepts them; build one with
+:func:`bitbench.models.build_model`. Datasets are factories returning a :class:`bitbench.data.Dataset`; the harness
+passes ``data_dir`` and ``n_eval`` where the entry accepts them; load one with :func:`bitbench.data.load_dataset`.
 """
 
 from __future__ import annotations
 
 from .registry import Registry
 
-__all__ = ["DEFENSES", "ATTACKS", "register_defense", "register_attack", "list_defenses", "list_attacks",
-           "create_defense", "create_attack"]
+__all__ = ["DEFENSES", "ATTACKS", "MODELS", "DATASETS", "register_defense", "register_attack", "register_model",
+           "register_dataset", "list_defenses", "list_attacks", "list_models", "list_datasets", "create_defense",
+           "create_attack"]
 
 DEFENSES = Registry("defense", entry_point_group="bitbench.defenses",
                     builtins=("bitbench.defenses.zoo", "bitbench.attacks.advbet"))
 ATTACKS = Registry("attack", entry_point_group="bitbench.attacks", builtins=("bitbench.attacks",))
+MODELS = Registry("model", entry_point_group="bitbench.models", builtins=("bitbench.models",))
+DATASETS = Registry("dataset", entry_point_group="bitbench.datasets", builtins=("bitbench.data.loaders",))
 
 register_defense = DEFENSES.register
 register_attack = ATTACKS.register
+register_model = MODELS.register
+register_dataset = DATASETS.register
 
 
 def list_defenses(pattern: str = "*") -> list[str]:
@@ -31,6 +43,16 @@ def list_defenses(pattern: str = "*") -> list[str]:
 def list_attacks(pattern: str = "*") -> list[str]:
     """Registered attack names matching a wildcard, e.g. ``list_attacks('random*')``."""
     return ATTACKS.list(pattern)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a wildcard, e.g. ``list_models('res*')``."""
+    return MODELS.list(pattern)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Registered dataset names matching a wildcard, e.g. ``list_datasets('cifar*')``."""
+    return DATASETS.list(pattern)
 
 
 def create_defense(spec: str, **overrides):

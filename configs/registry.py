@@ -37,6 +37,7 @@ class RegistryEntry:
     pattern_help: str | None = None
     param_docs: dict = field(default_factory=dict)
     source: str = "builtin"
+    aliases: tuple = ()
 
     def describe(self) -> str:
         return self.doc.strip().splitlines()[0] if self.doc and self.doc.strip() else ""
@@ -80,6 +81,7 @@ class Registry:
         self.group = entry_point_group
         self.builtins = tuple(builtins)  # modules whose import registers the built-in entries
         self._entries: dict[str, RegistryEntry] = {}
+        self._aliases: dict[str, str] = {}  # other name -> registered name
         self._loaded_builtins = False
         self._loaded_entry_points = False
         self.entry_point_errors: dict[str, str] = {}
@@ -94,11 +96,14 @@ class Registry:
 
     # -- registration ------------------------------------------------------------------------------------------
     def register(self, name: str | Callable | None = None, *, pattern: str | None = None,
-                 pattern_help: str | None = None, override: bool = False):
+                 pattern_help: str | None = None, override: bool = False, aliases: Iterable[str] = (),
+                 doc: str | None = None):
         """Decorator: ``@REG.register('name')`` / ``@REG.register`` on a class or factory function.
 
         ``pattern`` is a regular expression for parametric names whose named groups are parameters
-        (e.g. ``r'random_p(?P<p>[0-9.eE+-]+)'``).
+        (e.g. ``r'random_p(?P<p>[0-9.eE+-]+)'``); ``aliases`` are other names that find the entry (``lenet`` for
+        ``lenet5``); they are not listed as entries of their own. ``doc`` replaces the object's docstring as the
+        entry's documentation (summary line and ``Args:`` section), e.g. for a class registered from elsewhere.
         """
         if callable(name) and not isinstance(name, str):
             return self.register()(name)
@@ -109,19 +114,26 @@ class Registry:
                 raise ValueError(f"invalid {self.kind} name {n!r}: letters, digits, '_', '-', '.'")
             if n in self._entries and not override and self._entries[n].obj is not obj:
                 raise ValueError(f"{self.kind} {n!r} is already registered")
-            doc = inspect.getdoc(obj) or ""
+            for a in aliases:
+                if a in self._entries or self._aliases.get(a, n) != n:
+                    raise ValueError(f"{self.kind} alias {a!r} is already a name or an alias of another entry")
+            text = inspect.cleandoc(doc) if doc is not None else inspect.getdoc(obj) or ""
             init = obj.__init__ if inspect.isclass(obj) else obj
+            init_doc = inspect.getdoc(init) or ""
             self._entries[n] = RegistryEntry(
-                name=n, obj=obj, params=_signature_params(init), doc=doc,
+                name=n, obj=obj, params=_signature_params(init), doc=text,
                 pattern=re.compile(pattern) if pattern else None, pattern_help=pattern_help,
-                param_docs=_param_docs(doc) | _param_docs(inspect.getdoc(init) or ""),
-                source=getattr(obj, "__module__", "?"))
+                param_docs=(_param_docs(init_doc) | _param_docs(text)) if doc is not None
+                else (_param_docs(text) | _param_docs(init_doc)),
+                source=getattr(obj, "__module__", "?"), aliases=tuple(aliases))
+            self._aliases.update({a: n for a in aliases})
             return obj
 
         return deco
 
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
+        self._aliases = {a: n for a, n in self._aliases.items() if n != name}
 
     def load_entry_points(self, force: bool = False) -> None:
         """Import third-party entries from the entry-point group (once)."""
@@ -133,13 +145,11 @@ class Registry:
         for ep in entry_points(group=self.group):
             try:
                 obj = ep.load()
+                if callable(obj) and not inspect.ismodule(obj) and ep.name not in self._entries:
+                    self.register(ep.name)(obj)  # refuses e.g. a parameter without a default
+                    self._entries[ep.name].source = f"entry point {ep.value}"
             except Exception as e:  # a broken plugin must not break the benchmark; it is reported by `list`
                 self.entry_point_errors[ep.name] = f"{type(e).__name__}: {e}"
-                continue
-            if callable(obj) and not inspect.ismodule(obj):
-                if ep.name not in self._entries:
-                    self.register(ep.name)(obj)
-                    self._entries[ep.name].source = f"entry point {ep.value}"
 
     # -- lookup ------------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -152,6 +162,7 @@ class Registry:
 
     def entry(self, name: str) -> RegistryEntry:
         self._load()
+        name = self._aliases.get(name, name)
         if name in self._entries:
             return self._entries[name]
         raise SpecError(self._unknown(name))
@@ -179,7 +190,7 @@ class Registry:
         """Spec string -> (entry, full parameter dict with defaults filled in and values parsed)."""
         name, kv = parse_spec(spec)
         self._load()
-        entry = self._entries.get(name)
+        entry = self._entries.get(self._aliases.get(name, name))
         raw: dict[str, str] = {}
         if entry is None:
             for e in self._entries.values():
@@ -240,5 +251,6 @@ class Registry:
         for n in self.names():
             e = self._entries[n]
             out.append({"name": n, "summary": e.describe(), "params": dict(e.params),
-                        "param_docs": dict(e.param_docs), "form": e.pattern_help, "source": e.source})
+                        "param_docs": dict(e.param_docs), "form": e.pattern_help, "source": e.source,
+                        "aliases": list(e.aliases)})
         return out

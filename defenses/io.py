@@ -115,9 +115,11 @@ def _load_failure(e: Exception, path: str, size: int) -> str:
         return "the file is empty (0 bytes)"
     m = re.search(r"GLOBAL ([\w.]+)", text)
     if m:
-        return (f"it holds pickled Python objects, not only tensors and plain containers (it references "
-                f"{m.group(1)}); it was refused without running any of its code. Save a state dict instead: "
-                "torch.save(model.state_dict(), path)")
+        what = m.group(1)
+        kind = ("a whole pickled model" if what.startswith("torch.nn.") else
+                "pickled Python objects, not only tensors and plain containers")
+        return (f"it holds {kind} (it references {what}); it was refused without running any of its code. Save a "
+                "state dict instead: torch.save(model.state_dict(), path)")
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -127,6 +129,21 @@ def _load_failure(e: Exception, path: str, size: int) -> str:
         return f"the torch archive is truncated or damaged ({size} bytes)"
     return ("not a torch checkpoint: neither a torch archive nor pickled tensors (refused without running any of "
             "it)")
+
+
+def describe_content(obj) -> str:
+    """What a loaded file holds, in words (for messages): ``it holds a single tensor of shape [3, 3]``."""
+    import torch
+
+    if isinstance(obj, dict):
+        if not obj:
+            return "it holds an empty dict"
+        bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        return (f"it holds a dict whose entry {str(bad[0])!r} is a {type(obj[bad[0]]).__name__}, not a tensor"
+                if bad else "it holds a dict with non-string keys")
+    if isinstance(obj, torch.Tensor):
+        return f"it holds a single tensor of shape {list(obj.shape)}"
+    return f"it holds a {type(obj).__name__}"
 
 
 def load_checkpoint(path, *, require_digest: bool = True, hint: str | None = None, map_location="cpu") -> dict:
@@ -157,8 +174,7 @@ def load_checkpoint(path, *, require_digest: bool = True, hint: str | None = Non
     except Exception as e:  # noqa: BLE001 - any failure to parse the file is about the file (the only input here)
         raise CheckpointError(path, _load_failure(e, path, size), hint) from None
     if not isinstance(d, dict):
-        raise CheckpointError(path, f"holds a {type(d).__name__}, expected a dict (a state dict or a checkpoint)",
-                              hint)
+        raise CheckpointError(path, f"{describe_content(d)}, expected a dict (a state dict or a checkpoint)", hint)
     ours = isinstance(d.get("format"), str) and d["format"].startswith("bitbench.")
     if ours or require_digest:
         stored = d.get("digest")

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ReparamGroupNorm", "ReparamBatchNorm1d", "ReparamBatchNorm2d", "is_reparam_norm", "effective_weight"]
+__all__ = ["ReparamGroupNorm", "ReparamBatchNorm1d", "ReparamBatchNorm2d", "ReparamLayerNorm", "is_reparam_norm",
+           "effective_weight"]
 
 
 class ReparamGroupNorm(nn.GroupNorm):
@@ -37,6 +38,26 @@ class ReparamGroupNorm(nn.GroupNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.group_norm(input, self.num_groups, self.weight + self.scale_offset, self.bias, self.eps)
+
+
+class ReparamLayerNorm(nn.LayerNorm):
+    """Layer norm with effective scale ``1 + weight`` (weight, bias initialized to 0): the transformers' norm."""
+
+    scale_offset = 1.0
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 device=None, dtype=None):
+        if not elementwise_affine:
+            raise ValueError("ReparamLayerNorm needs elementwise_affine=True (without it, use nn.LayerNorm)")
+        super().__init__(normalized_shape, eps=eps, elementwise_affine=True, bias=bias, device=device, dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(input, self.normalized_shape, self.weight + self.scale_offset, self.bias, self.eps)
 
 
 class _ReparamBatchNormMixin:
@@ -90,7 +111,7 @@ class ReparamBatchNorm1d(_ReparamBatchNormMixin, nn.BatchNorm1d):
 
 
 def is_reparam_norm(module: nn.Module) -> bool:
-    return isinstance(module, (ReparamGroupNorm, _ReparamBatchNormMixin))
+    return isinstance(module, (ReparamGroupNorm, ReparamLayerNorm, _ReparamBatchNormMixin))
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor | None:

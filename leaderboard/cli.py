@@ -1,6 +1,7 @@
 """Command-line functions for ``python -m benchmark submit|leaderboard`` (and ``python -m bitbench.leaderboard.cli``).
 
     submit <result files...> [--name NAME] [--citation TEXT] [--link URL] [--entries DIR] [--suite-file TOML]
+           [--checkpoint FILE]
     leaderboard [--suite NAME] [--out FILE] [--entries DIR] [--plots DIR] [--configs DIR] [--check]
 
 Errors print one message on stderr and return 2 (a missing or empty entries folder included: nothing is written).
@@ -29,6 +30,9 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="entries folder (default: leaderboard/entries of this package)")
     parser.add_argument("--suite-file", default=None, metavar="TOML",
                         help="suite file (default: configs/<suite>.toml of the records' suite)")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE",
+                        help="the weights file (state dict) the records were measured on: the entry names it with "
+                             "its SHA-256, so that `python -m benchmark run --entry` can re-run the attacks on it")
     return parser
 
 
@@ -59,7 +63,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
     try:
         path = submit(args.result_files, name=args.name, citation=args.citation, link=args.link,
-                      out_dir=args.entries, suite_file=args.suite_file)
+                      out_dir=args.entries, suite_file=args.suite_file, checkpoint=args.checkpoint)
     except (EntryError, SuiteError) as e:
         return _fail(str(e))
     except OSError as e:

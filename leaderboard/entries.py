@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from bitbench.configs.entry import FORMAT, NAME_RE, EntryError, show_value, validate_entry
-from bitbench.configs.fileio import atomic_write_text
+from bitbench.configs.entry import ENTRY_FIELDS, FORMAT, NAME_RE, EntryError, show_value, validate_entry
+from bitbench.configs.fileio import atomic_write_text, sha256_file
 from bitbench.configs.record import RecordError, ResultRecord
 from bitbench.configs.suite import Suite, SuiteError, load_suite, same_rate
 
@@ -171,7 +171,7 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
     paths = [str(p) for p in (paths or [f"record {i}" for i in range(len(records))])]
     for key in ("suite", "dataset", "eval_split", "model", "model_options", "defense", "bits", "n_params"):
         _same_everywhere(records, paths, key)
-    for key in ("defense_name", "defense_params", "train_seed"):
+    for key in ("defense_name", "defense_params", "train_seed", "model_source", "weights_sha256"):
         if all(key in r for r in records):
             _same_everywhere(records, paths, key)
     clean = _same_everywhere(records, paths, "clean_err", approx=True)
@@ -246,6 +246,7 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
         "model": r0["model"],
         "model_options": r0["model_options"],
         "n_params": r0["n_params"],
+        **({"model_source": "user"} if r0.get("model_source") == "user" else {}),
         "defense": r0["defense"],
         "defense_name": r0.get("defense_name") or r0["defense"].split(":", 1)[0],
         "defense_params": r0["defense_params"],
@@ -267,11 +268,27 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
     return entry
 
 
+def checkpoint_field(checkpoint: str | os.PathLike, entry_dir: str | os.PathLike, records=()) -> dict:
+    """The entry's ``checkpoint`` object for the weights file ``checkpoint``: its path relative to the entry's
+    folder and its SHA-256. Records measured on a checkpoint file must name the same bytes."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise EntryError("checkpoint", f"{path}: not a file (give the state-dict file the results were measured on)")
+    digest = sha256_file(path)
+    for rec in records:
+        if rec.checkpoint_sha256 is not None and rec.checkpoint_sha256 != digest:
+            raise EntryError("checkpoint", f"{path} has SHA-256 {digest}, but the records were measured on "
+                                           f"{rec.checkpoint or 'a checkpoint'} with SHA-256 {rec.checkpoint_sha256}")
+    return {"path": Path(os.path.relpath(path.resolve(), Path(entry_dir).resolve())).as_posix(), "sha256": digest}
+
+
 def submit(result_files, *, name: str | None = None, citation: str | None = None, link: str | None = None,
            out_dir: str | os.PathLike | None = None, suite_file: str | os.PathLike | None = None,
-           configs_dir=None) -> Path:
+           configs_dir=None, checkpoint: str | os.PathLike | None = None) -> Path:
     """Turn harness result records (one file per attack/rate of one suite, model and defense) into one validated
     entry ``<out_dir>/<suite>/<name>.json`` (default out_dir: ``leaderboard/entries``), written atomically.
+    ``checkpoint``: the weights file the records were measured on (see :func:`checkpoint_field`), so that
+    ``python -m benchmark run --entry`` can re-run the attacks on it.
 
     An existing entry of the same name is replaced. Raises :class:`EntryError` (mixed suites/defenses, duplicate
     or missing rates, protocol mismatch, malformed records) or :class:`SuiteError` (unknown suite file)."""
@@ -294,4 +311,10 @@ def submit(result_files, *, name: str | None = None, citation: str | None = None
             raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {show_value(name)}")
     entry = entry_from_records(records, suite, paths=paths, name=name, citation=citation, link=link)
     root = Path(out_dir) if out_dir is not None else DEFAULT_ENTRIES_DIR
+    if checkpoint is not None:
+        ck = checkpoint_field(checkpoint, root / suite.name, records)
+        entry = {**entry, "checkpoint": ck}
+        entry = {k: entry[k] for k in ENTRY_FIELDS if k in entry}  # the format's field order
+        validate_entry(entry, suite)
     return write_entry(entry, root / suite.name / f"{entry['name']}.json")
+

@@ -101,7 +101,7 @@ def test_bad_inputs_exit_2_with_a_helpful_message(tmp_path, args, needle):
 def test_list_and_info(tmp_path):
     p = bench(["list"], tmp_path, check=0)
     for name in ("normal", "rquant", "clip", "randbet", "random", "bfa", "budget", "mnist5k", "lenet", "default",
-                 "cifar10"):
+                 "cifar10", "vit", "npz"):
         assert name in p.stdout
     assert "p=0.01" in p.stdout and "w_max=0.1" in p.stdout
     p = bench(["list", "defenses", "rand*", "--json"], tmp_path, check=0)

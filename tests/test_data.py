@@ -27,7 +27,8 @@ def mnist5k() -> Dataset:
 
 
 def test_list_datasets():
-    assert list_datasets() == ["mnist5k", "mnist", "cifar10", "cifar100", "h5", "npz", "sklearn_digits"]
+    assert list_datasets() == ["cifar10", "cifar100", "h5", "mnist", "mnist5k", "npz", "sklearn_digits"]
+    assert list_datasets("cifar*") == ["cifar10", "cifar100"]
 
 
 def test_mnist5k_sizes_dtypes_ranges(mnist5k):
@@ -107,7 +108,7 @@ def test_mnist5k_looks_like_digits(mnist5k):
 
 
 def test_unknown_dataset():
-    with pytest.raises(DataError, match="available"):
+    with pytest.raises(DataError, match="unknown dataset 'imagenet'.*Registered datasets: cifar10"):
         load_dataset("imagenet")
 
 

@@ -426,7 +426,7 @@ BAD_SUITES = [
     ("[augment]\ncrop = 2\nmixup = true", r"\[augment\] unknown key 'mixup'; allowed: crop, flip"),
     ("[model_options]\nimage_size = 32", r"\[model_options\] image_size: set by the dataset's image size"),
     ("[model_options]\nnorm = 'batchnorm'", r"unknown norm 'batchnorm'; choose one of"),
-    ("[model_options]\ndepth = 3", r"lenet5: unknown option\(s\) \['depth'\]"),
+    ("[model_options]\ndepth = 3", r"model 'lenet5' has no parameter 'depth'. Valid parameters: norm=none, width=none"),
 ]
 
 
@@ -445,7 +445,7 @@ def test_7_bad_suite_keys_exit_2_before_any_work(tmp_path, capsys, extra, messag
 def test_7_unknown_model_in_a_suite(tmp_path, capsys):
     assert cli_main(["suite", _suite_file(tmp_path, "", model="resnet9000"), "--no-progress",
                      "--cache-dir", str(tmp_path / "cache")]) == 2
-    assert "suite 'bad'" in (err := capsys.readouterr().err) and "unknown model 'resnet9000'; available:" in err
+    assert "suite 'bad'" in (err := capsys.readouterr().err) and "unknown model 'resnet9000'. Did you mean" in err
 
 
 def test_7_suite_keys_match_the_classes():

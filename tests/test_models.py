@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bitbench.models import NORMS, Normalize, build_model, count_parameters, group_count, list_models
+from bitbench.models import NORMS, Normalize, build_model, count_parameters, describe_models, group_count, list_models
 from bitbench.defenses.norms import ReparamBatchNorm1d, ReparamBatchNorm2d, ReparamGroupNorm
 
 ALL_NORMS = ["none", "bn", "gn", "rbn", "rgn"]
@@ -24,11 +24,20 @@ CASES = [("lenet5", 1, 28, None), ("lenet5", 3, 32, None), ("lenet5", 1, 8, None
 
 
 def test_registry():
-    models = list_models()
-    assert set(models) == {"lenet5", "mlp", "simplenet", "resnet20"}
-    for info in models.values():
-        assert info["description"] and "width" in info["defaults"] and info["norms"] == list(NORMS)
-        assert info["recommended_norm"] in NORMS
+    assert list_models() == ["lenet5", "mlp", "resnet20", "simplenet", "vit"]
+    assert list_models("res*") == ["resnet20"]
+    info = {d["name"]: d for d in describe_models()}
+    for name, d in info.items():
+        assert d["summary"] and "norm" in d["params"] and "norm" in d["param_docs"]
+        assert not {"num_classes", "in_channels", "image_size", "mean", "std"} & set(d["params"])
+        if name != "vit":
+            assert "width" in d["params"]
+    assert info["lenet5"]["aliases"] == ["lenet", "lenet-5"]
+    assert info["vit"]["params"] == {"patch": 7, "dim": 64, "depth": 2, "heads": 4, "mlp_ratio": 2, "norm": "rln"}
+    # aliases build the same architecture
+    a = build_model("lenet", num_classes=10, in_channels=1, image_size=28, seed=0)
+    b = build_model("lenet5", num_classes=10, in_channels=1, image_size=28, seed=0)
+    assert a.build_spec == b.build_spec and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert list(NORMS) == ALL_NORMS
 
 
@@ -117,8 +126,11 @@ def test_bad_arguments():
         build_model("vgg16", **kw)
     with pytest.raises(ValueError, match="unknown norm"):
         build_model("lenet5", norm="ln", **kw)
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="model 'lenet5' has no parameter 'depth'. Valid parameters: norm=none"):
         build_model("lenet5", depth=3, **kw)
+    with pytest.raises(ValueError, match="has no parameter 'dpth'"):
+        build_model("mlp:dpth=3", **kw)
+    assert count_parameters(build_model("mlp:depth=1,width=32", **kw)) == 784 * 32 + 32 * 10 + 10 + 32
     with pytest.raises(ValueError, match="width"):
         build_model("lenet5", width=0, **kw)
     assert count_parameters(build_model("mlp", depth=1, width=32, **kw)) == 784 * 32 + 32 * 10 + 10 + 32
@@ -150,3 +162,86 @@ def test_lenet_trains_on_embedded_mnist():
     with torch.no_grad():
         acc = (model(ds.test_x).argmax(1) == ds.test_y).float().mean().item()
     assert acc >= 0.90, f"LeNet reached only {acc:.3f} after {epochs} epochs ({time.perf_counter() - t:.1f} s)"
+
+
+# ---------------------------------------------------------------------------------------- vision transformer
+
+@pytest.mark.parametrize("c,s,patch", [(1, 28, 7), (3, 32, 4), (1, 8, 3), (3, 30, 7)])
+def test_vit_shapes_and_parameters(c, s, patch):
+    from bitbench.models import ViT
+
+    m = build_model("vit", num_classes=5, in_channels=c, image_size=s, patch=patch, seed=0)
+    assert isinstance(m, ViT)
+    side = -(-s // patch)  # padded to a multiple of the patch
+    assert m.pos_embed.shape == (1, side * side, 64)
+    m.train()
+    assert m(torch.rand(3, c, s, s)).shape == (3, 5)
+    m.eval()
+    with torch.no_grad():
+        out = m(torch.rand(2, c, s, s))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    names = [n for n, _ in m.named_parameters()]
+    for n in ("pos_embed", "patch_embed.weight", "blocks.0.attn.in_proj_weight", "blocks.1.attn.out_proj.weight",
+              "blocks.0.norm1.weight", "blocks.1.mlp.2.bias", "norm.weight", "head.weight"):
+        assert n in names
+
+
+def test_vit_size_norms_and_errors():
+    from bitbench.defenses.norms import ReparamLayerNorm
+
+    kw = dict(num_classes=10, in_channels=1, image_size=28)
+    m = build_model("vit", **kw, seed=0)
+    # patch embed 49*64+64, positions 16*64, per block: 2 norms (2*128), attention (64*192+192 + 64*64+64),
+    # MLP (64*128+128 + 128*64+64); final norm 128, head 64*10+10
+    block = 2 * 128 + (64 * 192 + 192 + 64 * 64 + 64) + (64 * 128 + 128 + 128 * 64 + 64)
+    assert count_parameters(m) == 49 * 64 + 64 + 16 * 64 + 2 * block + 128 + 650 == 71_946
+    lns = [mod for mod in m.modules() if isinstance(mod, nn.LayerNorm)]
+    assert len(lns) == 5 and all(isinstance(mod, ReparamLayerNorm) for mod in lns)
+    assert all(torch.count_nonzero(mod.weight) == 0 for mod in lns)  # effective scale 1 at init
+    plain = build_model("vit:norm=ln", **kw, seed=0)
+    assert not any(isinstance(mod, ReparamLayerNorm) for mod in plain.modules())
+    assert all(torch.all(mod.weight == 1) for mod in plain.modules() if isinstance(mod, nn.LayerNorm))
+    # same seed, same weights; every weight starts within +-1/sqrt(fan_in) (<= 0.16 here), positions within 0.04
+    again = build_model("vit", **kw, seed=0)
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), again.parameters()))
+    assert float(m.pos_embed.detach().abs().max()) <= 0.04
+    assert max(float(p.detach().abs().max()) for p in m.parameters()) < 0.16
+    for bad, match in (("vit:dim=30", "divisible by heads"), ("vit:norm=bn", "unknown norm"),
+                       ("vit:depth=0", "depth must be a positive integer")):
+        with pytest.raises(ValueError, match=match):
+            build_model(bad, **kw)
+
+
+def test_reparam_layer_norm_matches_layer_norm_with_scale_one_plus_weight():
+    from bitbench.defenses.norms import ReparamLayerNorm, effective_weight
+
+    torch.manual_seed(0)
+    r = ReparamLayerNorm(6)
+    with torch.no_grad():
+        r.weight.uniform_(-0.1, 0.1)
+        r.bias.uniform_(-0.1, 0.1)
+    plain = nn.LayerNorm(6)
+    with torch.no_grad():
+        plain.weight.copy_(r.weight + 1)
+        plain.bias.copy_(r.bias)
+    x = torch.randn(4, 3, 6)
+    mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    ref = (x - mu) / torch.sqrt(var + 1e-5) * (1 + r.weight) + r.bias
+    assert torch.allclose(r(x), ref, atol=1e-6) and torch.allclose(r(x), plain(x), atol=1e-6)
+    assert torch.equal(effective_weight(r), r.weight + 1)
+    assert set(r.state_dict()) == set(plain.state_dict())
+
+
+def test_vit_learns_the_embedded_digits(ds):
+    """Quantization-aware training (RQuant) of the ViT for a few epochs on 2,000 digits: far above chance (the
+    vit suite's 30 epochs on all 4,000 reach about 93%; `python -m benchmark train --suite vit` measures it)."""
+    from bitbench.defenses import TrainConfig
+    from bitbench.configs.registries import create_defense
+
+    model = build_model("vit", num_classes=10, in_channels=1, image_size=28, mean=ds.mean, std=ds.std, seed=0)
+    cfg = TrainConfig(epochs=4, lr=0.05, schedule="cosine", progress=False)
+    create_defense("rquant").train(model, ds.train_x[:2000], ds.train_y[:2000], cfg)
+    model.eval()
+    with torch.no_grad():
+        acc = (model(ds.test_x).argmax(1) == ds.test_y).float().mean().item()
+    assert acc >= 0.6, f"the ViT reached only {acc:.3f} after 4 epochs on 2,000 images (chance: 0.1)"

@@ -66,7 +66,7 @@ def test_leaderboard_and_listing_from_a_folder_with_its_own_leaderboard(tmp_path
     p = subprocess.run([sys.executable, "-m", "benchmark", "list", "suites"], cwd=work, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert re.findall(r"^  (\w+) ", p.stdout, re.M) == ["cifar10", "cifar100", "default", "mnist"]
+    assert re.findall(r"^  (\w+) ", p.stdout, re.M) == ["cifar10", "cifar100", "default", "mnist", "vit"]
 
 
 def test_bitbench_console_script_runs_the_same_cli(tmp_path):

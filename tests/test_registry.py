@@ -274,3 +274,43 @@ def test_registry_with_a_module_entry_point(tmp_path, monkeypatch):
     finally:
         for m in [m for m in sys.modules if m == pkg or m.startswith(pkg + ".")]:
             del sys.modules[m]
+
+
+def test_aliases_and_doc_override():
+    r = Registry("widget")
+
+    def factory(n: int = 1):
+        return n
+
+    r.register("gamma", aliases=("g", "gam-ma"), doc="The gamma widget.\n\nArgs:\n    n: how many.")(factory)
+    assert r.names() == ["gamma"] and r.create("g:n=3") == 3 and r.create("gam-ma") == 1
+    assert r.entry("g").name == "gamma" and r.canonical("g:n=2") == "gamma:n=2"
+    (d,) = r.describe()
+    assert d["aliases"] == ["g", "gam-ma"] and d["summary"] == "The gamma widget." and d["param_docs"] == {
+        "n": "how many."}
+    with pytest.raises(ValueError, match="alias 'g' is already a name or an alias"):
+        r.register("delta", aliases=("g",))(lambda k=1: k)
+    r.unregister("gamma")
+    with pytest.raises(SpecError, match="unknown widget 'g'"):
+        r.create("g")
+
+
+def test_an_entry_point_that_cannot_be_registered_is_reported_not_raised(tmp_path, monkeypatch):
+    """A plug-in whose factory breaks the contract (a parameter without a default) is listed as broken; the
+    registry keeps working."""
+    pkg = "bitbench_test_plugin_nodefault"
+    (tmp_path / pkg).mkdir()
+    (tmp_path / pkg / "__init__.py").write_text("def build(num_classes):\n    return num_classes\n"
+                                               "def fine(k=2):\n    return k\n")
+    dist = tmp_path / f"{pkg}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {pkg}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[bitbench.test_widgets]\nnodefault = {pkg}:build\nfine = {pkg}:fine\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = Registry("widget", entry_point_group="bitbench.test_widgets")
+    try:
+        assert r.names() == ["fine"] and r.create("fine") == 2
+        assert "parameter 'num_classes' has no default" in r.entry_point_errors["nodefault"]
+    finally:
+        for m in [m for m in sys.modules if m.startswith(pkg)]:
+            del sys.modules[m]

@@ -1,6 +1,8 @@
 """Datasets: the common `Dataset` record, split rules, and loaders for local files (never a download).
 
-Names (see `list_datasets`):
+Every dataset is an entry of the dataset registry (``bitbench.DATASETS``: the built-ins below, registered at the end
+of this module, plus ``@register_dataset`` and the ``bitbench.datasets`` entry points of other packages, whose
+factories can build their `Dataset` with `dataset_from_arrays`). Built-in names (see `list_datasets`):
 
 - ``mnist5k``        embedded 5,000 MNIST digits (default; see `benchmark.data.embedded`).
 - ``sklearn_digits`` scikit-learn's bundled 8x8 digits (needs scikit-learn).
@@ -40,9 +42,11 @@ import numpy as np
 import torch
 
 from bitbench.configs.errors import UsageError
+from bitbench.configs.registries import DATASETS, register_dataset
+from bitbench.configs.spec import SpecError
 
-__all__ = ["Dataset", "DataError", "list_datasets", "load_dataset", "split_eval_attack", "default_data_dir",
-           "reads_local_files"]
+__all__ = ["Dataset", "DataError", "list_datasets", "describe_datasets", "load_dataset", "dataset_from_arrays",
+           "split_eval_attack", "default_data_dir", "register_dataset", "reads_local_files"]
 
 
 class DataError(UsageError):
@@ -98,31 +102,24 @@ class Dataset:
                 f"attack={tuple(self.attack_x.shape)}, num_classes={self.num_classes})")
 
 
-_DESCRIPTIONS = {
-    "mnist5k": "embedded: 5,000 MNIST digits (4,000 train / 1,000 test; 500 attacker images from train)",
-    "mnist": "local MNIST IDX files (gz or plain); eval = test 0..8999, attacker = test 9000..9999",
-    "cifar10": "local CIFAR-10 python batches; eval = test 0..8999, attacker = test 9000..9999",
-    "cifar100": "local CIFAR-100 python files (fine labels); eval = test 0..8999, attacker = test 9000..9999",
-    "h5": "local HDF5 files of the original code (train_images.h5, train_labels.h5, test_images.h5, test_labels.h5)",
-    "npz": "one local .npz/.h5 file with train_images, train_labels, test_images, test_labels",
-    "sklearn_digits": "scikit-learn's bundled 8x8 digits (needs scikit-learn)",
-}
-
-
-_BUILT_IN = ("mnist5k", "sklearn_digits")  # shipped with the package (or scikit-learn): no data_dir
-
-
-def list_datasets() -> list[str]:
-    return list(_DESCRIPTIONS)
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Registered dataset names matching a wildcard (the built-ins below and ``bitbench.datasets`` plug-ins)."""
+    return DATASETS.list(pattern)
 
 
 def reads_local_files(name: str) -> bool:
-    """Whether dataset ``name`` is read from ``data_dir`` (False for the built-in sets, which ignore it)."""
-    return name.lower().replace("-", "_") not in _BUILT_IN
+    """Whether dataset ``name`` (a registered spec) is read from ``data_dir``: its entry takes a ``data_dir``
+    parameter (the built-in sets, which ship with the package, do not)."""
+    try:
+        entry, _ = DATASETS.resolve(name)
+    except SpecError as e:
+        raise DataError(str(e)) from None
+    return "data_dir" in entry.params
 
 
 def describe_datasets() -> dict[str, str]:
-    return dict(_DESCRIPTIONS)
+    """name -> one-line description of every registered dataset."""
+    return {d["name"]: d["summary"] for d in DATASETS.describe()}
 
 
 def default_data_dir() -> str:
@@ -534,38 +531,106 @@ def _load_generic(data_dir: str, n_eval: int | None) -> Dataset:
     if missing:
         raise DataError(f"npz: {path} lacks {', '.join(missing)}; expected keys {', '.join(_NPZ_KEYS)} "
                         f"(optional num_classes), found {keys}")
-    tx = _to_nchw_float(arrs["train_images"], f"{path}:train_images")
-    sx = _to_nchw_float(arrs["test_images"], f"{path}:test_images")
     given = None
     if "num_classes" in arrs:
         nc = np.asarray(arrs["num_classes"])
         if nc.size != 1 or not np.issubdtype(nc.dtype, np.integer) or int(nc.reshape(())) < 1:
             raise DataError(f"npz: {path}: num_classes must be a positive integer scalar, got {nc!r}")
         given = int(nc.reshape(()))
-    ty = _to_labels(arrs["train_labels"], tx.shape[0], f"{path}:train_labels", given)
-    sy = _to_labels(arrs["test_labels"], sx.shape[0], f"{path}:test_labels", given)
-    k = _infer_classes(ty, sy, given=given, where=path)
-    return finalize("npz", tx, ty, sx, sy, k, n_eval=n_eval, info={"source": os.path.abspath(path)})
+    return dataset_from_arrays("npz", arrs["train_images"], arrs["train_labels"], arrs["test_images"],
+                               arrs["test_labels"], num_classes=given, n_eval=n_eval, where=path,
+                               info={"source": os.path.abspath(path)})
+
+
+def dataset_from_arrays(name: str, train_images, train_labels, test_images, test_labels, *,
+                        num_classes: int | None = None, n_eval: int | None = None, info: dict | None = None,
+                        where: str | None = None) -> Dataset:
+    """A :class:`Dataset` from arrays, as a dataset plug-in reads them: images N,H,W / N,H,W,C / N,C,H,W (C in
+    1, 3, 4), uint8 0..255 or float in [0, 1]; integer labels 0..K-1 (``num_classes``: K, default max + 1). The
+    test images are split into evaluation and attacker images by :func:`split_eval_attack`. ``where`` names the
+    source in error messages (default: ``name``)."""
+    where = where or name
+    tx = _to_nchw_float(np.asarray(train_images), f"{where}:train_images")
+    sx = _to_nchw_float(np.asarray(test_images), f"{where}:test_images")
+    ty = _to_labels(train_labels, tx.shape[0], f"{where}:train_labels", num_classes)
+    sy = _to_labels(test_labels, sx.shape[0], f"{where}:test_labels", num_classes)
+    k = _infer_classes(ty, sy, given=num_classes, where=where)
+    return finalize(name, tx, ty, sx, sy, k, n_eval=n_eval, info=dict(info or {}))
 
 
 # ----------------------------------------------------------------------------------------------- entry point
 
 def load_dataset(name: str, data_dir: str | None = None, *, n_eval: int | None = None) -> Dataset:
-    """Load a dataset by name (see `list_datasets`). Local datasets read ``data_dir`` (default: $BITBENCH_DATA or
-    ./data); nothing is ever downloaded. ``n_eval`` keeps only the first n_eval evaluation images."""
-    key = name.lower().replace("-", "_")
-    if key in _BUILT_IN:
-        from . import embedded
-        if key == "mnist5k":
-            return embedded.load_mnist5k(n_eval=n_eval)
-        return embedded.load_sklearn_digits(n_eval=n_eval)
-    if key not in _DESCRIPTIONS:
-        raise DataError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
-    d = os.fspath(data_dir) if data_dir is not None else default_data_dir()
-    if key == "mnist":
-        return _load_mnist(d, n_eval)
-    if key in _CIFAR:
-        return _load_cifar(key, d, n_eval)
-    if key == "h5":
-        return _load_h5(d, n_eval)
-    return _load_generic(d, n_eval)
+    """Load a registered dataset by spec (``npz`` or ``name:key=value``; see `list_datasets`). Local datasets read
+    ``data_dir`` (default: $BITBENCH_DATA or ./data); nothing is ever downloaded. ``n_eval`` keeps only the first
+    n_eval evaluation images (applied here when the entry does not take it itself)."""
+    try:
+        entry, params = DATASETS.resolve(name)
+    except SpecError as e:
+        raise DataError(str(e)) from None
+    if "data_dir" in entry.params and params.get("data_dir") is None:
+        params["data_dir"] = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+    if "n_eval" in entry.params and n_eval is not None:
+        params["n_eval"] = n_eval
+    ds = entry.obj(**params)
+    if not isinstance(ds, Dataset):
+        raise DataError(f"dataset {entry.name!r} ({entry.source}) returned a {type(ds).__name__}, expected a "
+                        "bitbench.data.Dataset (build one with bitbench.data.dataset_from_arrays)")
+    if n_eval is not None and "n_eval" not in entry.params:
+        n = _check_n_eval(n_eval, int(ds.test_y.shape[0]))
+        ds.test_x, ds.test_y = ds.test_x[:n], ds.test_y[:n]
+        ds.info = dict(ds.info, eval_split=f"{ds.info.get('eval_split', 'test')}[0:{n}]")
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------- the registry
+# Each built-in is a factory; ``data_dir`` is filled in by load_dataset (the folder or file to read).
+
+@register_dataset("mnist5k")
+def mnist5k(n_eval: int | None = None) -> Dataset:
+    """Embedded: 5,000 MNIST digits (4,000 train / 1,000 test; 500 attacker images from train)
+
+    Args:
+        n_eval: keep only the first n_eval evaluation images.
+    """
+    from . import embedded
+
+    return embedded.load_mnist5k(n_eval=n_eval)
+
+
+@register_dataset("sklearn_digits", aliases=("sklearn-digits",))
+def sklearn_digits(n_eval: int | None = None) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (needs scikit-learn)
+
+    Args:
+        n_eval: keep only the first n_eval evaluation images.
+    """
+    from . import embedded
+
+    return embedded.load_sklearn_digits(n_eval=n_eval)
+
+
+_LOCAL_ARGS = """
+
+    Args:
+        data_dir: the folder (or file) to read; default $BITBENCH_DATA or ./data.
+        n_eval: keep only the first n_eval evaluation images.
+    """
+
+
+def _local(name: str, summary: str, load: Callable[[str, int | None], Dataset]) -> None:
+    def factory(data_dir: str | None = None, n_eval: int | None = None) -> Dataset:
+        return load(os.fspath(data_dir) if data_dir is not None else default_data_dir(), n_eval)
+
+    factory.__name__ = factory.__qualname__ = name
+    register_dataset(name, doc=summary + _LOCAL_ARGS)(factory)
+
+
+_local("mnist", "Local MNIST IDX files (gz or plain); eval = test 0..8999, attacker = test 9000..9999", _load_mnist)
+_local("cifar10", "Local CIFAR-10 python batches; eval = test 0..8999, attacker = test 9000..9999",
+       lambda d, n: _load_cifar("cifar10", d, n))
+_local("cifar100", "Local CIFAR-100 python files (fine labels); eval = test 0..8999, attacker = test 9000..9999",
+       lambda d, n: _load_cifar("cifar100", d, n))
+_local("h5", "Local HDF5 files of the original code (train_images.h5, train_labels.h5, test_images.h5, "
+             "test_labels.h5)", _load_h5)
+_local("npz", "One local .npz/.h5 file with train_images, train_labels, test_images, test_labels", _load_generic)
