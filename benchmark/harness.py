@@ -175,13 +175,20 @@ class Harness:
 
     def augment_options(self) -> dict:
         a = dict(self.suite.augment)
-        if a.get("autoaugment") == "if-available":
-            try:
-                import torchvision  # noqa: F401
-                a["autoaugment"] = True
-            except Exception:
-                a["autoaugment"] = False
+        if a.get("autoaugment") == "if-available":  # older suites; AutoAugment is plain torch now
+            a["autoaugment"] = True
         return a
+
+    def recipe(self, defense) -> dict:
+        """The training recipe of a cell's model (the defense's, plus augmentation) for the result record."""
+        d = defense.recipe()
+        aug = {k: v for k, v in self.augment_options().items() if v not in (None, False, 0)}
+        if aug:
+            d["augment"] = aug
+            if aug.get("fill", "mean") != "mean":
+                d["deviations"] = d["deviations"] + [f"augmentation fills with {aug['fill']!r} (the paper: the "
+                                                     "dataset mean)"]
+        return d
 
     # -- defenses ----------------------------------------------------------------------------------------------
     def canonical_defense(self, spec: str) -> str:
@@ -241,7 +248,8 @@ class Harness:
             self.log(f"[{spec}] training {self.suite.model} on {self.suite.dataset} for {cfg.epochs} epochs"
                      f"{resumed} on {self.device}")
             aug_opts = self.augment_options()
-            augment = Augment.from_config(aug_opts) if any(aug_opts.values()) else None
+            augment = Augment.from_config(aug_opts, mean=ds.mean) if any(
+                v for k, v in aug_opts.items() if k != "fill") else None
             history = defense.train(model, ds.train_x, ds.train_y, cfg, augment=augment,
                                     num_classes=ds.num_classes, checkpoint=path, key=key, wrap=self._ddp_wrap())
             trained_now = True
@@ -355,7 +363,7 @@ class Harness:
             train_seed=self.suite.train_seed, version=__version__, git_rev=git_revision(), config_hash=chash,
             device=device_name(self.device),
             timings={"train": dep.train_seconds, "trained_now": dep.trained_now, "attack_eval": ev.seconds,
-                     "total": total_s},
+                     "total": total_s}, recipe=self.recipe(d),
             date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
             trace=(ev.traces[0] if len(ev.traces) == 1 else ev.traces) if ev.traces else None)
 

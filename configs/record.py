@@ -86,11 +86,11 @@ _FIELDS = (
     ("defense_params", _DICT), ("bits", _INT), ("scheme", _OPT_STR), ("attack", _STR), ("attack_name", _STR),
     ("attack_params", _DICT), ("attack_kind", _OPT_STR), ("rate", _OPT_NUM), ("flips", _OPT_INT),
     ("clean_err", _FRAC), ("train_seed", _OPT_INT), ("version", _STR), ("git_rev", _OPT_STR),
-    ("config_hash", _STR), ("device", _OPT_STR), ("timings", _DICT), ("date", _STR),
+    ("config_hash", _STR), ("device", _OPT_STR), ("timings", _DICT), ("date", _STR), ("recipe", _DICT),
 )
 _OPTIONAL = {"eval_split_rule", "scheme", "attack_kind", "rate", "flips", "train_seed", "git_rev", "device",
-             "defense_name", "attack_name", "attack_params", "timings"}
-_DEFAULTS = {"defense_name": "", "attack_name": "", "attack_params": {}, "timings": {}}
+             "defense_name", "attack_name", "attack_params", "timings", "recipe"}
+_DEFAULTS = {"defense_name": "", "attack_name": "", "attack_params": {}, "timings": {}, "recipe": {}}
 
 
 @dataclass
@@ -125,6 +125,7 @@ class ResultRecord:
     git_rev: str | None = None
     device: str | None = None
     timings: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)  # training recipe; "deviations": paper elements turned off
     trace: Any = None
     world_size: int | None = None
     # where it came from (not part of the file)

@@ -8,7 +8,10 @@ from .quantization import QuantScheme
 from .quantized_model import QuantizedModel
 from .training import QATStep, Trainer, TrainConfig
 
-__all__ = ["Defense"]
+__all__ = ["Defense", "NUMERICS"]
+
+# The numerics and recipe generation: part of every checkpoint key, so models trained before a change are retrained.
+NUMERICS = "original/1"  # quantization and training recipe of shared/design/original-numerics.md
 
 
 class Defense:
@@ -32,7 +35,17 @@ class Defense:
     def identity(self) -> dict:
         """What determines the trained weights (for checkpoint keys)."""
         return {"defense": getattr(self, "registry_name", type(self).__name__),
-                "params": dict(getattr(self, "params", {})), "scheme": self.scheme().to_dict()}
+                "params": dict(getattr(self, "params", {})), "scheme": self.scheme().to_dict(),
+                "numerics": NUMERICS}
+
+    def recipe(self) -> dict:
+        """The training recipe's elements, and ``deviations``: the elements of the paper's recipe this defense
+        turns off (recorded in every result record)."""
+        d = {"quantization": self.scheme().name, "clip": self.w_max, "deviations": []}
+        if self.w_max is None:
+            d["deviations"].append("no weight clipping (the paper clips every model after each step, at "
+                                   "w_max = 1 for Normal and RQuant)")
+        return d
 
     def trainer(self, model: nn.Module, config: TrainConfig, *, augment=None, num_classes: int | None = None,
                 wrap=None, include=None, exclude=None) -> Trainer:
