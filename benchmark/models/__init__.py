@@ -47,7 +47,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "simplenet": {
         "builder": SimpleNet,
         "description": "SimpleNet (Hasanpour et al. 2016), 13 conv layers, the paper's CIFAR model "
-                       "(5,498,378 parameters at width 64 with group norm, 10 classes; conv biases kept under the norm)",
+                       "(5,498,378 parameters at width 64 with group norm and 10 classes, conv biases kept)",
         "defaults": {"width": 64, "in_channels": 3, "image_size": 32},
         "width": "channels of the first conv; the other layers scale by width/64",
         "recommended_norm": "rgn",  # the paper used group norm; without norm it does not train at lr 0.05
