@@ -41,6 +41,11 @@ to the center code and decodes to the constant under any code. Codes and context
 
 Storage: signed codes are int8/int16/int32 (``m`` in 8, 16, 32); unsigned offset codes are uint8 for
 ``2 <= m <= 8``, their bits ``m..7`` are protected (never flip).
+
+Layout: a flat memory is cut into :class:`Segments`, one context each. Per-tensor schemes use one segment per
+tensor; finer contexts (per output channel, per group of g weights) are more, shorter segments of the same memory,
+so a later memory format only needs its own context rule and encode/decode, with the same flat contract
+(:meth:`QuantScheme.quantize`, :meth:`QuantScheme.decode`, :meth:`QuantScheme.decode_segment_words`).
 """
 
 from __future__ import annotations
