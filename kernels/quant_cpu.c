@@ -23,11 +23,11 @@ typedef struct {
     int icmin, icmax;
 } bb_seg;
 
-#define BB_DECODE_SYM(c, p) (BB_CLAMP(((float)BB_CLAMP((int32_t)(c), (p).icmin, (p).icmax) - (p).fc) * (p).step, \
-                                      (p).lo, (p).hi))
+/* Decoding takes the code already clamped to [code_min, code_max] in its own type (vectorizes on SSE2), as a float. */
+#define BB_DECODE_SYM(cf, p) (BB_CLAMP(((cf) - (p).fc) * (p).step, (p).lo, (p).hi))
 
-static inline float bb_decode_asym(int32_t c, const bb_seg *p) {
-    float t = (float)BB_CLAMP(c, p->icmin, p->icmax) - p->fc;
+static inline float bb_decode_asym(float cf, const bb_seg *p) {
+    float t = cf - p->fc;
     t = t * p->step;
     t = BB_CLAMP(t, -1.0f, 1.0f);
     t = t + 1.0f;
@@ -50,7 +50,7 @@ static inline float bb_decode_asym(int32_t c, const bb_seg *p) {
             x = BB_CLAMP(x, p.cmin, p.cmax);                                                                   \
             CODE_T c = (CODE_T)(int32_t)ROUND(x);                                                              \
             cd[i] = c;                                                                                         \
-            deq[i] = BB_DECODE_SYM(c, p);                                                                      \
+            deq[i] = BB_DECODE_SYM((float)c, p); /* an encoded code is inside [code_min, code_max] */         \
         }                                                                                                      \
     }                                                                                                          \
     static void NAME##_asym_##SUFFIX(const float *w, CODE_T *restrict cd, float *deq, int64_t a, int64_t b,     \
@@ -69,7 +69,7 @@ static inline float bb_decode_asym(int32_t c, const bb_seg *p) {
             x = BB_CLAMP(x, p.cmin, p.cmax);                                                                   \
             CODE_T c = (CODE_T)(int32_t)ROUND(x);                                                              \
             cd[i] = c;                                                                                         \
-            deq[i] = bb_decode_asym((int32_t)c, &p);                                                           \
+            deq[i] = bb_decode_asym((float)c, &p);                                                             \
         }                                                                                                      \
     }
 
@@ -79,12 +79,20 @@ static inline float bb_decode_asym(int32_t c, const bb_seg *p) {
     static void bb_dec_sym_##SUFFIX(const CODE_T *restrict cd, float *restrict out, int64_t a, int64_t b,      \
                                     const bb_seg *p_) {                                                         \
         const bb_seg p = *p_;                                                                                   \
-        for (int64_t i = a; i < b; ++i) out[i] = BB_DECODE_SYM(cd[i], p);                                     \
+        const CODE_T lo_c = (CODE_T)p.icmin, hi_c = (CODE_T)p.icmax;                                           \
+        for (int64_t i = a; i < b; ++i) {                                                                      \
+            const CODE_T c = BB_CLAMP(cd[i], lo_c, hi_c);                                                      \
+            out[i] = BB_DECODE_SYM((float)c, p);                                                               \
+        }                                                                                                      \
     }                                                                                                          \
     static void bb_dec_asym_##SUFFIX(const CODE_T *restrict cd, float *restrict out, int64_t a, int64_t b,     \
                                      const bb_seg *p_) {                                                        \
         const bb_seg p = *p_;                                                                                   \
-        for (int64_t i = a; i < b; ++i) out[i] = bb_decode_asym((int32_t)cd[i], &p);                          \
+        const CODE_T lo_c = (CODE_T)p.icmin, hi_c = (CODE_T)p.icmax;                                           \
+        for (int64_t i = a; i < b; ++i) {                                                                      \
+            const CODE_T c = BB_CLAMP(cd[i], lo_c, hi_c);                                                      \
+            out[i] = bb_decode_asym((float)c, &p);                                                             \
+        }                                                                                                      \
     }
 
 BB_DEFINE(uint8_t, u8)
