@@ -42,7 +42,7 @@ from bitbench.configs.spec import format_spec, parse_spec
 from bitbench.configs.suite import Suite, stable_hash
 from bitbench.defenses import TrainConfig
 from bitbench.defenses.io import CheckpointError, load_checkpoint, payload_digest
-from bitbench.defenses.quantized_model import flatten_parameters
+from bitbench.defenses.quantized_model import QuantizedModel, flatten_parameters
 from bitbench.defenses.training import CHECKPOINT_FORMAT
 
 from . import __version__
@@ -122,12 +122,13 @@ class RunOptions:
 
 
 def is_storage_format(defense) -> bool:
-    """A defense that is only a storage format: quantization-aware training with its scheme and nothing else (no
-    weight clipping, no own training step or loop). Only these apply to a model the benchmark did not train."""
+    """A defense that is only a storage format (:attr:`Defense.storage_format`: QAT with its scheme and at most the
+    paper's clip at 1; no other clip, no own training step or loop). Only these apply to a model the benchmark did
+    not train, stored with :meth:`Defense.storage_scheme`."""
     from bitbench.defenses.base import Defense
 
     cls = type(defense)
-    return (getattr(defense, "w_max", None) is None and cls.make_step is Defense.make_step
+    return (bool(getattr(defense, "storage_format", False)) and cls.make_step is Defense.make_step
             and cls.train is Defense.train and cls.trainer is Defense.trainer)
 
 
@@ -222,9 +223,10 @@ class Harness:
         model and its options, the training and augmentation options, every (defense, attack) pair on the untrained
         model (e.g. ``layers`` patterns), writable cache and results folders with room for the files."""
         self.train_config()
+        ds = self.dataset  # a missing or malformed dataset fails here, first
         aug = self.augment_options()
         if any(aug.values()):
-            Augment.from_config(aug)
+            Augment.from_config(aug, mean=ds.mean)
         try:
             model = self.build_model()
         except UsageError as e:  # unknown model, norm or model option: name the suite it came from
@@ -315,13 +317,23 @@ class Harness:
 
     def augment_options(self) -> dict:
         a = dict(self.suite.augment)
-        if a.get("autoaugment") == "if-available":
-            try:
-                import torchvision  # noqa: F401
-                a["autoaugment"] = True
-            except Exception:
-                a["autoaugment"] = False
+        if a.get("autoaugment") == "if-available":  # older suites; AutoAugment is plain torch now
+            a["autoaugment"] = True
         return a
+
+    def recipe(self, defense) -> dict:
+        """The training recipe of a cell's model (the defense's, plus augmentation) for the result record; for a
+        supplied model only its storage scheme (nothing of the recipe was applied)."""
+        if self.supplied is not None and self.supplied.source == "user":
+            return defense.supplied_recipe()
+        d = defense.recipe()
+        aug = {k: v for k, v in self.augment_options().items() if v not in (None, False, 0)}
+        if aug:
+            d["augment"] = aug
+            if aug.get("fill", "mean") != "mean":
+                d["deviations"] = d["deviations"] + [f"augmentation fills with {aug['fill']!r} (the paper: the "
+                                                     "dataset mean)"]
+        return d
 
     # -- defenses ----------------------------------------------------------------------------------------------
     def canonical_defense(self, spec: str) -> str:
@@ -413,7 +425,8 @@ class Harness:
                 self.log(f"[{spec}] training {self.suite.model} on {self.suite.dataset} for {cfg.epochs} epochs"
                          f"{resumed} on {self.device}")
                 aug_opts = self.augment_options()
-                augment = Augment.from_config(aug_opts) if any(aug_opts.values()) else None
+                augment = Augment.from_config(aug_opts, mean=ds.mean) if any(
+                    v for k, v in aug_opts.items() if k != "fill") else None
                 history = defense.train(model, ds.train_x, ds.train_y, cfg, augment=augment,
                                         num_classes=ds.num_classes, checkpoint=path, key=key, wrap=self._ddp_wrap())
                 trained_now = True
@@ -457,7 +470,8 @@ class Harness:
         model.requires_grad_(True)  # every parameter is stored in the memory, frozen or not
         model.eval()
         self._check_outputs(model)
-        qm = defense.quantize(model)
+        # a user's model is stored in the format; an entry's checkpoint was trained here with this defense
+        qm = QuantizedModel.from_module(model, defense.storage_scheme() if sm.source == "user" else defense.scheme())
         flatten_parameters(qm.parameters_of(model))
         self.log(f"[{spec}] {sm.name}: supplied model ({qm.n_words} words in the memory), quantized as "
                  f"{qm.scheme.name}; not trained")
@@ -630,7 +644,7 @@ class Harness:
             config_hash=chash, inputs={**self.input_digests("model", d), **self.input_digests("cell", attack),
                                        "weights": dep.weights_digest}, device=device_name(self.device),
             timings={"train": dep.train_seconds, "trained_now": dep.trained_now, "attack_eval": ev.seconds,
-                     "total": total_s},
+                     "total": total_s}, recipe=self.recipe(d),
             date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
             trace=(ev.traces[0] if len(ev.traces) == 1 else ev.traces) if ev.traces else None)
 

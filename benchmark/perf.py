@@ -81,11 +81,11 @@ def _original_pattern_loop(model, scheme, x, y, p: float, seed: int, batch_size:
     gen = torch.Generator(device=x.device).manual_seed(seed)
     with torch.no_grad():
         for prm in m.parameters():
-            codes, scale, mid = quantize_tensor(prm.data, scheme)
+            codes, ctx = quantize_tensor(prm.data, scheme)
             bits = torch.rand(codes.numel(), scheme.bits, generator=gen, device=codes.device) < p
             weights = (1 << torch.arange(scheme.bits, device=codes.device)).to(torch.int64)
             mask = (bits.to(torch.int64) * weights).sum(1).to(codes.dtype).view_as(codes)
-            prm.data.copy_(dequantize_tensor(codes ^ mask, scale, mid, scheme).view_as(prm))
+            prm.data.copy_(dequantize_tensor(codes ^ mask, ctx, scheme).view_as(prm))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
     wrong = 0
     m.eval()

@@ -97,12 +97,13 @@ _FIELDS = (
     ("attack_params", _DICT), ("attack_kind", _OPT_STR), ("rate", _OPT_NUM), ("flips", _OPT_INT),
     ("clean_err", _FRAC), ("train_seed", _OPT_INT), ("version", _STR), ("git_rev", _OPT_STR),
     ("config_hash", _STR), ("inputs", _DICT), ("device", _OPT_STR), ("timings", _DICT), ("date", _STR),
+    ("recipe", _DICT),
 )
 _OPTIONAL = {"eval_split_rule", "scheme", "attack_kind", "rate", "flips", "train_seed", "git_rev", "device",
              "defense_name", "attack_name", "attack_params", "timings", "inputs", "model_source", "checkpoint",
-             "checkpoint_sha256", "weights_sha256"}
+             "checkpoint_sha256", "weights_sha256", "recipe"}
 _DEFAULTS = {"defense_name": "", "attack_name": "", "attack_params": {}, "timings": {}, "inputs": {},
-             "model_source": "trained"}
+             "model_source": "trained", "recipe": {}}
 
 
 def record_digest(d: dict) -> str:
@@ -145,6 +146,7 @@ class ResultRecord:
     git_rev: str | None = None
     device: str | None = None
     timings: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)  # training recipe; "deviations": paper elements turned off
     trace: Any = None
     world_size: int | None = None
     model_source: str = "trained"         # one of MODEL_SOURCES

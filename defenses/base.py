@@ -8,7 +8,10 @@ from .quantization import QuantScheme
 from .quantized_model import QuantizedModel
 from .training import QATStep, Trainer, TrainConfig
 
-__all__ = ["Defense"]
+__all__ = ["Defense", "NUMERICS"]
+
+# The numerics and recipe generation: part of every checkpoint key, so models trained before a change are retrained.
+NUMERICS = "original/1"  # quantization and training recipe of shared/design/original-numerics.md
 
 
 class Defense:
@@ -25,6 +28,18 @@ class Defense:
     def scheme(self) -> QuantScheme:
         raise NotImplementedError
 
+    @property
+    def storage_format(self) -> bool:
+        """Whether this defense is only a way of storing weights: its training adds nothing to quantization-aware
+        training with its scheme but, at most, the paper's clip at w_max = 1 (Normal, RQuant, ``quant`` without
+        ``w_max``). Only such a defense applies to a model the benchmark did not train (a user's checkpoint): the
+        storage scheme applies, the training elements do not (the result record says so)."""
+        return False
+
+    def storage_scheme(self) -> QuantScheme:
+        """How a model that this recipe did not train is stored (default: :meth:`scheme`)."""
+        return self.scheme()
+
     def make_step(self, *, seed: int, num_classes: int | None = None):
         """The training step object (default: quantization-aware training)."""
         return QATStep()
@@ -32,7 +47,24 @@ class Defense:
     def identity(self) -> dict:
         """What determines the trained weights (for checkpoint keys)."""
         return {"defense": getattr(self, "registry_name", type(self).__name__),
-                "params": dict(getattr(self, "params", {})), "scheme": self.scheme().to_dict()}
+                "params": dict(getattr(self, "params", {})), "scheme": self.scheme().to_dict(),
+                "numerics": NUMERICS}
+
+    def supplied_recipe(self) -> dict:
+        """The recipe field of a result record for a supplied model stored with this defense: nothing of the
+        training recipe applies, only :meth:`storage_scheme`."""
+        return {"quantization": self.storage_scheme().name, "trained_here": False,
+                "not_applied": ["training" + (f" (with the clip at w_max = {self.w_max:g})" if self.w_max else "")],
+                "deviations": []}
+
+    def recipe(self) -> dict:
+        """The training recipe's elements, and ``deviations``: the elements of the paper's recipe this defense
+        turns off (recorded in every result record)."""
+        d = {"quantization": self.scheme().name, "clip": self.w_max, "deviations": []}
+        if self.w_max is None:
+            d["deviations"].append("no weight clipping (the paper clips every model after each step, at "
+                                   "w_max = 1 for Normal and RQuant)")
+        return d
 
     def trainer(self, model: nn.Module, config: TrainConfig, *, augment=None, num_classes: int | None = None,
                 wrap=None, include=None, exclude=None) -> Trainer:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .quantization import QuantScheme, quantize_flat_fused, segment_ids, segment_starts
+from .quantization import QuantContext, QuantScheme, Segments
 from .quantized_model import QuantizedModel, flat_buffer_of, flatten_parameters, select_parameters
 
 __all__ = ["FlatQuantizer", "StraightThrough"]
@@ -56,8 +56,7 @@ class FlatQuantizer:
             self._flat = flat_buffer_of(self.params)
             if self._flat is None:
                 self._flat = flatten_parameters(self.params)
-        self._seg = None
-        self._starts = None
+        self.segments = Segments(self.lengths)
         self._saved = None
 
     @property
@@ -85,31 +84,20 @@ class FlatQuantizer:
             else:
                 torch._foreach_copy_(self.datas, self.split(flat))
 
-    def seg(self, device) -> torch.Tensor:
-        if self._seg is None or self._seg.device != torch.device(device):
-            self._seg = segment_ids(self.lengths, device=device)
-        return self._seg
-
-    def starts(self, device) -> torch.Tensor:
-        if self._starts is None or self._starts.device != torch.device(device):
-            self._starts = segment_starts(self.lengths, device=device)
-        return self._starts
-
     @torch.no_grad()
     def quantize(self, flat: torch.Tensor | None = None, check: bool = True,
-                 deq_out: torch.Tensor | None = None) -> tuple:
+                 deq_out: torch.Tensor | None = None, context: QuantContext | None = None) -> tuple:
         """Quantize the current weights (or ``flat``): ``(QuantizedModel, dequantized_written)``.
 
-        With ``deq_out`` the clean dequantized values are also written there when that can be fused into the
-        same pass (CPU, C extension); the flag says whether it happened.
+        ``context``: quantize with these per-tensor ranges (e.g. frozen ones) instead of the weights' own. With
+        ``deq_out`` the clean dequantized values are also written there when that can be fused into the same
+        pass (CPU, C extension); the flag says whether it happened.
         """
         flat = self.buffer if flat is None else flat
-        seg = self.seg(flat.device)
-        codes, scale, mid, done = quantize_flat_fused(flat, seg, len(self.params), self.scheme,
-                                                      lengths=self.lengths, check=check,
-                                                      starts=self.starts(flat.device), deq_out=deq_out)
-        qm = QuantizedModel(self.scheme, self.names, self.shapes, codes, scale, mid)
-        qm._starts = self._starts if self._starts.device == codes.device else None
+        codes, ctx, done = self.scheme.quantize(flat, self.segments, context=context, check=check,
+                                                deq_out=deq_out)
+        qm = QuantizedModel(self.scheme, self.names, self.shapes, codes, ctx)
+        qm.segments = self.segments
         return qm, done
 
     @contextmanager

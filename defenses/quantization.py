@@ -1,65 +1,229 @@
-"""Quantization of float weights into real integer codes, and back.
+"""Quantization schemes: how float weights become integer codes (encode), and codes become weights (decode).
 
-Conventions (see the paper-protocol design note):
+:class:`QuantScheme` is the one definition of the formulas: the per-segment range parameters computed from
+statistics (:meth:`QuantScheme.context`), encoding and decoding of a flat memory of segments (tensors), and the
+few-word decoding adversarial attacks use. A fast path (the C kernel of :mod:`bitbench.kernels.fused_quant`)
+declares which schemes it handles (:func:`bitbench.kernels.fused_quant.supports`) and gives the same bits; every
+other scheme or device runs the torch path below.
 
-* ``m`` bits per word. Signed schemes store two's complement codes in int8/int16/int32 (``m`` in {8, 16, 32}).
-  Unsigned (offset) schemes store ``c + 2**(m-1)`` in uint8 for ``2 <= m <= 8``; bits ``m..7`` are protected.
-* Every tensor is mapped affinely onto [-1, 1] by a per-tensor *center* ``mid`` and *half range* ``half``:
-  ``x = clamp((w - mid) / half, -1, 1)``, then ``c = T(x * L)`` with ``L = 2**(m-1) - 1`` and ``T`` rounding
-  (to nearest, ties to even) or truncation (toward zero). Dequantization is ``w_hat = c * scale + mid`` with
-  ``scale = half / L`` (the step ``delta``).
+The numerics are those of the method's original implementation (shared/design/original-numerics.md). ``m`` bits,
+``L = 2^(m-1) - 1``, ``c`` the center code (``2^(m-1)`` for unsigned offset codes, 0 for two's complement codes),
+``eps = 0.001``. Per segment (tensor) a :class:`QuantContext` ``(lo, hi, step)``:
 
-  - symmetric, fixed range ``q_max``: ``mid = 0``, ``half = q_max``;
-  - symmetric, adaptive: ``half = max|w|``; clipped adaptive: ``half = min(max|w|, w_max)``;
-  - asymmetric: ``[lo, hi] = [min w, max w]`` (clipped: both clamped to ``[-w_max, w_max]``),
-    ``mid = (hi + lo) / 2``, ``half = (hi - lo) / 2``.
+* symmetric, fixed ``q_max``: ``[lo, hi] = [-q_max, q_max]``, ``step = (q_max + eps) / L``;
+* symmetric, adaptive: ``r = max|w| + eps``; clipped: ``r = min(max|w| + eps, w_max)``; ``[lo, hi] = [-r, r]``,
+  ``step = r / L``;
+* asymmetric: ``[lo, hi] = [min w, max w]`` (clipped: both clamped to ``[-w_max, w_max]``; fixed: the given
+  ``[q_min, q_max]``), no epsilon; ``step = (1 + eps) / L``, the step of the fixed symmetric scheme at q_max = 1 that
+  quantizes the tensor mapped affinely onto [-1, 1].
 
-  A tensor with ``half == 0`` (constant, e.g. zero-initialised biases, or a clipped asymmetric range whose ends
-  both clamp to the same bound) uses ``half = 1`` without NaN; every word of it maps to the center code and
-  dequantizes exactly to ``mid``.
+Encode, one word (each line one correctly rounded operation in the compute dtype; no fused multiply-add):
 
-The same formulas run on one tensor (:func:`quantize_tensor`, the reference) and on a flat memory of many tensors
-with per-tensor (segmented) statistics (:func:`quantize_flat`); both give bit-identical codes.
+* symmetric: ``v = clamp(w, lo, hi)``; ``x = v / step``; ``x = x + c``; ``x = clamp(x, code_min, code_max)``;
+  ``q = T(x)``;
+* asymmetric: ``y = w - lo``; ``y = y / s`` (``s = hi - lo``, or 1 where ``hi == lo``); ``y = y * 2``;
+  ``y = y - 1``; ``y = y * live`` (``live`` = 1, or 0 where ``hi == lo``); ``v = clamp(y, -1, 1)``, then as the
+  symmetric line with ``v``.
+
+``T`` is round half to even (``'round'``) or the cast to the integer type (``'trunc'``), taken *after* the offset:
+toward zero for two's complement codes, floor of ``w / step`` for offset codes (their ``x`` is >= 0).
+
+Decode, one word: ``t = clamp(q, code_min, code_max) - c`` (exact), ``t = t * step``;
+
+* symmetric: ``w_hat = clamp(t, lo, hi)``;
+* asymmetric: ``t = clamp(t, -1, 1)``; ``t = t + 1``; ``t = t / 2``; ``t = t * (hi - lo)``; ``t = t + lo``;
+  ``w_hat = clamp(t, lo, hi)``.
+
+So every code of every word decodes inside its tensor's range (a bit error never moves a weight outside it), and a
+constant tensor (``hi == lo``: zero-initialized biases, one-element tensors, a clipped range that collapses) encodes
+to the center code and decodes to the constant under any code. Codes and contexts are computed in float32, except
+32-bit codes, computed in float64 (float32 cannot resolve their steps).
+
+Storage: signed codes are int8/int16/int32 (``m`` in 8, 16, 32); unsigned offset codes are uint8 for
+``2 <= m <= 8``, their bits ``m..7`` are protected (never flip).
+
+Layout: a flat memory is cut into :class:`Segments`, one context each. Per-tensor schemes use one segment per
+tensor; finer contexts (per output channel, per group of g weights) are more, shorter segments of the same memory,
+so a later memory format only needs its own context rule and encode/decode, with the same flat contract
+(:meth:`QuantScheme.quantize`, :meth:`QuantScheme.decode`, :meth:`QuantScheme.decode_segment_words`).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from bitbench.configs.spec import SpecError
+from bitbench.kernels import fused_quant as _fast
+from bitbench.kernels.fused_quant import Rounding
 
 __all__ = [
     "QuantScheme",
+    "QuantContext",
+    "Segments",
+    "Rounding",
+    "RANGE_EPS",
     "normal",
     "rquant",
     "scheme_from_dict",
     "quantize_tensor",
     "dequantize_tensor",
-    "quantize_flat",
-    "dequantize_flat",
     "segment_ids",
+    "segment_starts",
 ]
 
+RANGE_EPS = 0.001  # the original's range epsilon (symmetric ranges; the 1.001 inner step of asymmetric ones)
 _RANGES = ("fixed", "adaptive", "clipped")
-_ROUNDING = ("round", "trunc")
+_ROUNDING = {"round": Rounding.NEAREST_EVEN, "trunc": Rounding.TRUNCATE}
 _SIGNED_DTYPES = {8: torch.int8, 16: torch.int16, 32: torch.int32}
 
 
+def _positive_finite(v) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f > 0 and f != float("inf")
+
+
+def _finite(v) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f == f and abs(f) != float("inf")
+
+
+# -- layout of a flat memory -----------------------------------------------------------------------------------
+def segment_starts(lengths, device=None) -> torch.Tensor:
+    """int64 ``[0, l0, l0 + l1, ..., N]``: segment boundaries of a flat memory."""
+    out = torch.zeros(len(lengths) + 1, dtype=torch.long)
+    if len(lengths):
+        out[1:] = torch.cumsum(torch.as_tensor(list(lengths), dtype=torch.long), 0)
+    return out.to(device) if device is not None else out
+
+
+def segment_ids(lengths, device=None) -> torch.Tensor:
+    """Word -> segment index for a flat memory of segments with the given lengths."""
+    lengths = torch.as_tensor(list(lengths), dtype=torch.long, device=device)
+    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+
+
+class Segments:
+    """How a flat memory splits into segments (one per tensor; per-tensor contexts), with per-device caches of
+    the boundaries (int64 ``[S + 1]``) and the word -> segment ids (int64 ``[N]``)."""
+
+    def __init__(self, lengths):
+        self.lengths = [int(n) for n in lengths]
+        if any(n < 0 for n in self.lengths):
+            raise ValueError(f"segment lengths must be >= 0, got {self.lengths}")
+        self._starts: dict = {}
+        self._ids: dict = {}
+
+    @classmethod
+    def single(cls, n: int) -> "Segments":
+        return cls([n])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def total(self) -> int:
+        return sum(self.lengths)
+
+    def starts(self, device="cpu") -> torch.Tensor:
+        key = str(torch.device(device))
+        if key not in self._starts:
+            self._starts[key] = segment_starts(self.lengths, device=device)
+        return self._starts[key]
+
+    def ids(self, device="cpu") -> torch.Tensor:
+        key = str(torch.device(device))
+        if key not in self._ids:
+            self._ids[key] = segment_ids(self.lengths, device=device)
+        return self._ids[key]
+
+    def expand(self, vals: torch.Tensor) -> torch.Tensor:
+        """Per-segment values ``[S]`` -> per-word values ``[N]``: on CPUs a concatenation of expanded scalars
+        (about 2x faster than a gather), on GPUs one gather kernel."""
+        if vals.device.type == "cpu":
+            return torch.cat([v.expand(n) for v, n in zip(vals.unbind(), self.lengths)]) if self.lengths \
+                else vals.new_empty(0)
+        return vals[self.ids(vals.device)]
+
+    def nonempty(self) -> bool:
+        return bool(self.lengths) and min(self.lengths) > 0
+
+
+# -- the per-segment context --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuantContext:
+    """Per-segment range parameters, tensors ``[S]`` in the scheme's compute dtype: the range ``[lo, hi]`` and the
+    code step (symmetric: the weight step; asymmetric: the step on the [-1, 1] scale). See the module docstring."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    step: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.lo.shape[0]) if self.lo.dim() else 1
+
+    def __getitem__(self, i) -> "QuantContext":
+        return QuantContext(self.lo[i], self.hi[i], self.step[i])
+
+    def to(self, device=None, dtype=None) -> "QuantContext":
+        return QuantContext(*(t.to(device=device, dtype=dtype) for t in (self.lo, self.hi, self.step)))
+
+    @property
+    def device(self) -> torch.device:
+        return self.lo.device
+
+    def state_dict(self) -> dict:
+        return {"lo": self.lo.cpu(), "hi": self.hi.cpu(), "step": self.step.cpu()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "QuantContext":
+        return cls(d["lo"], d["hi"], d["step"])
+
+    @classmethod
+    def cat(cls, parts: list["QuantContext"]) -> "QuantContext":
+        return cls(*(torch.cat([getattr(p, k).reshape(-1) for p in parts]) for k in ("lo", "hi", "step")))
+
+    def equal(self, other: "QuantContext") -> bool:
+        return all(torch.equal(getattr(self, k), getattr(other, k)) for k in ("lo", "hi", "step"))
+
+
+@functools.lru_cache(maxsize=256)
+def _device_const(v: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.tensor(v, dtype=dtype, device=device)
+
+
+def _check_float(w: torch.Tensor, what: str = "w"):
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise TypeError(f"{what} must be a floating point tensor, got "
+                        f"{w.dtype if isinstance(w, torch.Tensor) else type(w).__name__}")
+    if w.numel() and not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{what} contains NaN or infinite values; cannot quantize")
+
+
+# -- the scheme --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class QuantScheme:
-    """How float weights become integer codes.
+    """How float weights become integer codes and back (formulas: the module docstring).
 
     Attributes:
         bits: m, the number of bits per word (signed: 8, 16 or 32; unsigned: 2..8).
         signed: two's complement codes (True) or unsigned offset codes in uint8 (False).
-        range: ``'fixed'`` (use ``q_max``), ``'adaptive'`` (per tensor) or ``'clipped'`` (per tensor, capped by
-            ``w_max``).
-        q_max: the fixed range for ``range='fixed'``.
+        range: ``'fixed'`` (``q_max``, or ``[q_min, q_max]`` when asymmetric), ``'adaptive'`` (per tensor) or
+            ``'clipped'`` (per tensor, capped by ``w_max``).
+        q_max: the fixed range (symmetric ``[-q_max, q_max]``; the upper end of an asymmetric fixed range).
+        q_min: the lower end of an asymmetric fixed range (default ``-q_max``).
         w_max: the cap for ``range='clipped'`` (> 0).
-        asymmetric: per-tensor [min, max] range instead of a symmetric [-r, r].
-        rounding: ``'round'`` (to nearest) or ``'trunc'`` (toward zero).
+        asymmetric: a ``[min, max]`` range mapped onto [-1, 1] instead of a symmetric ``[-r, r]``.
+        rounding: ``'round'`` (to nearest, ties to even) or ``'trunc'`` (the cast after the offset); see
+            :attr:`rounding_mode`.
         label: optional preset name shown by :attr:`name` (not part of equality).
     """
 
@@ -70,6 +234,7 @@ class QuantScheme:
     w_max: float | None = None
     asymmetric: bool = False
     rounding: str = "round"
+    q_min: float | None = None
     label: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -86,18 +251,23 @@ class QuantScheme:
         if self.range not in _RANGES:
             raise SpecError(f"range must be one of {_RANGES}, got {self.range!r}")
         if self.rounding not in _ROUNDING:
-            raise SpecError(f"rounding must be one of {_ROUNDING}, got {self.rounding!r}")
+            raise SpecError(f"rounding must be one of {tuple(_ROUNDING)}, got {self.rounding!r}")
         if self.range == "fixed":
-            if not (float(self.q_max) > 0) or float(self.q_max) == float("inf"):
+            if self.asymmetric and self.q_min is not None:
+                if not (_finite(self.q_min) and _finite(self.q_max) and float(self.q_min) < float(self.q_max)):
+                    raise SpecError(f"an asymmetric fixed range needs finite q_min < q_max, got "
+                                    f"[{self.q_min!r}, {self.q_max!r}]")
+            elif not _positive_finite(self.q_max):
                 raise SpecError(f"q_max must be a finite number > 0, got {self.q_max!r}")
-            if self.asymmetric:
-                raise SpecError("range='fixed' is symmetric by definition; asymmetric=True needs range "
-                                 "'adaptive' or 'clipped'")
-        if self.range == "clipped":
-            if self.w_max is None or not (float(self.w_max) > 0) or float(self.w_max) == float("inf"):
-                raise SpecError(f"range='clipped' needs a finite w_max > 0, got w_max={self.w_max!r}")
-        elif self.w_max is not None and not (float(self.w_max) > 0):
-            raise SpecError(f"w_max must be > 0, got {self.w_max!r}")
+            if self.q_min is not None and not self.asymmetric:
+                raise SpecError("q_min is the lower end of an asymmetric fixed range; a symmetric fixed range "
+                                "is [-q_max, q_max] (set asymmetric=True, or drop q_min)")
+        elif self.q_min is not None:
+            raise SpecError("q_min belongs to range='fixed' with asymmetric=True")
+        if self.range == "clipped" and (self.w_max is None or not _positive_finite(self.w_max)):
+            raise SpecError(f"range='clipped' needs a finite w_max > 0, got w_max={self.w_max!r}")
+        if self.w_max is not None and not _positive_finite(self.w_max):
+            raise SpecError(f"w_max must be a finite number > 0, got {self.w_max!r}")
 
     # -- derived properties -------------------------------------------------------------------------------------
     @property
@@ -106,13 +276,22 @@ class QuantScheme:
         return _SIGNED_DTYPES[self.bits] if self.signed else torch.uint8
 
     @property
+    def family(self) -> str:
+        """``'symmetric'`` or ``'asymmetric'``: which encode/decode formulas apply (the module docstring)."""
+        return "asymmetric" if self.asymmetric else "symmetric"
+
+    @property
+    def rounding_mode(self) -> Rounding:
+        return _ROUNDING[self.rounding]
+
+    @property
     def levels(self) -> int:
-        """L = 2**(m-1) - 1: the largest code magnitude produced by quantization."""
+        """L = 2**(m-1) - 1: the largest code magnitude of the range's ends (before the epsilon)."""
         return (1 << (self.bits - 1)) - 1
 
     @property
     def center(self) -> int:
-        """Code of the value ``mid`` (0 for signed codes, 2**(m-1) for unsigned ones)."""
+        """Code of the range's middle (0 for signed codes, 2**(m-1) for unsigned ones)."""
         return 0 if self.signed else 1 << (self.bits - 1)
 
     @property
@@ -138,8 +317,11 @@ class QuantScheme:
     @property
     def name(self) -> str:
         """Readable, compact name, e.g. ``u8-clipped0.1-asym-round``."""
-        rng = {"fixed": f"fixed{self.q_max:g}", "adaptive": "adaptive", "clipped": f"clipped{self.w_max or 0:g}"}
-        base = "-".join([f"{'s' if self.signed else 'u'}{self.bits}", rng[self.range],
+        if self.range == "fixed":
+            rng = f"fixed[{self.q_min:g},{self.q_max:g}]" if self.q_min is not None else f"fixed{self.q_max:g}"
+        else:
+            rng = {"adaptive": "adaptive", "clipped": f"clipped{self.w_max or 0:g}"}[self.range]
+        base = "-".join([f"{'s' if self.signed else 'u'}{self.bits}", rng,
                          "asym" if self.asymmetric else "sym", self.rounding])
         return f"{self.label}({base})" if self.label else base
 
@@ -147,7 +329,184 @@ class QuantScheme:
         return self.name
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["q_min"] is None:  # keeps the dict (and checkpoint keys) of schemes without it short
+            d.pop("q_min")
+        return d
+
+    # -- range parameters ---------------------------------------------------------------------------------------
+    def _const(self, v: float, device) -> torch.Tensor:
+        """``v`` as a 0-dim tensor of the compute dtype on ``device`` (cached: no host-to-device copy per step;
+        divisors must be tensors: CUDA divides by a Python scalar as a multiplication by its reciprocal)."""
+        return _device_const(float(v), self.compute_dtype, str(torch.device(device)))
+
+    def statistics(self, flat: torch.Tensor, segments: Segments):
+        """Per-segment ``(lo, hi)`` (asymmetric) or ``max |w|`` (symmetric) of a flat memory in the compute dtype;
+        None for fixed ranges. Exact (max/min reductions are order-free); an empty segment gives 0."""
+        if self.range == "fixed":
+            return None
+        dt = self.compute_dtype
+        f = flat.detach()
+        if f.dtype != dt:
+            f = f.to(dt)
+        fast = _fast.segment_minmax(f, segments.starts(), need_abs=not self.asymmetric) \
+            if f.device.type == "cpu" else None
+        if fast is not None:
+            return fast
+        n = len(segments)
+        if segments.nonempty():
+            parts = list(f.split(segments.lengths))
+            if self.asymmetric:  # multi-tensor reductions: a few kernel launches for the whole memory
+                hi = torch.stack(torch._foreach_max(parts))
+                lo = torch.stack(torch._foreach_max(list(torch.neg(f).split(segments.lengths)))).neg_()
+                return lo, hi
+            return torch.stack(torch._foreach_max(list(torch.abs(f).split(segments.lengths))))
+        base = torch.zeros(n, dtype=dt, device=f.device)
+        seg = segments.ids(f.device)
+        if self.asymmetric:
+            return (base.clone().scatter_reduce_(0, seg, f, "amin", include_self=False),
+                    base.clone().scatter_reduce_(0, seg, f, "amax", include_self=False))
+        return base.clone().scatter_reduce_(0, seg, f.abs(), "amax", include_self=False)
+
+    def context_from_statistics(self, stats, num_segments: int, device="cpu") -> QuantContext:
+        """The :class:`QuantContext` of ``num_segments`` segments from :meth:`statistics` (module docstring)."""
+        dt = self.compute_dtype
+        eps = self._const(RANGE_EPS, device)
+        L = self._const(float(self.levels), device)
+        if self.asymmetric:
+            if self.range == "fixed":
+                lo = self._const(-float(self.q_max) if self.q_min is None else float(self.q_min), device) \
+                    .expand(num_segments).clone()
+                hi = self._const(float(self.q_max), device).expand(num_segments).clone()
+            else:
+                lo, hi = (s.to(device=device, dtype=dt) for s in stats)
+                if self.range == "clipped":
+                    w = float(self.w_max)
+                    lo, hi = lo.clamp(-w, w), hi.clamp(-w, w)
+            step = torch.div(self._const(1.0, device) + eps, L).expand(num_segments).clone()
+            return QuantContext(lo, hi, step)
+        if self.range == "fixed":
+            r = self._const(float(self.q_max), device).expand(num_segments).clone()
+            step = torch.div(r + eps, L)
+        else:
+            r = stats.to(device=device, dtype=dt) + eps
+            if self.range == "clipped":
+                r = torch.minimum(r, self._const(float(self.w_max), device))
+            step = torch.div(r, L)
+        return QuantContext(torch.neg(r), r, step)
+
+    def context(self, flat: torch.Tensor, segments: Segments | None = None) -> QuantContext:
+        """The per-segment ranges of the memory ``flat`` (one segment when ``segments`` is None)."""
+        segments = segments if segments is not None else Segments.single(flat.numel())
+        return self.context_from_statistics(self.statistics(flat.reshape(-1), segments), len(segments),
+                                            flat.device)
+
+    # -- encode / decode ----------------------------------------------------------------------------------------
+    def _per_word(self, ctx: QuantContext, segments: Segments, encode: bool):
+        """Per-word tensors of the torch path: (lo, hi, a, b) with a = step (symmetric) or the divisor s
+        (asymmetric encode) or hi - lo (asymmetric decode), b = the live multiplier (asymmetric encode)."""
+        lo, hi = segments.expand(ctx.lo), segments.expand(ctx.hi)
+        if not self.asymmetric:
+            return lo, hi, segments.expand(ctx.step), None
+        span = ctx.hi - ctx.lo
+        if not encode:
+            return lo, hi, segments.expand(span), None
+        live = span > 0
+        return lo, hi, segments.expand(torch.where(live, span, torch.ones_like(span))), \
+            segments.expand(live.to(span.dtype))
+
+    def _encode_torch(self, f: torch.Tensor, ctx: QuantContext, segments: Segments) -> torch.Tensor:
+        lo, hi, a, live = self._per_word(ctx, segments, encode=True)
+        if self.asymmetric:
+            v = torch.sub(f, lo).div_(a).mul_(2).sub_(1).mul_(live).clamp_(-1.0, 1.0)
+            x = v.div_(ctx.step[:1].reshape(()) if len(ctx) else self._const(1.0, f.device))
+        else:
+            x = torch.clamp(f, lo, hi).div_(a)
+        x.add_(self.center).clamp_(self.code_min, self.code_max)
+        x = x.round_() if self.rounding_mode is Rounding.NEAREST_EVEN else x.trunc_()
+        return x.to(self.dtype)
+
+    def encode(self, flat: torch.Tensor, ctx: QuantContext, segments: Segments | None = None, *,
+               deq_out: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+        """Codes of the 1-D memory ``flat`` under ``ctx`` (any context: computed now, or given, e.g. frozen).
+
+        With ``deq_out`` the decoded values are also written there when the fast path fuses both into one pass
+        (``deq_out`` may be ``flat`` itself). Returns ``(codes, decoded_written)``."""
+        segments = segments if segments is not None else Segments.single(flat.numel())
+        f = flat.detach()
+        if f.dtype != self.compute_dtype:
+            f = f.to(self.compute_dtype)
+        if f.device.type == "cpu" and _fast.supports(self):
+            codes = torch.empty(f.shape, dtype=self.dtype)
+            if _fast.encode(self, f, segments.starts(), ctx, codes, deq_out):
+                return codes, deq_out is not None
+        return self._encode_torch(f, ctx, segments), False
+
+    def _decode_words(self, codes: torch.Tensor, lo, hi, a, step) -> torch.Tensor:
+        if not self.signed and self.bits < 8:  # codes with protected bits set read as the largest code
+            codes = codes.clamp(self.code_min, self.code_max)
+        t = codes.to(self.compute_dtype)
+        if self.center:
+            t.sub_(self.center)
+        if self.asymmetric:
+            t.mul_(step).clamp_(-1.0, 1.0).add_(1).div_(2).mul_(a).add_(lo)
+        else:
+            t.mul_(a)
+        return torch.clamp(t, lo, hi, out=t)
+
+    def decode(self, codes: torch.Tensor, ctx: QuantContext, segments: Segments | None = None, *,
+               dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
+               per_word: tuple | None = None) -> torch.Tensor:
+        """Weights of the 1-D memory ``codes`` under ``ctx`` as ``dtype`` (optionally into ``out``).
+
+        ``per_word`` is a cache from :meth:`decode_cache` (the torch path's per-word parameters)."""
+        segments = segments if segments is not None else Segments.single(codes.numel())
+        if codes.device.type == "cpu" and dtype == torch.float32 and _fast.supports(self):
+            o = out if out is not None else torch.empty(codes.shape, dtype=torch.float32)
+            if _fast.decode(self, codes, segments.starts(), ctx, o):
+                return o
+        pw = per_word if per_word is not None else self.decode_cache(ctx, segments)
+        t = self._decode_words(codes, *pw)
+        if out is not None:
+            return out.copy_(t)
+        return t.to(dtype)
+
+    def decode_cache(self, ctx: QuantContext, segments: Segments) -> tuple:
+        """The per-word parameters of :meth:`decode`'s torch path (cache them when decoding many patterns)."""
+        lo, hi, a, _ = self._per_word(ctx, segments, encode=False)
+        return lo, hi, a, (ctx.step[:1].reshape(()) if self.asymmetric and len(ctx) else None)
+
+    def decode_segment_words(self, codes: torch.Tensor, ctx: QuantContext, t: int) -> torch.Tensor:
+        """Weights of a few words of segment ``t`` holding ``codes`` (any shape), in the compute dtype: the same
+        arithmetic as :meth:`decode`, bit for bit."""
+        c = ctx[t]
+        n = codes.numel()
+        lo, hi = c.lo.expand(n), c.hi.expand(n)
+        a = (c.hi - c.lo).expand(n) if self.asymmetric else c.step.expand(n)
+        return self._decode_words(codes.reshape(-1), lo, hi, a, c.step if self.asymmetric else None)
+
+    def quantize(self, flat: torch.Tensor, segments: Segments | None = None, *, context: QuantContext | None = None,
+                 check: bool = True, deq_out: torch.Tensor | None = None):
+        """Context (computed unless given) and codes of the 1-D memory ``flat``: ``(codes, ctx, decoded_written)``.
+
+        ``check`` refuses NaN/inf weights (a device sync on GPUs; the training hot path skips it)."""
+        if check:
+            _check_float(flat, "flat")
+        segments = segments if segments is not None else Segments.single(flat.numel())
+        flat = flat.reshape(-1)
+        ctx = context if context is not None else self.context(flat, segments)
+        if len(ctx) != len(segments):
+            raise ValueError(f"the context has {len(ctx)} segments, the memory {len(segments)}")
+        ctx = ctx.to(device=flat.device, dtype=self.compute_dtype)
+        codes, done = self.encode(flat, ctx, segments, deq_out=deq_out)
+        return codes, ctx, done
+
+    def code_step(self, ctx: QuantContext) -> torch.Tensor:
+        """Per-segment weight change of one code unit inside the range (dw/dq): ``step`` (symmetric) or
+        ``step * (hi - lo) / 2`` (asymmetric). Outside the range decoding clamps (dw/dq = 0)."""
+        if self.asymmetric:
+            return ctx.step * (ctx.hi - ctx.lo) / 2
+        return ctx.step
 
 
 def scheme_from_dict(d: dict) -> QuantScheme:
@@ -169,209 +528,18 @@ def rquant(bits: int = 8, w_max: float | None = None) -> QuantScheme:
                        w_max=w_max, asymmetric=True, rounding="round", label="rquant")
 
 
-# -- range parameters ----------------------------------------------------------------------------------------------
-def _finish_range(lo: torch.Tensor | None, hi: torch.Tensor | None, amax: torch.Tensor | None,
-                  scheme: QuantScheme, like: torch.Tensor):
-    """Per-tensor (mid, half, live) from statistics; tensors of shape [T] (or 0-dim) in the compute dtype.
-
-    ``live`` is None, or (for a clipped asymmetric range, the only one where ``half == 0`` can hold for words that
-    differ from ``mid``) a bool tensor, False where ``half`` was 0 (see :func:`_codes_from_x`)."""
-    dt = scheme.compute_dtype
-    if scheme.range == "fixed":
-        half = torch.full_like(amax if amax is not None else lo, float(scheme.q_max), dtype=dt)
-        mid = torch.zeros_like(half)
-        return mid, half, None
-    if scheme.asymmetric:
-        lo, hi = lo.to(dt), hi.to(dt)
-        if scheme.range == "clipped":
-            w = float(scheme.w_max)
-            lo, hi = lo.clamp(-w, w), hi.clamp(-w, w)
-        mid = (hi + lo) / 2
-        half = (hi - lo) / 2
-    else:
-        half = amax.to(dt)
-        if scheme.range == "clipped":
-            half = half.clamp(max=float(scheme.w_max))
-        mid = torch.zeros_like(half)
-    positive = half > 0
-    live = positive if (scheme.asymmetric and scheme.range == "clipped") else None
-    half = torch.where(positive, half, torch.ones_like(half))
-    return mid, half, live
-
-
-def _codes_from_x(w: torch.Tensor, mid, half, scheme: QuantScheme, live=None) -> torch.Tensor:
-    """``live`` (broadcastable to ``w``): False where the tensor's range is degenerate (``half == 0`` before it
-    was replaced by 1); those words get the center code. Implemented as a per-tensor multiplier ``L * live``
-    (``x * 0 = 0`` for the clamped, finite ``x``), so it costs no extra pass."""
-    dt = scheme.compute_dtype
-    x = ((w.to(dt) - mid) / half).clamp_(-1.0, 1.0)
-    if live is None:
-        x.mul_(scheme.levels)
-    else:
-        x.mul_(live)
-    x = x.round_() if scheme.rounding == "round" else x.trunc_()
-    if not scheme.signed:
-        x.add_(scheme.center)
-    return x.to(scheme.dtype)
-
-
-def _levels(live, scheme: QuantScheme):
-    """Per-tensor multiplier: L where the range is live, 0 where it is degenerate (None: L everywhere)."""
-    if live is None:
-        return None
-    dt = scheme.compute_dtype  # built in the compute dtype: 2**31 - 1 is not a float32
-    return torch.where(live, torch.tensor(float(scheme.levels), dtype=dt, device=live.device),
-                       torch.zeros((), dtype=dt, device=live.device))
-
-
-def _check_float(w: torch.Tensor, what: str = "w"):
-    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
-        raise TypeError(f"{what} must be a floating point tensor, got "
-                        f"{w.dtype if isinstance(w, torch.Tensor) else type(w).__name__}")
-    if w.numel() and not bool(torch.isfinite(w).all()):
-        raise ValueError(f"{what} contains NaN or infinite values; cannot quantize")
-
-
-def quantize_tensor(w: torch.Tensor, scheme: QuantScheme):
-    """Reference: quantize one tensor. Returns ``(codes, scale, mid)``; ``scale``/``mid`` are 0-dim tensors."""
+# -- one tensor ------------------------------------------------------------------------------------------------
+def quantize_tensor(w: torch.Tensor, scheme: QuantScheme, context: QuantContext | None = None):
+    """Quantize one tensor (one segment): ``(codes of w's shape, QuantContext of one segment)``."""
     _check_float(w)
-    dt = scheme.compute_dtype
-    wd = w.detach()
-    if wd.numel() == 0:  # same (mid, scale) as an empty segment of quantize_flat
-        z = torch.zeros((), dtype=dt, device=w.device)
-        mid, half, _ = _finish_range(z, z, z, scheme, wd)
-        return torch.empty(w.shape, dtype=scheme.dtype, device=w.device), half / scheme.levels, mid
-    lo = wd.min().to(dt) if scheme.asymmetric else None
-    hi = wd.max().to(dt) if scheme.asymmetric else None
-    amax = wd.abs().max().to(dt) if not scheme.asymmetric else None
-    mid, half, live = _finish_range(lo, hi, amax, scheme, wd)
-    codes = _codes_from_x(wd, mid, half, scheme, _levels(live, scheme))
-    return codes, half / scheme.levels, mid
+    codes, ctx, _ = scheme.quantize(w.detach().reshape(-1), Segments.single(w.numel()), context=context,
+                                    check=False)
+    return codes.view(w.shape), ctx
 
 
-def dequantize_tensor(codes: torch.Tensor, scale, mid, scheme: QuantScheme,
+def dequantize_tensor(codes: torch.Tensor, ctx: QuantContext, scheme: QuantScheme,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Reference: ``(code - center) * scale + mid`` as ``dtype``."""
-    return dequantize_expanded(codes, torch.as_tensor(scale), torch.as_tensor(mid), scheme, dtype=dtype)
-
-
-# -- flat (segmented) versions ------------------------------------------------------------------------------------
-def segment_starts(lengths, device=None) -> torch.Tensor:
-    """int64 ``[0, l0, l0 + l1, ..., N]``: segment boundaries of a flat memory."""
-    out = torch.zeros(len(lengths) + 1, dtype=torch.long)
-    if len(lengths):
-        out[1:] = torch.cumsum(torch.as_tensor(list(lengths), dtype=torch.long), 0)
-    return out.to(device) if device is not None else out
-
-
-def segment_ids(lengths, device=None) -> torch.Tensor:
-    """Word -> tensor index for a flat memory of tensors with the given lengths."""
-    lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
-    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
-
-
-def expand_segments(vals: torch.Tensor, seg: torch.Tensor, lengths=None) -> torch.Tensor:
-    """Per-tensor values -> per-word values (``vals[seg]``).
-
-    On CPUs with known ``lengths`` a concatenation of expanded scalars (about 2x faster than an index gather);
-    on GPUs one gather kernel.
-    """
-    if lengths is not None and vals.device.type == "cpu":
-        return torch.cat([v.expand(n) for v, n in zip(vals.unbind(), lengths)])
-    return vals[seg]
-
-
-def _segment_stats(f: torch.Tensor, seg: torch.Tensor, num_segments: int, lengths, scheme: QuantScheme,
-                   starts: torch.Tensor | None = None):
-    """Per-tensor (lo, hi, amax) of a flat memory; exact (reductions of max/min are order-free)."""
-    dt = scheme.compute_dtype
-    if scheme.range == "fixed":
-        return None, None, torch.zeros(num_segments, dtype=dt, device=f.device)
-    if starts is not None and f.device.type == "cpu":
-        from bitbench import kernels
-
-        r = kernels.fused_segment_minmax(f, starts, need_abs=not scheme.asymmetric)
-        if r is not None:
-            return (r[0], r[1], None) if scheme.asymmetric else (None, None, r)
-    if lengths is not None and num_segments and min(lengths) > 0:
-        # Multi-tensor reductions over per-tensor views (a few kernel launches for the whole memory).
-        if scheme.asymmetric:
-            hi = torch.stack(torch._foreach_max(list(f.split(lengths))))
-            lo = torch.stack(torch._foreach_max(list(torch.neg(f).split(lengths)))).neg_()
-            return lo, hi, None
-        return None, None, torch.stack(torch._foreach_max(list(torch.abs(f).split(lengths))))
-    base = torch.zeros(num_segments, dtype=dt, device=f.device)
-    if scheme.asymmetric:
-        lo = base.clone().scatter_reduce_(0, seg, f, "amin", include_self=False)
-        hi = base.clone().scatter_reduce_(0, seg, f, "amax", include_self=False)
-        return lo, hi, None
-    return None, None, base.clone().scatter_reduce_(0, seg, f.abs(), "amax", include_self=False)
-
-
-def quantize_flat(flat: torch.Tensor, seg: torch.Tensor, num_segments: int, scheme: QuantScheme, *,
-                  lengths: list[int] | None = None, check: bool = True):
-    """Quantize a flat memory of ``num_segments`` tensors at once (per-tensor ranges by segmented reductions).
-
-    Args:
-        flat: 1-D float tensor, the tensors concatenated in C order.
-        seg: 1-D int64 tensor, ``seg[i]`` = index of the tensor that word ``i`` belongs to (non-decreasing).
-        lengths: the tensors' sizes (enables multi-tensor reductions, faster than scatter reductions).
-        check: refuse NaN/inf weights (a device sync on GPUs; the training hot path skips it).
-    Returns:
-        ``(codes, scale, mid)``: codes 1-D of ``scheme.dtype``; scale and mid of shape ``[num_segments]``.
-    Bit-identical to :func:`quantize_tensor` applied tensor by tensor.
-    """
-    codes, scale, mid, _ = quantize_flat_fused(flat, seg, num_segments, scheme, lengths=lengths, check=check)
-    return codes, scale, mid
-
-
-def quantize_flat_fused(flat: torch.Tensor, seg: torch.Tensor, num_segments: int, scheme: QuantScheme, *,
-                        lengths: list[int] | None = None, check: bool = True, starts: torch.Tensor | None = None,
-                        deq_out: torch.Tensor | None = None):
-    """:func:`quantize_flat`, optionally also writing the dequantized values into ``deq_out`` (which may be
-    ``flat`` itself). On CPUs with the C extension both happen in one fused pass (``starts``: int64 segment
-    boundaries, ``[0, ..., N]``). Returns ``(codes, scale, mid, deq_done)``; bit-identical either way."""
-    if check:
-        _check_float(flat, "flat")
-    dt = scheme.compute_dtype
-    f = flat.detach()
-    if f.dtype != dt:
-        f = f.to(dt)
-    lo, hi, amax = _segment_stats(f, seg, num_segments, lengths, scheme, starts)
-    mid, half, live = _finish_range(lo, hi, amax, scheme, f)
-    lev = _levels(live, scheme)
-    scale = half / scheme.levels
-    if starts is not None and f.device.type == "cpu":
-        from bitbench import kernels
-
-        codes = torch.empty(f.shape, dtype=scheme.dtype)
-        lev_t = lev if lev is not None else torch.full_like(half, float(scheme.levels))
-        if kernels.fused_quant_dequant(f, starts, mid, half, lev_t, scale, rounding=scheme.rounding == "round",
-                                       center=scheme.center, codes=codes, deq=deq_out):
-            return codes, scale, mid, deq_out is not None
-    codes = _codes_from_x(f, expand_segments(mid, seg, lengths), expand_segments(half, seg, lengths), scheme,
-                          None if lev is None else expand_segments(lev, seg, lengths))
-    return codes, scale, mid, False
-
-
-def dequantize_flat(codes: torch.Tensor, seg: torch.Tensor, scale: torch.Tensor, mid: torch.Tensor,
-                    scheme: QuantScheme, dtype: torch.dtype = torch.float32,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """Dequantize a flat memory: ``(code - center) * scale[seg] + mid[seg]``; optionally into ``out``."""
-    return dequantize_expanded(codes, scale[seg], mid[seg], scheme, dtype=dtype, out=out)
-
-
-def dequantize_expanded(codes: torch.Tensor, scale_w: torch.Tensor, mid_w: torch.Tensor, scheme: QuantScheme,
-                        dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Like :func:`dequantize_flat` with per-word scale/mid already expanded (the fast path for many patterns)."""
-    dt = scheme.compute_dtype
-    x = codes.to(dt)
-    if scheme.center:
-        x.sub_(scheme.center)
-    # two correctly rounded ops (no FMA): identical on every path
-    if out is not None and out.dtype == dt and out.shape == x.shape:
-        return torch.mul(x, scale_w, out=out).add_(mid_w)
-    x.mul_(scale_w).add_(mid_w)
-    if out is not None:
-        return out.copy_(x)
-    return x.to(dtype)
+    """Decode one tensor's codes (one-segment context) into ``dtype``."""
+    if ctx.lo.dim() == 0:
+        ctx = QuantContext(ctx.lo.reshape(1), ctx.hi.reshape(1), ctx.step.reshape(1))
+    return scheme.decode(codes.reshape(-1), ctx, Segments.single(codes.numel()), dtype=dtype).view(codes.shape)

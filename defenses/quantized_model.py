@@ -15,15 +15,15 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from bitbench import kernels
 from bitbench.configs.spec import SpecError
 
 from .io import load_checkpoint, save_checkpoint
-from .quantization import (QuantScheme, dequantize_expanded, expand_segments, quantize_flat, scheme_from_dict,
-                           segment_ids, segment_starts)
+from .quantization import QuantContext, QuantScheme, Segments, scheme_from_dict
 
 __all__ = ["QuantizedModel", "select_parameters", "flatten_parameters", "flat_buffer_of", "FORMAT"]
 
-FORMAT = "bitbench.quantized_model/1"
+FORMAT = "bitbench.quantized_model/2"  # /2: QuantContext (lo, hi, step) per tensor
 
 
 def _as_patterns(p) -> list[str] | None:
@@ -94,18 +94,21 @@ def flat_buffer_of(params: list[torch.Tensor]) -> torch.Tensor | None:
 
 
 class QuantizedModel:
-    """Integer codes of a module's parameters in one flat buffer, with per-tensor dequantization contexts.
+    """Integer codes of a module's parameters in one flat buffer, with per-tensor quantization contexts.
 
     Attributes:
-        scheme: the :class:`QuantScheme`.
+        scheme: the :class:`QuantScheme` (how codes decode to weights).
         names, shapes, offsets, lengths: the layout (tensor ``t`` is ``codes[offsets[t]:offsets[t]+lengths[t]]``).
         codes: 1-D tensor of ``scheme.dtype`` (the clean memory; never modified by attacks).
-        scale, mid: per-tensor float tensors, ``w_hat = (code - center) * scale + mid``.
+        context: the per-tensor :class:`QuantContext` (range and step of each tensor).
+        scale: per-tensor weight change of one code unit inside the range (dw/dq, see
+            :meth:`QuantScheme.code_step`); decoding clamps to the range, so a flip's exact change is
+            :meth:`flip_deltas`.
         bits: m attackable bits per word; protected: bit mask of storage bits that never flip.
     """
 
     def __init__(self, scheme: QuantScheme, names: Sequence[str], shapes: Sequence[Sequence[int]],
-                 codes: torch.Tensor, scale: torch.Tensor, mid: torch.Tensor):
+                 codes: torch.Tensor, context: QuantContext):
         self.scheme = scheme
         self.names = list(names)
         self.shapes = [torch.Size(s) for s in shapes]
@@ -117,27 +120,32 @@ class QuantizedModel:
             raise ValueError(f"codes must be 1-D with {sum(self.lengths)} words, got shape {tuple(codes.shape)}")
         if codes.dtype != scheme.dtype:
             raise ValueError(f"codes dtype {codes.dtype} does not match the scheme's {scheme.dtype}")
-        if scale.shape != (len(self.names),) or mid.shape != (len(self.names),):
-            raise ValueError("scale and mid need one entry per tensor")
+        if not isinstance(context, QuantContext) or len(context) != len(self.names) or context.lo.dim() != 1:
+            raise ValueError("the context needs one entry per tensor")
         self.codes = codes
-        self.scale = scale
-        self.mid = mid
-        self._expanded = None  # cached per-word (seg, scale, mid) for fast dequantization
-        self._starts = None  # cached segment boundaries (CPU fused dequantization)
+        self.context = context
+        self.segments = Segments(self.lengths)
+        self._decode_cache = None  # per-word parameters of the torch decode path (many patterns)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.scheme.code_step(self.context)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def from_module(cls, module: nn.Module, scheme: QuantScheme, include=None, exclude=None) -> "QuantizedModel":
-        """Quantize the selected parameters of ``module`` (see :func:`select_parameters`)."""
+    def from_module(cls, module: nn.Module, scheme: QuantScheme, include=None, exclude=None,
+                    context: QuantContext | None = None) -> "QuantizedModel":
+        """Quantize the selected parameters of ``module`` (see :func:`select_parameters`); ``context`` quantizes
+        with given (e.g. frozen) per-tensor ranges instead of the weights' own."""
         params = select_parameters(module, include, exclude)
         names = [n for n, _ in params]
         shapes = [tuple(p.shape) for _, p in params]
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1) for _, p in params])
-            lengths = [p.numel() for _, p in params]
-            seg = segment_ids(lengths, device=flat.device)
-            codes, scale, mid = quantize_flat(flat, seg, len(params), scheme, lengths=lengths)
-        qm = cls(scheme, names, shapes, codes, scale, mid)
+            segments = Segments([p.numel() for _, p in params])
+            codes, ctx, _ = scheme.quantize(flat, segments, context=context)
+        qm = cls(scheme, names, shapes, codes, ctx)
+        qm.segments = segments
         return qm
 
     # -- layout ------------------------------------------------------------------------------------------------
@@ -213,27 +221,16 @@ class QuantizedModel:
         return codes.reshape(-1)
 
     # -- dequantization ----------------------------------------------------------------------------------------
-    def _per_word(self):
-        if self._expanded is None or self._expanded[0].device != self.codes.device:
-            seg = segment_ids(self.lengths, device=self.codes.device)
-            self._expanded = (seg, expand_segments(self.scale.to(self.codes.device), seg, self.lengths),
-                              expand_segments(self.mid.to(self.codes.device), seg, self.lengths))
-        return self._expanded
-
     def dequantize(self, codes: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
                    out: torch.Tensor | None = None) -> torch.Tensor:
         """Flat float values of ``codes`` (default: the clean memory)."""
         c = self.codes if codes is None else self._check_codes(codes)
-        if c.device.type == "cpu" and dtype == torch.float32 and self.scale.dtype == torch.float32:
-            from bitbench import kernels
-
-            if self._starts is None:
-                self._starts = segment_starts(self.lengths)
-            o = out if out is not None else torch.empty(c.shape, dtype=torch.float32)
-            if kernels.fused_dequant(c, self._starts, self.mid, self.scale, center=self.scheme.center, out=o):
-                return o
-        _, sw, mw = self._per_word()
-        return dequantize_expanded(c, sw, mw, self.scheme, dtype=dtype, out=out)
+        ctx = self.context if self.context.device == c.device else self.context.to(c.device)
+        if self._decode_cache is None or self._decode_cache[0].device != c.device:
+            self._decode_cache = None
+            if not (c.device.type == "cpu" and dtype == torch.float32 and kernels.fused_quant.supports(self.scheme)):
+                self._decode_cache = self.scheme.decode_cache(ctx, self.segments)
+        return self.scheme.decode(c, ctx, self.segments, dtype=dtype, out=out, per_word=self._decode_cache)
 
     def decode_words(self, t: int, idx: torch.Tensor, codes: torch.Tensor, dtype: torch.dtype = torch.float32
                      ) -> torch.Tensor:
@@ -241,20 +238,17 @@ class QuantizedModel:
 
         The same arithmetic as :meth:`dequantize` / :meth:`load_into` (bit for bit), for a few words: what
         adversarial attacks use to try flips. ``codes`` is 1-D of the memory's dtype, one per index."""
-        n = codes.numel()
-        sw = self.scale[t].to(codes.device).expand(n)
-        mw = self.mid[t].to(codes.device).expand(n)
-        return dequantize_expanded(codes, sw, mw, self.scheme, dtype=dtype)
+        ctx = self.context if self.context.device == codes.device else self.context.to(codes.device)
+        return self.scheme.decode_segment_words(codes, ctx, t).to(dtype)
 
     def flip_deltas(self, t: int, idx: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
         """float64 ``[len(idx), bits]``: the exact change of each weight when bit b of its word is flipped,
-        ``decode(word ^ 2^b) - decode(word)`` (0 for protected bits). ``codes``: the words' current codes
-        (default: the clean memory). This is the contract adversarial attacks rank flips by."""
+        ``decode(word ^ 2^b) - decode(word)`` (0 for protected bits, and where decoding clamps to the range).
+        ``codes``: the words' current codes (default: the clean memory). This is the contract adversarial attacks
+        rank flips by."""
         if codes is None:
             o = self.offsets[t]
             codes = self.codes[o:o + self.lengths[t]][idx.to(self.codes.device)]
-        from bitbench import kernels
-
         m = self.bits
         before = self.decode_words(t, idx, codes, dtype=torch.float64)
         flipped = torch.stack([kernels.flip_one_bit(codes, torch.full_like(codes, b, dtype=torch.int64))
@@ -300,20 +294,21 @@ class QuantizedModel:
 
     # -- persistence -------------------------------------------------------------------------------------------
     def to(self, device) -> "QuantizedModel":
-        qm = QuantizedModel(self.scheme, self.names, self.shapes, self.codes.to(device), self.scale.to(device),
-                            self.mid.to(device))
-        return qm
+        return QuantizedModel(self.scheme, self.names, self.shapes, self.codes.to(device), self.context.to(device))
 
     def state_dict(self) -> dict:
         return {"format": FORMAT, "scheme": self.scheme.to_dict(), "names": list(self.names),
-                "shapes": [list(s) for s in self.shapes], "codes": self.codes.cpu(), "scale": self.scale.cpu(),
-                "mid": self.mid.cpu()}
+                "shapes": [list(s) for s in self.shapes], "codes": self.codes.cpu(),
+                "context": self.context.state_dict()}
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "QuantizedModel":
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"not a quantized model (expected format {FORMAT!r})")
-        return cls(scheme_from_dict(d["scheme"]), d["names"], d["shapes"], d["codes"], d["scale"], d["mid"])
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a quantized model of this version (expected format {FORMAT!r}, got {got!r}; "
+                             "files of format /1 used the old numerics: quantize the model again)")
+        return cls(scheme_from_dict(d["scheme"]), d["names"], d["shapes"], d["codes"],
+                   QuantContext.from_state_dict(d["context"]))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically with ``torch.save`` (integers + contexts + content digest; loadable with

@@ -1,20 +1,30 @@
-"""Random bit error training (RandBET): the training step.
+"""Random bit error training (RandBET): the training step, as the method's implementation runs it.
 
-Per batch (paper protocol):
+Per batch:
 
-1. clean forward/backward on the quantized model -> gradient ``g_c``;
-2. a fresh random bit-error pattern at rate ``p`` (the shared kernels' definition, seed drawn from a generator owned
-   by this step, never the global RNG) is injected into the integer codes, dequantized, forward/backward ->
-   ``g_p``, clipped elementwise to ``[-grad_clip, grad_clip]``;
-3. the optimizer applies ``(g_c + g_p) / 2``.
+1. clean forward/backward in train mode on the quantized weights (straight-through) -> gradient ``g_c``;
+2. a fresh random bit-error pattern at rate ``p`` (the shared kernels' flip rule; the seed is drawn from a generator
+   owned by this step, never the global RNG; protected high bits of low-bit codes never flip) is injected into the
+   codes of the current weights. The original quantizes and flips with the model in eval mode; here quantizing does
+   not depend on the mode, so the perturbed codes are the clean codes with the pattern applied;
+3. perturbed forward/backward in train mode -> ``g_p``, clipped elementwise to ``[-grad_clip, grad_clip]``;
+   buffers (batch-norm running statistics) come from the clean pass only: the perturbed pass's updates are undone;
+4. the optimizer applies ``(g_c + g_p) / 2``.
 
-Curriculum: the bit-error pass starts off. After each step it is switched on for the next step when the clean loss
-is below ``1.15 * threshold`` and the mean of clean and perturbed loss is at most ``threshold``, and off otherwise.
-While it is off the perturbed loss is not measured and the clean loss stands in for it (so it switches on once the
-clean loss is at most ``threshold``). ``threshold`` is 1.75 for CIFAR-10 and MNIST, 3.5 for CIFAR-100.
+Curricula (``curriculum``):
+
+* ``'loss'`` (the paper's default): the bit-error pass starts off. While it is off, the perturbed loss counts as 0.
+  After each step it is on for the next step when the clean loss is below ``1.15 * threshold`` and
+  ``(clean + perturbed) / 2 <= threshold``, and off otherwise (``threshold`` 1.75 for CIFAR-10 and MNIST, 3.5 for
+  CIFAR-100). So it first switches on once the clean loss is below ``1.15 * 1.75 = 2.0125``.
+* ``'step'``: always on, the rate ramped up over the first half of training: in epoch ``e`` (0-based) of ``E``,
+  ``p_e = p * min(1, (e + 1) / ceil(E / 2))``.
+* ``'none'``: always on at rate ``p``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,43 +33,68 @@ from bitbench import kernels
 
 from .training import QATStep, _accuracy, all_reduce_mean
 
-__all__ = ["RandBETStep", "curriculum_next"]
+__all__ = ["RandBETStep", "curriculum_next", "step_rate", "CURRICULA"]
+
+CURRICULA = ("loss", "step", "none")
 
 
 def curriculum_next(active: bool, clean_loss: float, perturbed_loss: float | None, threshold: float) -> bool:
-    """Whether the bit-error pass runs in the next step (see the module docstring)."""
-    p_loss = clean_loss if (not active or perturbed_loss is None) else perturbed_loss
+    """Whether the bit-error pass runs in the next step under the loss curriculum (module docstring): the
+    perturbed loss counts as 0 while the pass is off (or was not measured)."""
+    p_loss = perturbed_loss if (active and perturbed_loss is not None) else 0.0
     return clean_loss < 1.15 * threshold and (clean_loss + p_loss) / 2 <= threshold
 
 
+def step_rate(p: float, epoch: int, epochs: int) -> float:
+    """The 'step' curriculum's rate in epoch ``epoch`` (0-based) of ``epochs``: ramped over the first half."""
+    half = max(1, math.ceil(epochs / 2))
+    return p * min(1.0, (epoch + 1) / half)
+
+
 class RandBETStep(QATStep):
-    """The RandBET step. ``pattern_fn(qm, seed) -> codes`` may replace the random pattern (AdvBET does)."""
+    """The RandBET step. ``pattern_fn(qm, seed) -> codes`` may replace the random pattern (AdvBET does).
+
+    ``threshold=None`` with ``curriculum='loss'`` means no curriculum (always on), as ``curriculum='none'``."""
 
     name = "randbet"
 
     def __init__(self, p: float = 0.01, *, grad_clip: float = 0.05, threshold: float | None = 1.75,
-                 seed: int = 0, p10: float | None = None, pattern_fn=None):
+                 seed: int = 0, p10: float | None = None, pattern_fn=None, curriculum: str = "loss"):
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"p must be a rate (fraction) in [0, 1], got {p!r}")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0, got {grad_clip!r}")
+        if curriculum not in CURRICULA:
+            raise ValueError(f"curriculum must be one of {CURRICULA}, got {curriculum!r}")
+        if curriculum == "loss" and threshold is None:
+            curriculum = "none"
         self.p = float(p)
         self.p10 = None if p10 is None else float(p10)
         self.grad_clip = grad_clip
-        self.threshold = threshold
+        self.curriculum = curriculum
+        self.threshold = threshold if curriculum == "loss" else None
         self.seed = int(seed)
         self.pattern_fn = pattern_fn
-        self.active = threshold is None  # no curriculum: always on
+        self.active = curriculum != "loss"
         self.generator = torch.Generator().manual_seed(self.seed)
+        self._rate = self.p
 
     def draw_seed(self) -> int:
         """The next pattern seed (63-bit) from this step's own generator."""
         return int(torch.randint(0, 2 ** 62, (1,), generator=self.generator).item())
 
+    def rate(self, trainer) -> float:
+        """The bit error rate of this step's pattern."""
+        if self.curriculum == "step":
+            return step_rate(self.p, trainer.epoch, trainer.config.epochs)
+        return self.p
+
     def pattern(self, qm, seed: int) -> torch.Tensor:
         if self.pattern_fn is not None:
             return self.pattern_fn(qm, seed)
-        return kernels.random_flip(qm.codes, self.p, self.p10, seed=seed, bits=qm.bits, protected=qm.protected)
+        p = self._rate
+        p10 = None if self.p10 is None else self.p10 * (p / self.p if self.p else 1.0)
+        return kernels.random_flip(qm.codes, p, p10, seed=seed, bits=qm.bits, protected=qm.protected)
 
     def __call__(self, trainer, x, y) -> dict:
         if trainer.quantizer is None:
@@ -77,10 +112,18 @@ class RandBETStep(QATStep):
                 clean_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
                 for p in params:
                     p.grad = None
+                self._rate = self.rate(trainer)
+                stats["p"] = self._rate
                 st.load(self.pattern(st.qm, self.draw_seed()))
+                # the perturbed pass must not move the running statistics: keep the clean pass's buffers
+                buffers = [b for b in trainer.model.buffers()]
+                saved = [b.detach().clone() for b in buffers]
                 logits_p = model(x)
                 loss_p = F.cross_entropy(logits_p, y)
                 loss_p.backward()
+                with torch.no_grad():
+                    for b, s in zip(buffers, saved):
+                        b.copy_(s)
                 p_loss = loss_p.item()
                 stats["loss_perturbed"] = p_loss
                 stats["acc_perturbed"] = _accuracy(logits_p.detach(), y)
@@ -94,10 +137,9 @@ class RandBETStep(QATStep):
                         if self.grad_clip is not None:
                             gp = gp.clamp(-self.grad_clip, self.grad_clip)
                         p.grad = (gp if gc is None else gc + gp) / 2
-        if self.threshold is not None:
+        if self.curriculum == "loss":
             # Under torch.distributed every rank decides on the same (rank-averaged) losses.
-            losses = all_reduce_mean([stats["loss"], stats["loss"] if p_loss is None else p_loss],
-                                     trainer.device)
+            losses = all_reduce_mean([stats["loss"], 0.0 if p_loss is None else p_loss], trainer.device)
             self.active = curriculum_next(was_active, losses[0], None if p_loss is None else losses[1],
                                           self.threshold)
         return stats
@@ -111,4 +153,4 @@ class RandBETStep(QATStep):
 
     def identity(self) -> dict:
         return {"step": self.name, "p": self.p, "p10": self.p10, "grad_clip": self.grad_clip,
-                "threshold": self.threshold, "seed": self.seed}
+                "threshold": self.threshold, "curriculum": self.curriculum, "seed": self.seed}

@@ -9,7 +9,7 @@ from bitbench.configs.spec import SpecError
 
 from .base import Defense
 from .quantization import QuantScheme, normal as normal_scheme, rquant as rquant_scheme
-from .randbet import RandBETStep
+from .randbet import CURRICULA, RandBETStep
 
 __all__ = ["Normal", "RQuant", "Clip", "RandBET", "Quant", "BitErrorTraining", "resolve_threshold"]
 
@@ -23,39 +23,63 @@ def _check_wmax(w_max):
         raise SpecError(f"w_max must be a finite number > 0, got {w_max!r}")
 
 
-class _SchemeOnly(Defense):
-    """QAT with a fixed preset scheme of ``bits`` bits (subclasses set ``preset``); no clipping."""
+def _check_optional_wmax(w_max):
+    if w_max is not None:
+        _check_wmax(w_max)
+    return None if w_max is None else float(w_max)
+
+
+class _ClippedAtOne(Defense):
+    """QAT with a preset scheme of ``bits`` bits (subclasses set ``preset``), clipped at ``w_max`` = 1 like every
+    model of the paper (``w_max=none`` turns the clip off; the result record says so)."""
 
     preset = staticmethod(rquant_scheme)
+    PAPER_W_MAX = 1.0
 
-    def __init__(self, bits: int = 8):
+    def __init__(self, bits: int = 8, w_max: float | None = 1.0):
         _check_bits(bits)
         self.bits = bits
+        self.w_max = _check_optional_wmax(w_max)
 
     def scheme(self) -> QuantScheme:
         return self.preset(self.bits)
 
+    @property
+    def storage_format(self) -> bool:
+        """A storage format unless ``w_max`` asks for a clip other than the paper's (then it is a clip recipe)."""
+        return self.w_max in (None, self.PAPER_W_MAX)
+
 
 @register_defense("normal")
-class Normal(_SchemeOnly):
-    """Quantization-aware training with the paper's fragile Normal quantization (global range 1, truncation).
+class Normal(_ClippedAtOne):
+    """Quantization-aware training with the paper's fragile Normal quantization (global range 1, truncation),
+    weights clipped at 1 after each step (the paper's configs).
 
     Args:
         bits: bits per weight (2..8, unsigned offset codes in uint8).
+        w_max: clip every parameter to [-w_max, w_max] after each step (the paper: 1; none: no clipping).
     """
 
     preset = staticmethod(normal_scheme)
 
 
 @register_defense("rquant")
-class RQuant(_SchemeOnly):
-    """Robust quantization: per-tensor, asymmetric, unsigned offset codes, round to nearest.
+class RQuant(_ClippedAtOne):
+    """Robust quantization: per-tensor, asymmetric, unsigned offset codes, round to nearest; weights clipped at 1
+    after each step (the paper's configs).
 
     Args:
         bits: bits per weight (2..8, unsigned offset codes in uint8).
+        w_max: clip every parameter to [-w_max, w_max] after each step (the paper: 1; none: no clipping).
     """
 
-    preset = staticmethod(rquant_scheme)
+    def scheme(self) -> QuantScheme:
+        return rquant_scheme(self.bits, self.w_max)
+
+    def storage_scheme(self) -> QuantScheme:
+        """A model not trained (and clipped) here is stored with the tensors' own ranges (no cap at w_max): the
+        cap is the training clip's, and would silently clamp weights such as layer-norm scales above 1."""
+        return rquant_scheme(self.bits, None)
 
 
 @register_defense("clip")
@@ -97,16 +121,31 @@ class BitErrorTraining(Defense):
     """Shared part of the bit error training defenses (RandBET, AdvBET): RQuant with clipping, a curriculum
     threshold and the clipped perturbed gradient. Not registered itself."""
 
-    def _setup(self, w_max, bits, threshold, grad_clip) -> None:
+    curriculum = "loss"
+
+    def _setup(self, w_max, bits, threshold, grad_clip, curriculum: str = "loss") -> None:
         _check_bits(bits)
         _check_wmax(w_max)
         resolve_threshold(threshold, 10)
         if not (isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool) and grad_clip > 0):
             raise SpecError(f"grad_clip must be a number > 0, got {grad_clip!r}")
+        if curriculum not in CURRICULA:
+            raise SpecError(f"curriculum must be one of {', '.join(CURRICULA)}, got {curriculum!r}")
         self.w_max = float(w_max)
         self.bits = bits
         self.threshold = threshold
         self.grad_clip = float(grad_clip)
+        self.curriculum = curriculum
+
+    def recipe(self) -> dict:
+        d = super().recipe()
+        cur = "none" if (self.curriculum == "loss" and self.threshold is None) else self.curriculum
+        d.update(curriculum=cur, grad_clip=self.grad_clip, perturbed_pass="train mode, buffers of the clean pass")
+        if cur == "loss":
+            d["threshold"] = self.threshold
+        if cur != "loss":
+            d["deviations"].append(f"curriculum {cur!r} (the paper: the loss curriculum, threshold 1.75 / 3.5)")
+        return d
 
     def scheme(self) -> QuantScheme:
         return rquant_scheme(self.bits, self.w_max)
@@ -122,11 +161,13 @@ class RandBET(BitErrorTraining):
         bits: bits per weight (2..8).
         threshold: curriculum loss threshold; 'auto' = 1.75 (10 classes) or 3.5 (100 classes); none = always on.
         grad_clip: the perturbed gradient is clipped elementwise to [-grad_clip, grad_clip].
+        curriculum: 'loss' (the paper: on once the clean loss is low), 'step' (always on, p ramped up over the
+            first half of training) or 'none' (always on).
     """
 
     def __init__(self, p: float = 0.01, w_max: float = 0.1, bits: int = 8, threshold: str = "auto",
-                 grad_clip: float = 0.05):
-        self._setup(w_max, bits, threshold, grad_clip)
+                 grad_clip: float = 0.05, curriculum: str = "loss"):
+        self._setup(w_max, bits, threshold, grad_clip, curriculum)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise SpecError(f"p must be a rate (fraction) in [0, 1], got {p!r}")
         self.p = float(p)
@@ -134,7 +175,7 @@ class RandBET(BitErrorTraining):
     def make_step(self, *, seed: int, num_classes: int | None = None):
         return RandBETStep(self.p, grad_clip=self.grad_clip, threshold=resolve_threshold(self.threshold,
                                                                                          num_classes),
-                           seed=1_000_003 + int(seed))
+                           seed=1_000_003 + int(seed), curriculum=self.curriculum)
 
 
 @register_defense("quant")
@@ -145,21 +186,29 @@ class Quant(Defense):
         bits: bits per weight (unsigned offset codes: 2..8 in uint8; signed two's complement: 8, 16 or 32).
         signed: two's complement codes (int8/int16/int32) instead of unsigned offset codes.
         range: 'fixed' (q_max for every tensor), 'adaptive' (per tensor) or 'clipped' (per tensor, capped at w_max).
-        q_max: the range of range='fixed'.
-        asymmetric: per-tensor [min, max] range instead of a symmetric one (not with range='fixed').
+        q_max: the range of range='fixed' ([-q_max, q_max], or [q_min, q_max] when asymmetric).
+        asymmetric: a [min, max] range mapped onto [-1, 1] instead of a symmetric one.
         rounding: 'round' (to nearest) or 'trunc' (toward zero).
         w_max: clip weights to [-w_max, w_max] after each step (none: no clipping); also the cap of 'clipped'.
+        q_min: the lower end of an asymmetric fixed range (default -q_max).
     """
 
     def __init__(self, bits: int = 8, signed: bool = False, range: str = "adaptive", q_max: float = 1.0,
-                 asymmetric: bool = True, rounding: str = "round", w_max: float | None = None):
+                 asymmetric: bool = True, rounding: str = "round", w_max: float | None = None,
+                 q_min: float | None = None):
         if w_max is not None:
             _check_wmax(w_max)
         self._scheme = QuantScheme(bits=bits, signed=bool(signed), range=range, q_max=float(q_max),
                                    w_max=None if w_max is None else float(w_max), asymmetric=bool(asymmetric),
-                                   rounding=rounding, label="quant")
+                                   rounding=rounding, q_min=None if q_min is None else float(q_min),
+                                   label="quant")
         self.bits = bits
         self.w_max = None if w_max is None else float(w_max)
 
     def scheme(self) -> QuantScheme:
         return self._scheme
+
+    @property
+    def storage_format(self) -> bool:
+        """Any scheme is a storage format; with ``w_max`` the defense is a clip recipe."""
+        return self.w_max is None

@@ -15,14 +15,15 @@ from ._torch_backend import philox4x32_10
 from .bitops import (bit_and, bit_or, bit_xor, budget_projection, clear_bits, flip_bits, flip_deltas, flip_one_bit,
                      from_bits, from_pattern, hamming_distance, hamming_total, msb_projection, msb_value, popcount,
                      set_bits, to_bits, to_pattern)
-from .fused_quant import fused_available, fused_dequant, fused_quant_dequant, fused_segment_minmax
+from . import fused_quant  # noqa: F401  (the C accelerator of the quantization schemes)
+from .fused_quant import Rounding, fused_available
 from .flip import (BACKENDS, ENV_BACKEND, backends, random_flip, random_flip_mask, resolve_backend,
                    threshold_flip_mask)
 
 SUPPORTED_DTYPES = tuple(DTYPE_WIDTH)
 
 __all__ = [
-    "fused_available", "fused_dequant", "fused_quant_dequant", "fused_segment_minmax",
+    "fused_quant", "fused_available", "Rounding",
     "SUPPORTED_DTYPES", "DTYPE_WIDTH", "BACKENDS", "ENV_BACKEND",
     "random_flip", "random_flip_mask", "threshold_flip_mask", "philox4x32_10", "threshold", "thresholds", "backends",
     "resolve_backend", "flip_deltas", "flip_one_bit", "to_pattern", "from_pattern",

@@ -34,11 +34,12 @@ void bb_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out);
 const char *bb_build_info(void);
 int bb_max_threads(void);
 int bb_set_simd(int level);
-int bb_quant_dequant_f32(const float *w, const int64_t *starts, int nseg, const float *mid, const float *half,
-                         const float *lev, const float *scale, int rounding, int center, int code_kind,
-                         void *codes, float *deq, int nthreads);
-int bb_dequant_f32(const void *codes, const int64_t *starts, int nseg, const float *mid, const float *scale,
-                   int center, int code_kind, float *out, int nthreads);
+int bb_encode_f32(const float *w, const int64_t *starts, int nseg, int family, const float *lo, const float *hi,
+                  const float *step, int rounding, int center, int code_min, int code_max, int code_kind,
+                  void *codes, float *deq, int nthreads);
+int bb_decode_f32(const void *codes, const int64_t *starts, int nseg, int family, const float *lo, const float *hi,
+                  const float *step, int center, int code_min, int code_max, int code_kind, float *out,
+                  int nthreads);
 int bb_minmax_f32(const float *w, const int64_t *starts, int nseg, float *lo, float *hi, float *amax);
 """
 

@@ -81,36 +81,35 @@ def set_simd(level: int) -> None:
 _CODE_KIND = {torch.uint8: 0, torch.int8: 1, torch.int16: 2}
 
 
-def quant_dequant_f32(w: torch.Tensor, starts: torch.Tensor, mid: torch.Tensor, half: torch.Tensor,
-                      lev: torch.Tensor, scale: torch.Tensor, rounding: bool, center: int, codes: torch.Tensor,
-                      deq: torch.Tensor | None) -> None:
-    """See quant_cpu.h. All CPU, contiguous; w/deq/mid/half/lev/scale float32; starts int64 [nseg+1]."""
+def encode_f32(w: torch.Tensor, starts: torch.Tensor, family: int, ctx, rounding: int, center: int, code_min: int,
+               code_max: int, codes: torch.Tensor, deq: torch.Tensor) -> None:
+    """See quant_cpu.h. All CPU, contiguous; w/deq and ctx.lo/hi/step float32; starts int64 [nseg+1]."""
     ffi, lib = load()
     if lib is None:
         raise RuntimeError(_error)
     f = "float *"
-    rc = lib.bb_quant_dequant_f32(
-        ffi.cast(f, w.data_ptr()), ffi.cast("int64_t *", starts.data_ptr()), starts.numel() - 1,
-        ffi.cast(f, mid.data_ptr()), ffi.cast(f, half.data_ptr()), ffi.cast(f, lev.data_ptr()),
-        ffi.cast(f, scale.data_ptr()), int(rounding), int(center), _CODE_KIND[codes.dtype],
-        ffi.cast("void *", codes.data_ptr()), ffi.cast(f, deq.data_ptr()) if deq is not None else ffi.NULL,
-        torch.get_num_threads())
+    rc = lib.bb_encode_f32(
+        ffi.cast(f, w.data_ptr()), ffi.cast("int64_t *", starts.data_ptr()), starts.numel() - 1, int(family),
+        ffi.cast(f, ctx.lo.data_ptr()), ffi.cast(f, ctx.hi.data_ptr()), ffi.cast(f, ctx.step.data_ptr()),
+        int(rounding), int(center), int(code_min), int(code_max), _CODE_KIND[codes.dtype],
+        ffi.cast("void *", codes.data_ptr()), ffi.cast(f, deq.data_ptr()), torch.get_num_threads())
     if rc != 0:
-        raise RuntimeError(f"bb_quant_dequant_f32 failed with code {rc}")
+        raise RuntimeError(f"bb_encode_f32 failed with code {rc} (family {family}, rounding {rounding})")
 
 
-def dequant_f32(codes: torch.Tensor, starts: torch.Tensor, mid: torch.Tensor, scale: torch.Tensor, center: int,
-                out: torch.Tensor) -> None:
+def decode_f32(codes: torch.Tensor, starts: torch.Tensor, family: int, ctx, center: int, code_min: int,
+               code_max: int, out: torch.Tensor) -> None:
     ffi, lib = load()
     if lib is None:
         raise RuntimeError(_error)
     f = "float *"
-    rc = lib.bb_dequant_f32(ffi.cast("void *", codes.data_ptr()), ffi.cast("int64_t *", starts.data_ptr()),
-                            starts.numel() - 1, ffi.cast(f, mid.data_ptr()), ffi.cast(f, scale.data_ptr()),
-                            int(center), _CODE_KIND[codes.dtype], ffi.cast(f, out.data_ptr()),
-                            torch.get_num_threads())
+    rc = lib.bb_decode_f32(ffi.cast("void *", codes.data_ptr()), ffi.cast("int64_t *", starts.data_ptr()),
+                           starts.numel() - 1, int(family), ffi.cast(f, ctx.lo.data_ptr()),
+                           ffi.cast(f, ctx.hi.data_ptr()), ffi.cast(f, ctx.step.data_ptr()), int(center),
+                           int(code_min), int(code_max), _CODE_KIND[codes.dtype], ffi.cast(f, out.data_ptr()),
+                           torch.get_num_threads())
     if rc != 0:
-        raise RuntimeError(f"bb_dequant_f32 failed with code {rc}")
+        raise RuntimeError(f"bb_decode_f32 failed with code {rc} (family {family})")
 
 
 def minmax_f32(w: torch.Tensor, starts: torch.Tensor, lo, hi, amax) -> bool:

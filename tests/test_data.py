@@ -406,7 +406,7 @@ def _g(seed=0):
 
 def test_augment_shapes_and_determinism():
     x = torch.rand(16, 3, 32, 32)
-    aug = Augment.from_config({"crop": 4, "flip": True, "cutout": 16, "autoaugment": False})
+    aug = Augment.from_config({"crop": 4, "flip": True, "cutout": 16, "autoaugment": True}, mean=(0.5, 0.4, 0.3))
     a, b = aug(x, _g(1)), aug(x, _g(1))
     assert a.shape == x.shape and torch.equal(a, b)
     assert not torch.equal(a, aug(x, _g(2)))
@@ -459,49 +459,27 @@ def test_cutout():
     assert torch.equal(cutout(x, 0, _g()), x)
 
 
-def test_autoaugment_needs_torchvision():
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # not installed, or built for another torch
-        with pytest.raises(RuntimeError, match="torchvision"):
-            Augment(autoaugment=True)
-        return
-    x = torch.rand(4, 3, 32, 32)
-    aug = Augment(autoaugment=True)
-    assert torch.equal(aug(x, _g(0)), aug(x, _g(0)))
-
-
-def test_autoaugment_with_stub_torchvision(monkeypatch):
-    """The torchvision path is deterministic given the generator and leaves the global RNG alone (a stub stands in
-    for torchvision's AutoAugment, which draws from the global RNG)."""
-    import enum
-
-    class Policy(enum.Enum):
-        IMAGENET = "imagenet"
-        CIFAR10 = "cifar10"
-        SVHN = "svhn"
-
-    class StubAutoAugment:
-        def __init__(self, policy):
-            assert policy is Policy.CIFAR10
-
-        def __call__(self, img):
-            assert img.dtype == torch.uint8 and img.dim() == 3
-            return (img.float() * torch.rand(())).to(torch.uint8)
-
-    tv = types.ModuleType("torchvision")
-    tvt = types.ModuleType("torchvision.transforms")
-    tvt.AutoAugment, tvt.AutoAugmentPolicy = StubAutoAugment, Policy
-    tv.transforms = tvt
-    monkeypatch.setitem(sys.modules, "torchvision", tv)
-    monkeypatch.setitem(sys.modules, "torchvision.transforms", tvt)
-    x = torch.rand(6, 3, 8, 8)
-    aug = Augment.from_config({"autoaugment": True})
-    state = torch.get_rng_state()
-    a, b = aug(x, _g(4)), aug(x, _g(4))
-    assert torch.equal(state, torch.get_rng_state())
-    assert a.shape == x.shape and a.dtype == x.dtype and torch.equal(a, b) and not torch.equal(a, aug(x, _g(5)))
-    assert float(a.max()) <= 1.0
+def test_padding_and_cutout_fill_with_the_dataset_mean():
+    """The paper's recipe fills padding, cutout and AutoAugment with the dataset mean (per channel)."""
+    mean = (0.1, 0.2, 0.3)
+    x = torch.ones(30, 3, 8, 8)
+    out = random_crop(x, 4, _g(0), fill=mean)
+    pad = out != 1
+    assert pad.any()
+    for c, m in enumerate(mean):
+        assert torch.equal(out[:, c][pad[:, c]], torch.full_like(out[:, c][pad[:, c]], m))
+    cut = cutout(x, 4, _g(1), fill=mean)
+    for c, m in enumerate(mean):
+        assert set(cut[:, c].unique().tolist()) == {1.0, torch.tensor(m).item()}
+    aug = Augment.from_config({"crop": 4, "cutout": 4, "autoaugment": True}, mean=mean)
+    assert aug.fill == mean and aug.config()["fill"] == "mean"
+    assert Augment(crop=2, fill=0.0).fill == (0.0,)
+    with pytest.raises(ValueError, match="dataset mean"):
+        Augment(crop=2)
+    with pytest.raises(ValueError, match="fill"):
+        Augment(crop=2, fill=2.0)
+    with pytest.raises(ValueError, match="policy"):
+        Augment(autoaugment="imagenet", fill=0.0)
 
 
 def test_batches():

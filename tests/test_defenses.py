@@ -64,9 +64,18 @@ def test_every_defense_trains_to_a_usable_quantized_model(ds, name):
 def test_builtin_defenses_and_schemes():
     assert {"normal", "rquant", "clip", "randbet"} <= set(list_defenses())
     assert create_defense("normal").scheme() == normal(8)
-    assert create_defense("rquant:bits=4").scheme() == rquant(4)
+    assert create_defense("rquant:bits=4").scheme() == rquant(4, 1.0)
     assert create_defense("clip").scheme() == rquant(8, 0.1) and create_defense("clip").w_max == 0.1
-    assert create_defense("normal").w_max is None and create_defense("rquant").w_max is None
+    # every model of the paper is clipped: Normal and RQuant at 1 (w_max=none turns it off, and says so)
+    assert create_defense("normal").w_max == 1.0 and create_defense("rquant").w_max == 1.0
+    assert create_defense("rquant").scheme() == rquant(8, 1.0)
+    assert create_defense("normal:w_max=none").w_max is None and create_defense("rquant:w_max=none").scheme() == \
+        rquant(8)
+    assert create_defense("normal").recipe()["deviations"] == []
+    assert "no weight clipping" in create_defense("normal:w_max=none").recipe()["deviations"][0]
+    assert create_defense("randbet").recipe()["curriculum"] == "loss"
+    assert "curriculum 'step'" in create_defense("randbet:curriculum=step").recipe()["deviations"][0]
+    assert "curriculum 'none'" in create_defense("randbet:threshold=none").recipe()["deviations"][0]
     d = create_defense("randbet")
     assert d.scheme() == rquant(8, 0.1) and d.w_max == 0.1
     step = d.make_step(seed=4, num_classes=10)
@@ -98,7 +107,8 @@ def test_spec_parsing_sets_parameters():
     assert isinstance(d, RandBET)
     assert (d.p, d.w_max, d.bits) == (0.02, 0.05, 4)
     assert isinstance(d.bits, int) and isinstance(d.p, float)
-    assert d.params == {"p": 0.02, "w_max": 0.05, "bits": 4, "threshold": "auto", "grad_clip": 0.05}
+    assert d.params == {"p": 0.02, "w_max": 0.05, "bits": 4, "threshold": "auto", "grad_clip": 0.05,
+                        "curriculum": "loss"}
     assert d.scheme() == rquant(4, 0.05)
     assert d.make_step(seed=0).p == 0.02
     # canonical spec: sorted, only non-default parameters
@@ -131,7 +141,7 @@ def test_unknown_parameter_lists_valid_ones():
         create_defense("randbet:q=0.1")
     msg = str(e.value)
     assert "has no parameter 'q'" in msg
-    assert msg.endswith("Valid parameters: p=0.01, w_max=0.1, bits=8, threshold=auto, grad_clip=0.05")
+    assert msg.endswith("Valid parameters: p=0.01, w_max=0.1, bits=8, threshold=auto, grad_clip=0.05, curriculum=loss")
     with pytest.raises(SpecError, match="Did you mean w_max"):
         create_defense("clip:wmax=0.1")
     with pytest.raises(SpecError, match="has no parameter 'zz'"):
@@ -174,14 +184,15 @@ def test_resolve_threshold():
 
 @pytest.mark.parametrize("active,clean,pert,expect", [
     (False, 3.0, None, False),       # clean loss too high
-    (False, 1.75, None, True),       # off: the clean loss stands in; 1.75 <= T and 1.75 < 1.15 T
-    (False, 1.76, None, False),      # mean 1.76 > T
+    (False, 2.0, None, True),        # off: the perturbed loss counts as 0; 2.0 < 1.15 T = 2.0125, mean 1.0 <= T
+    (False, 2.0125, None, False),    # clean not below 1.15 T
+    (False, 2.01, None, True),
     (True, 1.7, 1.8, True),          # mean 1.75 <= T
     (True, 1.7, 1.81, False),        # mean 1.755 > T
     (True, 1.0, 2.5, True),          # mean 1.75, clean well below
     (True, 2.0125, 1.0, False),      # clean not below 1.15 T = 2.0125 (mean 1.506 would pass)
     (True, 2.01, 1.0, True),         # clean just below 1.15 T, mean 1.505
-    (True, 1.5, None, True),         # no perturbed loss measured: the clean one stands in
+    (True, 1.5, None, True),         # no perturbed loss measured: it counts as 0
     (False, 1.5, 9.0, True),         # while off, a perturbed loss is ignored
 ])
 def test_curriculum_next(active, clean, pert, expect):
@@ -226,7 +237,7 @@ def test_randbet_step_curriculum_with_mocked_losses(monkeypatch):
     x, y = torch.ones(1, 3), torch.tensor([0])
     # (clean, perturbed) per step; perturbed only consumed when the pass runs
     # (losses exactly representable in float32, so the comparisons with T are exact; 1.15 T = 2.0125)
-    script = [(3.0, None), (1.625, None), (1.625, 2.0), (1.5, None), (1.0, 2.5), (2.125, 1.0), (1.0, None)]
+    script = [(3.0, None), (2.0, None), (1.625, 2.0), (1.5, None), (1.0, 2.5), (2.125, 1.0), (2.0, None)]
     expect_on = [False, False, True, False, True, True, False]
     expect_after = [False, True, False, True, True, False, True]
     for (clean, pert), on, after in zip(script, expect_on, expect_after):
@@ -247,6 +258,62 @@ def test_randbet_step_curriculum_with_mocked_losses(monkeypatch):
     s2 = RandBETStep(0.01, threshold=1.75, seed=123)
     s2.load_state_dict(st)
     assert s2.active == step.active and s2.draw_seed() == step.draw_seed()
+
+
+def test_curriculum_first_switches_on_below_2_0125():
+    """From the start (off), the pass switches on for the first clean loss below 1.15 * 1.75 = 2.0125."""
+    state = False
+    for loss in [2.3, 2.2, 2.1, 2.0125, 2.0124, 1.9]:
+        state = curriculum_next(state, loss, None, 1.75)
+        assert state is (loss < 2.0125), loss
+        if state:
+            break
+    assert state
+
+
+def test_step_curriculum_ramps_p_over_the_first_half(ds):
+    from bitbench.defenses.randbet import step_rate
+
+    assert [step_rate(0.1, e, 4) for e in range(4)] == [0.05, 0.1, 0.1, 0.1]
+    assert [round(step_rate(0.1, e, 5), 10) for e in range(5)] == [round(0.1 / 3, 10), round(0.2 / 3, 10), 0.1,
+                                                                    0.1, 0.1]
+    d = create_defense("randbet:p=0.1,curriculum=step")
+    step = d.make_step(seed=0)
+    assert step.active and step.curriculum == "step"
+    model = lenet(ds)
+    cfg = TrainConfig(epochs=4, batch_size=256, lr=0.05, schedule="constant", progress=False, seed=0)
+    hist = d.train(model, ds.train_x[:256], ds.train_y[:256], cfg, num_classes=10)
+    assert [h["p"] for h in hist] == [0.05, 0.1, 0.1, 0.1]
+    with pytest.raises(SpecError, match="curriculum"):
+        create_defense("randbet:curriculum=cosine")
+
+
+def test_perturbed_pass_keeps_the_clean_batch_norm_statistics(ds):
+    """The running statistics after a RandBET step are those of the clean pass alone: the perturbed pass's
+    updates are discarded (and the perturbed pass does run, with other weights)."""
+    import copy
+
+    model = build_model("lenet", num_classes=10, in_channels=1, image_size=28, norm="bn", mean=ds.mean,
+                        std=ds.std, seed=0)
+    ref = copy.deepcopy(model)
+    x, y = ds.train_x[:64], ds.train_y[:64]
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, progress=False)
+    tr = Trainer(model, cfg, scheme=rquant(8, 0.1), step=RandBETStep(0.2, threshold=None, seed=0), w_max=0.1)
+    tr.model.train()
+    tr.optimizer.zero_grad()
+    stats = tr.step(tr, x, y)
+    assert stats["loss_perturbed"] != stats["loss"]
+    # the reference: the clean straight-through forward only
+    rt = Trainer(ref, cfg, scheme=rquant(8, 0.1), w_max=0.1)
+    rt.model.train()
+    with rt.quantizer.straight_through():
+        rt.model(x)
+    bufs = dict(model.named_buffers())
+    moved = 0
+    for name, b in ref.named_buffers():
+        assert torch.equal(bufs[name], b), name
+        moved += "running" in name
+    assert moved >= 4
 
 
 def test_randbet_without_threshold_is_always_on_and_needs_a_scheme():

@@ -52,8 +52,8 @@ def reference_train(model, x, y, scheme, *, epochs, batch_size, lr, w_max, seed,
             saved = [q.detach().clone() for q in params]
             quant = [quantize_tensor(q.detach(), scheme) for q in params]
             with torch.no_grad():
-                for q, (c, s, m) in zip(params, quant):
-                    q.copy_(dequantize_tensor(c, s, m, scheme).view_as(q))
+                for q, (c, ctx) in zip(params, quant):
+                    q.copy_(dequantize_tensor(c, ctx, scheme).view_as(q))
             F.cross_entropy(model(xb), yb).backward()
             if p is not None:
                 gc = [q.grad.clone() for q in params]
@@ -61,10 +61,10 @@ def reference_train(model, x, y, scheme, *, epochs, batch_size, lr, w_max, seed,
                     q.grad = None
                 seed_k = int(torch.randint(0, 2 ** 62, (1,), generator=rb_gen).item())
                 with torch.no_grad():
-                    for q, (c, s, m), off in zip(params, quant, offsets):
+                    for q, (c, ctx), off in zip(params, quant, offsets):
                         cp = kernels.random_flip(c, p, seed=seed_k, bits=scheme.bits, protected=scheme.protected,
                                                  offset=off)
-                        q.copy_(dequantize_tensor(cp, s, m, scheme).view_as(q))
+                        q.copy_(dequantize_tensor(cp, ctx, scheme).view_as(q))
                 F.cross_entropy(model(xb), yb).backward()
                 with torch.no_grad():
                     for q, g in zip(params, gc):
@@ -103,7 +103,7 @@ def test_flat_codes_and_in_place_load_equal_reference(data, scheme):
     model = lenet(ds)
     qm = QuantizedModel.from_module(model, scheme)
     for v, (n, prm) in zip(qm.views(), model.named_parameters()):
-        c, s, m = quantize_tensor(prm.detach(), scheme)
+        c, _ = quantize_tensor(prm.detach(), scheme)
         assert torch.equal(v, c), n
     # Patterns over the whole memory, loaded through the flat parameter buffer, equal per-tensor dequantization.
     other = copy.deepcopy(model)
@@ -113,7 +113,7 @@ def test_flat_codes_and_in_place_load_equal_reference(data, scheme):
     qm.load_into(model, pert)
     qm.load_into(other, pert)  # not flattened: the multi-tensor copy path
     for t, ((n, a), (_, b)) in enumerate(zip(model.named_parameters(), other.named_parameters())):
-        ref = dequantize_tensor(qm.views(pert)[t], qm.scale[t], qm.mid[t], scheme).view_as(a)
+        ref = dequantize_tensor(qm.views(pert)[t], qm.context[t:t + 1], scheme).view_as(a)
         assert torch.equal(a, ref) and torch.equal(b, ref), n
 
 

@@ -70,10 +70,22 @@ def test_forward_shapes(name, c, s, width, norm):
 def test_parameter_counts():
     simple = build_model("simplenet", num_classes=10, in_channels=3, image_size=32, norm="gn")
     n = count_parameters(simple)
-    assert n == 5_493_834 and abs(n - 5.5e6) < 0.1e6
+    # by hand: each conv c_in*c*k*k weights + c biases (kept under the norm, as the original), each group norm
+    # 2c, the classifier 256*10 + 10
+    layers = [(64, 3), (128, 3), (128, 3), (128, 3), (128, 3), (128, 3), (256, 3), (256, 3), (256, 3), (512, 3),
+              (2048, 1), (256, 1), (256, 3)]
+    c_in, expect = 3, 256 * 10 + 10
+    for c, k in layers:
+        expect += c_in * c * k * k + c + 2 * c
+        c_in = c
+    assert n == expect == 5_498_378
     assert count_parameters(build_model("simplenet", num_classes=10, in_channels=3, image_size=32)) == 5_489_290
     convs = [mod for mod in simple.modules() if isinstance(mod, nn.Conv2d)]
-    assert len(convs) == 13
+    assert len(convs) == 13 and all(c.bias is not None for c in convs)
+    # the logits layer: Kaiming-normal (fan-in 256, ReLU gain: std sqrt(2/256)), bias 0
+    w = simple.classifier.weight
+    assert abs(float(w.std()) - (2 / 256) ** 0.5) < 0.1 * (2 / 256) ** 0.5 and float(w.abs().max()) > 1 / 16
+    assert torch.count_nonzero(simple.classifier.bias) == 0
     assert [c.out_channels for c in convs] == [64, 128, 128, 128, 128, 128, 256, 256, 256, 512, 2048, 256, 256]
     res = build_model("resnet20", num_classes=10, in_channels=3, image_size=32, norm="bn")
     assert count_parameters(res) == 269_722

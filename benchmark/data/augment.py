@@ -3,8 +3,9 @@
 Nothing here touches the global random state. Random numbers are drawn on the generator's device and moved to the
 data's device, so a CPU generator drives CUDA batches too (and gives the same augmentation on either).
 
-The paper's CIFAR recipe is ``Augment.from_config({'crop': 4, 'flip': True, 'autoaugment': True, 'cutout': 16})``;
-MNIST used no augmentation. Order of application: crop, flip, AutoAugment, cutout.
+The paper's CIFAR recipe is ``Augment.from_config({'crop': 4, 'flip': True, 'autoaugment': True, 'cutout': 16},
+mean=ds.mean)`` (padding, cutout and AutoAugment fill with the dataset mean); MNIST used no augmentation. Order of
+application: crop, flip, AutoAugment (the CIFAR-10 policy, in plain torch: no torchvision), cutout.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from bitbench.configs.errors import UsageError
 
-__all__ = ["random_crop", "random_hflip", "cutout", "autoaugment", "Augment", "batches"]
+__all__ = ["random_crop", "random_hflip", "cutout", "autoaugment", "Augment", "batches", "CIFAR10_POLICY", "AA_OPS"]
 
 
 def _check(x: torch.Tensor) -> None:
@@ -28,9 +29,17 @@ def _gen_device(generator: torch.Generator | None) -> torch.device:
     return generator.device
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, *, fill: float = 0.0) -> torch.Tensor:
-    """Zero-pad (``fill``) each image by ``padding`` pixels on every side and cut a random HxW window (per image,
-    offsets uniform in 0..2*padding)."""
+def _fill_like(x: torch.Tensor, fill) -> torch.Tensor:
+    """``fill`` (a number or one value per channel) as a 1,C,1,1 tensor of x's dtype and device."""
+    f = torch.as_tensor(fill, dtype=x.dtype, device=x.device).flatten()
+    if f.numel() not in (1, x.shape[1]):
+        raise ValueError(f"fill needs 1 or {x.shape[1]} values (one per channel), got {f.numel()}")
+    return f.expand(x.shape[1]).view(1, -1, 1, 1)
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, *, fill=0.0) -> torch.Tensor:
+    """Pad each image by ``padding`` pixels of ``fill`` (a number or one value per channel) on every side and cut
+    a random HxW window (per image, offsets uniform in 0..2*padding)."""
     _check(x)
     if padding <= 0:
         return x
@@ -38,7 +47,8 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, *, fi
     dev = _gen_device(generator)
     oy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev).to(x.device)
     ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev).to(x.device)
-    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding), value=fill)
+    padded = _fill_like(x, fill).expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+    padded[:, :, padding:padding + h, padding:padding + w] = x
     rows = (oy[:, None] + torch.arange(h, device=x.device)[None, :])  # N,H
     cols = (ox[:, None] + torch.arange(w, device=x.device)[None, :])  # N,W
     ni = torch.arange(n, device=x.device)[:, None, None, None]
@@ -54,8 +64,9 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) ->
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def cutout(x: torch.Tensor, size: int, generator: torch.Generator, *, fill: float = 0.0) -> torch.Tensor:
-    """Cutout (DeVries & Taylor 2017): per image, set a ``size`` x ``size`` square to ``fill``; its centre is
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator, *, fill=0.0) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017): per image, set a ``size`` x ``size`` square to ``fill`` (a number or one
+    value per channel); its centre is
     uniform over all pixels, the square is clipped at the borders (rows cy - size//2 .. cy - size//2 + size - 1)."""
     _check(x)
     if size <= 0:
@@ -71,70 +82,283 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator, *, fill: floa
     in_y = (ys >= y0) & (ys < y0 + size)  # N,H
     in_x = (xs >= x0) & (xs < x0 + size)  # N,W
     mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # N,1,H,W
-    return x.masked_fill(mask, fill)
+    return torch.where(mask, _fill_like(x, fill), x)
 
 
-def _torchvision_autoaugment():
-    try:
-        from torchvision.transforms import AutoAugment, AutoAugmentPolicy
-    except ImportError:
-        raise RuntimeError("AutoAugment needs torchvision, which is not installed; install torchvision or set "
-                           "'autoaugment': False") from None
-    except Exception as e:  # noqa: BLE001 - e.g. a torchvision built for another torch version
-        raise RuntimeError(f"AutoAugment needs torchvision, which failed to import ({type(e).__name__}: {e}); "
-                           "install the torchvision matching your torch, or set 'autoaugment': False") from None
-    return AutoAugment, AutoAugmentPolicy
+# ------------------------------------------------------------------------------------------------ AutoAugment
+# The CIFAR-10 policy of Cubuk et al. (AutoAugment, CVPR 2019): 25 sub-policies of two (operation, probability,
+# magnitude index 0..9) each. Implemented here on tensors (no torchvision, no PIL). Images are handled as integer
+# pixel levels 0..255 (x * 255 rounded), every operation returns integer levels (rounded half to even, clamped to
+# 0..255), and the batch goes back to [0, 1] at the end.
+CIFAR10_POLICY = (
+    (("invert", 0.1, 7), ("contrast", 0.2, 6)),
+    (("rotate", 0.7, 2), ("translate_x", 0.3, 9)),
+    (("sharpness", 0.8, 1), ("sharpness", 0.9, 3)),
+    (("shear_y", 0.5, 8), ("translate_y", 0.7, 9)),
+    (("autocontrast", 0.5, 8), ("equalize", 0.9, 2)),
+    (("shear_y", 0.2, 7), ("posterize", 0.3, 7)),
+    (("color", 0.4, 3), ("brightness", 0.6, 7)),
+    (("sharpness", 0.3, 9), ("brightness", 0.7, 9)),
+    (("equalize", 0.6, 5), ("equalize", 0.5, 1)),
+    (("contrast", 0.6, 7), ("sharpness", 0.6, 5)),
+    (("color", 0.7, 7), ("translate_x", 0.5, 8)),
+    (("equalize", 0.3, 7), ("autocontrast", 0.4, 8)),
+    (("translate_y", 0.4, 3), ("sharpness", 0.2, 6)),
+    (("brightness", 0.9, 6), ("color", 0.2, 8)),
+    (("solarize", 0.5, 2), ("invert", 0.0, 3)),
+    (("equalize", 0.2, 0), ("autocontrast", 0.6, 0)),
+    (("equalize", 0.2, 8), ("equalize", 0.6, 4)),
+    (("color", 0.9, 9), ("equalize", 0.6, 6)),
+    (("autocontrast", 0.8, 4), ("solarize", 0.2, 8)),
+    (("brightness", 0.1, 3), ("color", 0.7, 0)),
+    (("solarize", 0.4, 5), ("autocontrast", 0.9, 3)),
+    (("translate_y", 0.9, 9), ("translate_y", 0.7, 9)),
+    (("autocontrast", 0.9, 2), ("solarize", 0.8, 3)),
+    (("equalize", 0.8, 8), ("invert", 0.1, 3)),
+    (("translate_y", 0.7, 9), ("autocontrast", 0.9, 1)),
+)
+POLICIES = {"cifar10": CIFAR10_POLICY}
 
 
-def autoaugment(x: torch.Tensor, generator: torch.Generator, policy: str = "cifar10") -> torch.Tensor:
-    """torchvision's AutoAugment (CIFAR-10 policy by default), applied per image to float images in [0, 1].
+def _lin(a: float, b: float, k: int) -> float:
+    return a + (b - a) * k / 9
 
-    Only if torchvision is importable. torchvision draws from the global RNG, so this runs inside
-    `torch.random.fork_rng` seeded from ``generator``: deterministic, and the global state is left untouched."""
+
+# magnitude index k (0..9) -> the operation's parameter; SIGNED operations get a random sign per image
+MAGNITUDES = {
+    "shear_x": lambda k, size: _lin(0.0, 0.3, k),               # shear factor
+    "shear_y": lambda k, size: _lin(0.0, 0.3, k),
+    "translate_x": lambda k, size: _lin(0.0, 150 / 331, k) * size,  # pixels
+    "translate_y": lambda k, size: _lin(0.0, 150 / 331, k) * size,
+    "rotate": lambda k, size: _lin(0.0, 30.0, k),                # degrees, counter-clockwise
+    "color": lambda k, size: _lin(0.0, 0.9, k),                  # enhancement factor 1 +- m
+    "contrast": lambda k, size: _lin(0.0, 0.9, k),
+    "brightness": lambda k, size: _lin(0.0, 0.9, k),
+    "sharpness": lambda k, size: _lin(0.0, 0.9, k),
+    "posterize": lambda k, size: float(round(_lin(8.0, 4.0, k))),  # bits kept
+    "solarize": lambda k, size: _lin(256.0, 0.0, k),              # threshold (levels >= it are inverted)
+    "autocontrast": lambda k, size: 0.0, "equalize": lambda k, size: 0.0, "invert": lambda k, size: 0.0,
+}
+SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "color", "contrast", "brightness",
+          "sharpness"}
+
+
+def _finish(u: torch.Tensor) -> torch.Tensor:
+    return u.round_().clamp_(0, 255)
+
+
+def _gray(u: torch.Tensor) -> torch.Tensor:
+    """Per-pixel luminance N,1,H,W (ITU-R 601: 0.299 R + 0.587 G + 0.114 B; one channel: itself)."""
+    if u.shape[1] == 3:
+        return (0.299 * u[:, 0:1] + 0.587 * u[:, 1:2] + 0.114 * u[:, 2:3]).round_()
+    return u.mean(1, keepdim=True).round_()
+
+
+def _blend(degenerate: torch.Tensor, u: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``degenerate + factor * (u - degenerate)`` per image (the enhancement operations)."""
+    return _finish(degenerate + factor.view(-1, 1, 1, 1) * (u - degenerate))
+
+
+def aa_invert(u, m, fill):
+    return 255 - u
+
+
+def aa_brightness(u, m, fill):
+    return _blend(torch.zeros_like(u), u, 1 + m)
+
+
+def aa_color(u, m, fill):
+    return _blend(_gray(u).expand_as(u), u, 1 + m)
+
+
+def aa_contrast(u, m, fill):
+    mean = _gray(u).mean(dim=(1, 2, 3), keepdim=True).round_()
+    return _blend(mean.expand_as(u), u, 1 + m)
+
+
+def aa_sharpness(u, m, fill):
+    """Blend with the image smoothed by [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 (border pixels unsmoothed)."""
+    n, c, h, w = u.shape
+    k = torch.ones(3, 3, dtype=u.dtype, device=u.device)
+    k[1, 1] = 5
+    k = (k / 13).expand(c, 1, 3, 3)
+    smooth = u.clone()
+    if h > 2 and w > 2:
+        smooth[:, :, 1:-1, 1:-1] = torch.nn.functional.conv2d(u, k, groups=c).round_()
+    return _blend(smooth, u, 1 + m)
+
+
+def aa_posterize(u, m, fill):
+    q = (2 ** (8 - m)).view(-1, 1, 1, 1)
+    return torch.div(u, q, rounding_mode="floor") * q
+
+
+def aa_solarize(u, m, fill):
+    return torch.where(u >= m.view(-1, 1, 1, 1), 255 - u, u)
+
+
+def aa_autocontrast(u, m, fill):
+    lo = u.amin(dim=(2, 3), keepdim=True)
+    hi = u.amax(dim=(2, 3), keepdim=True)
+    scale = torch.where(hi > lo, 255 / (hi - lo).clamp_min(1), torch.ones_like(hi))
+    off = torch.where(hi > lo, lo, torch.zeros_like(lo))
+    return _finish((u - off) * scale)
+
+
+def aa_equalize(u, m, fill):
+    """Histogram equalization per image and channel (the lookup table of PIL's ImageOps.equalize): with ``h`` the
+    256-bin histogram and ``step = (count - h[last non-empty level]) // 255`` (identity when 0), level ``i`` maps to
+    ``(step // 2 + sum(h[:i])) // step``."""
+    n, c, hh, ww = u.shape
+    idx = u.to(torch.int64).reshape(n * c, -1)
+    hist = torch.zeros(n * c, 256, dtype=torch.int64, device=u.device).scatter_add_(1, idx, torch.ones_like(idx))
+    levels = torch.arange(256, device=u.device)
+    last = torch.where(hist > 0, levels, -1).amax(1, keepdim=True)
+    step = (hh * ww - hist.gather(1, last)) // 255
+    cum = torch.cumsum(hist, 1) - hist  # counts below each level
+    safe = step.clamp_min(1)
+    lut = ((safe // 2 + cum) // safe).clamp_(max=255)
+    lut = torch.where(step > 0, lut, levels.expand_as(lut))
+    return lut.gather(1, idx).to(u.dtype).view(n, c, hh, ww)
+
+
+def _affine(u: torch.Tensor, a: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour resampling: output pixel centre ``p`` (relative to the image centre) reads the input
+    pixel that contains ``a[:, :, :2] @ p + a[:, :, 2]``; outside the image it is ``fill`` (per channel)."""
+    n, c, h, w = u.shape
+    ys = torch.arange(h, dtype=torch.float64, device=u.device) + 0.5 - h / 2
+    xs = torch.arange(w, dtype=torch.float64, device=u.device) + 0.5 - w / 2
+    py, px = torch.meshgrid(ys, xs, indexing="ij")
+    a = a.to(torch.float64)
+    sx = a[:, 0, 0, None, None] * px + a[:, 0, 1, None, None] * py + a[:, 0, 2, None, None] + w / 2
+    sy = a[:, 1, 0, None, None] * px + a[:, 1, 1, None, None] * py + a[:, 1, 2, None, None] + h / 2
+    # snap to the pixel grid first (rotations by multiples of 90 degrees land exactly on pixel centres)
+    col = torch.floor(sx.mul(1e9).round().div(1e9)).to(torch.int64)
+    row = torch.floor(sy.mul(1e9).round().div(1e9)).to(torch.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    ni = torch.arange(n, device=u.device)[:, None, None, None]
+    ci = torch.arange(c, device=u.device)[None, :, None, None]
+    out = u[ni, ci, row.clamp(0, h - 1)[:, None], col.clamp(0, w - 1)[:, None]]
+    return torch.where(inside[:, None], out, fill.view(1, c, 1, 1).to(u.dtype))
+
+
+def _mat(m: torch.Tensor, entries) -> torch.Tensor:
+    a = torch.zeros(m.shape[0], 2, 3, dtype=torch.float64, device=m.device)
+    a[:, 0, 0] = 1
+    a[:, 1, 1] = 1
+    for (i, j), v in entries.items():
+        a[:, i, j] = v
+    return a
+
+
+def aa_shear_x(u, m, fill):
+    return _affine(u, _mat(m, {(0, 1): m.double()}), fill)  # source x = x + m * y
+
+
+def aa_shear_y(u, m, fill):
+    return _affine(u, _mat(m, {(1, 0): m.double()}), fill)  # source y = y + m * x
+
+
+def aa_translate_x(u, m, fill):
+    return _affine(u, _mat(m, {(0, 2): -m.double()}), fill)  # content moves right by m pixels
+
+
+def aa_translate_y(u, m, fill):
+    return _affine(u, _mat(m, {(1, 2): -m.double()}), fill)  # content moves down by m pixels
+
+
+def aa_rotate(u, m, fill):
+    t = torch.deg2rad(m.double())
+    cs, sn = torch.cos(t), torch.sin(t)
+    # counter-clockwise on screen (y axis pointing down): the source of p is R(theta) p with that orientation
+    return _affine(u, _mat(m, {(0, 0): cs, (0, 1): -sn, (1, 0): sn, (1, 1): cs}), fill)
+
+
+AA_OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("aa_")}
+
+
+def autoaugment(x: torch.Tensor, generator: torch.Generator, policy: str = "cifar10", *, fill=0.0) -> torch.Tensor:
+    """AutoAugment with the CIFAR-10 policy on a float batch in [0, 1], in plain torch.
+
+    Per image: one of the 25 sub-policies uniformly, each of its two operations applied with its probability and
+    magnitude (a random sign for the signed ones), in order. Geometric operations fill with ``fill`` (a number or
+    one value per channel, in [0, 1]; the paper: the dataset mean). All randomness comes from ``generator``."""
     _check(x)
-    AutoAugment, Policy = _torchvision_autoaugment()
-    pol = {"cifar10": Policy.CIFAR10, "imagenet": Policy.IMAGENET, "svhn": Policy.SVHN}[policy.lower()]
-    tf = AutoAugment(pol)
+    if policy.lower() not in POLICIES:
+        raise UsageError(f"augment: unknown AutoAugment policy {policy!r}; known: {sorted(POLICIES)}")
+    table = POLICIES[policy.lower()]
+    n, c, h, w = x.shape
     dev = _gen_device(generator)
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=dev).item())
-    u8 = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        out = torch.stack([tf(img) for img in u8])
-    return out.to(device=x.device, dtype=x.dtype).div_(255.0)
-
+    pick = torch.randint(0, len(table), (n,), generator=generator, device=dev).cpu()
+    coin = torch.rand(n, 2, generator=generator, device=dev).cpu()
+    sign = torch.randint(0, 2, (n, 2), generator=generator, device=dev).cpu().mul(2).sub(1)
+    u = (x.detach().clamp(0, 1) * 255).round()
+    fill_t = (torch.as_tensor(fill, dtype=u.dtype, device=u.device).flatten().expand(c) * 255).round()
+    for j in range(2):
+        groups: dict = {}
+        for i in range(n):
+            name, prob, k = table[int(pick[i])][j]
+            if float(coin[i, j]) < prob:
+                mag = MAGNITUDES[name](k, w if name.endswith("_x") else h)
+                groups.setdefault(name, ([], []))
+                groups[name][0].append(i)
+                groups[name][1].append(mag * int(sign[i, j]) if name in SIGNED else mag)
+        for name, (idx, mags) in groups.items():
+            it = torch.tensor(idx, device=u.device)
+            mt = torch.tensor(mags, dtype=u.dtype, device=u.device)
+            u[it] = AA_OPS[name](u[it], mt, fill_t)
+    return u.div_(255.0).to(x.dtype)
 
 class Augment:
-    """A composable augmentation: ``Augment(crop=4, flip=True, cutout=16, autoaugment=False)`` or
-    ``Augment.from_config({...})``; call as ``aug(x, generator)``. All off = identity."""
+    """A composable augmentation: ``Augment(crop=4, flip=True, cutout=16, autoaugment=True, mean=ds.mean)`` or
+    ``Augment.from_config({...}, mean=ds.mean)``; call as ``aug(x, generator)``. All off = identity.
+
+    ``fill`` (padding, cutout, AutoAugment's geometric operations): ``'mean'`` (the default, as the paper: the
+    dataset's per-channel mean, given as ``mean``), a number, or one value per channel, in [0, 1]."""
 
     KEYS = ("crop", "flip", "autoaugment", "cutout", "fill")
 
     def __init__(self, crop: int = 0, flip: bool = False, cutout: int = 0, autoaugment: bool | str = False,
-                 fill: float = 0.0):
+                 fill="mean", mean=None):
         for k, v in (("crop", crop), ("cutout", cutout)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise UsageError(f"augment: {k} must be a non-negative integer, got {v!r}")
         self.crop = int(crop)
         self.flip = bool(flip)
         self.cutout = int(cutout)
+        if autoaugment == "if-available":  # older suites: AutoAugment is always available now
+            autoaugment = True
         self.autoaugment = autoaugment if isinstance(autoaugment, str) else ("cifar10" if autoaugment else "")
-        self.fill = float(fill)
-        if self.autoaugment:
-            _torchvision_autoaugment()  # fail early with a clear message
+        if self.autoaugment and self.autoaugment.lower() not in POLICIES:
+            raise UsageError(f"augment: unknown AutoAugment policy {self.autoaugment!r}; known: {sorted(POLICIES)}"
+                             " (or true / false)")
+        self.fill_spec = fill
+        if isinstance(fill, str):
+            if fill != "mean":
+                raise UsageError(f"augment: fill must be 'mean', a number or one number per channel, got {fill!r}")
+            needs = self.crop or self.cutout or self.autoaugment
+            if mean is None and needs:
+                raise UsageError("augment: fill='mean' needs the dataset mean (Augment(..., mean=ds.mean))")
+            self.fill = tuple(float(v) for v in mean) if mean is not None else (0.0,)
+        else:
+            vals = fill if isinstance(fill, (list, tuple)) else [fill]
+            if not vals or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                                   for v in vals):
+                raise UsageError(f"augment: fill values must lie in [0, 1], got {fill!r}")
+            self.fill = tuple(float(v) for v in vals)
 
     @classmethod
-    def from_config(cls, config: Mapping | None) -> "Augment":
+    def from_config(cls, config: Mapping | None, mean=None) -> "Augment":
         config = dict(config or {})
         unknown = sorted(set(config) - set(cls.KEYS))
         if unknown:
             raise UsageError(f"augment: unknown option(s) {unknown}; known: {list(cls.KEYS)}")
         norm = {k: (0 if v in (None, False) and k in ("crop", "cutout") else v) for k, v in config.items()}
-        return cls(**norm)
+        return cls(**norm, mean=mean)
 
     def config(self) -> dict:
         return {"crop": self.crop, "flip": self.flip, "cutout": self.cutout,
-                "autoaugment": self.autoaugment or False, "fill": self.fill}
+                "autoaugment": self.autoaugment or False, "fill": self.fill_spec}
 
     @property
     def is_identity(self) -> bool:
@@ -146,7 +370,7 @@ class Augment:
         if self.flip:
             x = random_hflip(x, generator)
         if self.autoaugment:
-            x = autoaugment(x, generator, self.autoaugment)
+            x = autoaugment(x, generator, self.autoaugment, fill=self.fill)
         if self.cutout:
             x = cutout(x, self.cutout, generator, fill=self.fill)
         return x

