@@ -261,6 +261,12 @@ class QuantizedModel:
         keep = torch.tensor([not (int(self.protected) >> b) & 1 for b in range(m)], device=delta.device)
         return delta * keep
 
+    def dweight_dcode(self) -> torch.Tensor:
+        """float64 ``[n_words]``: d(weight)/d(code) of every word, the linearization gradient attacks in code space
+        use (``dL/dcode = dL/dw * dweight_dcode``). For this affine format: the tensor's step ``scale``."""
+        seg = segment_ids(self.lengths, device=self.codes.device)
+        return expand_segments(self.scale.to(device=self.codes.device, dtype=torch.float64), seg, self.lengths)
+
     def dequantize_tensors(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         flat = self.dequantize(codes)
         return {n: flat[o:o + k].view(s) for n, o, k, s in zip(self.names, self.offsets, self.lengths, self.shapes)}
