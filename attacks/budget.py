@@ -131,10 +131,12 @@ class BudgetAttack(Attack):
         cmin, cmax = qm.scheme.code_min, qm.scheme.code_max
         q0 = clean.to(torch.float64)  # the integer values of the codes
         dw_dq = qm.dweight_dcode().to(device=dev, dtype=torch.float64)
-        bound = self.constraints.bind(qm)
-        words = torch.arange(qm.n_words, device=dev)
-        allowed = bound.allowed(words, clean, clean)
-        groups = bound.page_of(words) if bound.page_words else None
+        allowed = groups = None                 # unconstrained: every attackable bit, no page limit
+        if self.constraints.active:
+            bound = self.constraints.bind(qm)
+            words = torch.arange(qm.n_words, device=dev)
+            allowed = bound.allowed(words, clean, clean)
+            groups = bound.page_of(words) if bound.page_words else None
         levels = float(2 ** qm.bits)
         params = qm.parameters_of(model)
         best_codes, best_loss, best_acc, best_restart = clean.clone(), None, None, 0
@@ -146,7 +148,12 @@ class BudgetAttack(Attack):
                 victim.y = victim.predictions()
             for r in range(self.restarts):
                 g = torch.Generator().manual_seed((seed * 1_000_003 + r) % (1 << 63))
-                cur = clean.clone() if r == 0 else self._random_init(clean, allowed, groups, qm.bits, g)
+                if r == 0:
+                    cur = clean.clone()
+                else:
+                    ok = allowed if allowed is not None else kernels.flippable(clean, bits=qm.bits,
+                                                                               protected=int(qm.protected))
+                    cur = self._random_init(clean, ok, groups, qm.bits, g)
                 victim.load(cur)
                 loss, acc, grads = victim.loss_grad()
                 evals += 1

@@ -355,5 +355,5 @@ def test_dweight_dcode_is_the_step_of_one_code_level(env):
         idx = torch.arange(n)[ok[o:o + n]]
         q = qm.codes[o:o + n][idx]
         d = qm.decode_words(t, idx, q + 1, dtype=torch.float64) - qm.decode_words(t, idx, q, dtype=torch.float64)
-        assert torch.allclose(step[o:o + n][idx], d, rtol=1e-5, atol=1e-9)
+        assert torch.allclose(step[o:o + n][idx], d, rtol=0, atol=2e-7)   # float32 decoding
     assert step.shape == w.shape and step.dtype == torch.float64
