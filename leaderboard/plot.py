@@ -57,6 +57,15 @@ def plot_suite(suite: Suite, entries: list[dict], path: str | os.PathLike) -> Pa
         ax.set_ylabel("RErr (%)")
         ax.set_title(f"suite {suite.name}: robust test error (headline p = "
                      f"{format_rate(suite.headline_rate) if suite.headline_rate else '–'})")
+    except BaseException:
+        plt.close(fig)
+        raise
+    return _finish(plt, fig, ax, path)
+
+
+def _finish(plt, fig, ax, path) -> Path:
+    """Grid, legend, the PNG bytes (no software/date metadata), written atomically; the figure is closed."""
+    try:
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left")
@@ -105,15 +114,10 @@ def plot_flips(suite: Suite, entries: list[dict], path: str | os.PathLike) -> Pa
         ax.set_ylabel("test error (%)")
         ax.set_ylim(0, 100)
         ax.set_title(f"suite {suite.name}: test error under adversarial bit flips (mean ± std over trials)")
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", metadata={"Software": None})
-    finally:
+    except BaseException:
         plt.close(fig)
-    return _write_png(buf.getvalue(), path)
+        raise
+    return _finish(plt, fig, ax, path)
 
 
 def write_plots(entries_dir=None, plots_dir: str | os.PathLike = "leaderboard/plots",
