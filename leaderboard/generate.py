@@ -128,21 +128,23 @@ def _result(entry: dict, attack: str) -> dict | None:
     return next((r for r in entry["results"] if r["attack"] == attack and r["rerr"] is not None), None)
 
 
-def adversarial_attacks(entries: list[dict], suite: Suite) -> tuple[str | None, list[str]]:
-    """(the flip-count attack the table ranks by: the suite's first attack whose results have an error target,
-    the budget attacks: the suite's attacks with curves and no target, by budget)."""
-    flips, budgets = None, []
+def adversarial_attacks(entries: list[dict], suite: Suite) -> tuple[str | None, list[str], list[str]]:
+    """The suite's attacks with curves: (the one the table ranks by -- the first whose results have an error
+    target (BFA) --, the budget attacks -- no target -- by budget, the others, e.g. T-BFA with an ASR target)."""
+    flips, budgets, others = None, [], []
     for a in suite.attacks:
         res = [r for e in entries for r in e["results"] if r["attack"] == a and "curve" in r]
         if not res:
             continue
-        if any(r["target"] is not None and r["target"]["metric"] == "err" for r in res):
-            flips = flips or a
-        elif all(r["target"] is None for r in res):
+        if all(r["target"] is None for r in res):
             budgets.append(a)
+        elif flips is None and all(r["target"] is not None and r["target"]["metric"] == "err" for r in res):
+            flips = a
+        else:
+            others.append(a)
     budgets.sort(key=lambda a: (max(r.get("flips") or 0 for e in entries for r in e["results"] if r["attack"] == a),
                                 a))
-    return flips, budgets
+    return flips, budgets, others
 
 
 def _flips_key(entry: dict, attack: str | None):
@@ -174,13 +176,13 @@ def _ranks(entries: list[dict], key) -> dict:
 
 def adversarial_ranked(entries: list[dict], suite: Suite) -> list[tuple[int | None, int | None, dict]]:
     """``[(flips rank, budget rank, entry)]`` in flips-rank order (entries without the result last, by name)."""
-    flips, budgets = adversarial_attacks(entries, suite)
+    flips, budgets, others = adversarial_attacks(entries, suite)
     fr = _ranks(entries, lambda e: _flips_key(e, flips))
     br = _ranks(entries, lambda e: _budget_key(e, budgets[-1] if budgets else None))
     ordered = sorted(entries, key=lambda e: (e["name"] not in fr, fr.get(e["name"], 0), _flips_key(e, flips) or (),
                                              e["name"]))
     return [(fr.get(e["name"]), br.get(e["name"]), e) for e in ordered
-            if any(_result(e, a) is not None for a in ([flips] if flips else []) + budgets)]
+            if any(_result(e, a) is not None for a in ([flips] if flips else []) + budgets + others)]
 
 
 def _ms(values: list) -> str:
@@ -194,7 +196,7 @@ def adversarial_table(entries: list[dict], suite: Suite):
     """The adversarial table of one suite as a DataFrame of strings (None when no entry has such results)."""
     import pandas as pd
 
-    flips, budgets = adversarial_attacks(entries, suite)
+    flips, budgets, others = adversarial_attacks(entries, suite)
     ranked = adversarial_ranked(entries, suite)
     if not ranked:
         return None
@@ -215,6 +217,12 @@ def adversarial_table(entries: list[dict], suite: Suite):
             b = _result(e, a)
             row[f"RErr {a}"] = MISSING if b is None else _ms(b["per_pattern_rerr"]) if b.get("per_pattern_rerr") \
                 else _pct(b["rerr"]["mean"])
+        for a in others:    # final value of the attack's own metric (e.g. T-BFA's ASR) and its flips to target
+            o = _result(e, a)
+            metric = o["target"]["metric"] if o is not None else "err"
+            row[f"{metric.upper() if metric == 'asr' else 'Err'} {a}"] = MISSING if o is None else \
+                _ms(o["curve"][metric][-1])
+            row[f"Flips to target {a}"] = MISSING if o is None else format_flips(flips_summary(o["flips_to_target"]))
         if budgets:
             row[f"Rank {budgets[-1]}"] = MISSING if br is None else str(br)
         rows.append(row)
@@ -225,7 +233,7 @@ def _adversarial_section(suite: Suite, entries: list[dict], plot_link: str | Non
     df = adversarial_table(entries, suite)
     if df is None:
         return []
-    flips, budgets = adversarial_attacks(entries, suite)
+    flips, budgets, others = adversarial_attacks(entries, suite)
     targets = sorted({100 * r["target"]["value"] for e in entries for r in [_result(e, flips)] if r}) if flips else []
     out = ["### Adversarial bit flips", ""]
     words = []
@@ -240,6 +248,9 @@ def _adversarial_section(suite: Suite, entries: list[dict], plot_link: str | Non
         words.append("RErr budget_e{eps}: robust test error under the budgeted attack (at most eps flipped bits, "
                      f"one per weight), mean ± std over trials; Rank {budgets[-1]}: ranked by that column (lower is "
                      "better)")
+    if others:
+        words.append("other attacks: their metric (ASR: attack success rate of a targeted attack) after the whole "
+                     "search and their flips to target, as above")
     out += ["; ".join(words) + ". Errors in %.", ""]
     aligns = ["right", "left", "left", "right"] + ["right"] * (len(df.columns) - 4)
     out += [df.to_markdown(index=False, disable_numparse=True, colalign=aligns), ""]

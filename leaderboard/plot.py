@@ -90,7 +90,7 @@ def _write_png(data: bytes, path) -> Path:
 def plot_flips(suite: Suite, entries: list[dict], path: str | os.PathLike) -> Path | None:
     """Draw test error against flipped bits for the suite's BFA results (entries in rank order) and write a PNG;
     None when no entry has such a curve."""
-    attack, _ = adversarial_attacks(entries, suite)
+    attack, _, _ = adversarial_attacks(entries, suite)
     if attack is None:
         return None
     plt = require_matplotlib()

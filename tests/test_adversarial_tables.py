@@ -205,3 +205,22 @@ def test_flips_plot(tmp_path, configs):
     assert lcli.main(["leaderboard", "--entries", str(tmp_path / "entries"), "--configs", str(configs), "--out",
                       str(md), "--plots", str(tmp_path / "plots")]) == 0
     assert "![Test error against bit flips, suite adv](plots/adv-flips.png)" in md.read_text()
+
+
+def test_targeted_results_get_their_own_columns_in_the_leaderboard(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "adv.toml").write_text(SUITE.replace('attacks = ["bfa_n10", "budget_e5"]',
+                                                    'attacks = ["bfa_n10", "tbfa_n10:target=3"]'))
+    t = curve_record(attack="tbfa_n10:target=3", ftt=(1, 1))
+    t["target"] = {"metric": "asr", "value": 0.9}
+    for c in t["curve"]:
+        for q in c:
+            q["asr"] = 0.95
+    _entry(tmp_path, configs, "a", "rquant", [rate_record(), curve_record(), t])
+    md = generate_markdown(tmp_path / "entries", configs_dir=configs)
+    adv = md.split("### Adversarial bit flips")[1]
+    header = [c.strip() for c in adv.split("\n|")[1].strip("|").split("|")]
+    assert header[-2:] == ["ASR tbfa_n10:target=3", "Flips to target tbfa_n10:target=3"]
+    row = [c.strip() for c in [ln for ln in adv.splitlines() if ln.startswith("| ")][1].strip("|").split("|")]
+    assert row[-2:] == ["95.00 ± 0.00", "1 [1, 1]"]
