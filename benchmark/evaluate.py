@@ -135,12 +135,13 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
         kw["indices"] = list(indices)
     sweep = getattr(attack, "sweep", None)
     states: dict[int, list] = {}
+    extra = getattr(attack, "eval_metrics", None) or (lambda pred, y: {})
 
     def measure(pred: torch.Tensor, point: dict) -> dict:
         wrong = pred != y
         return {"flips": int(point.get("flips", 0)), "err": wrong.sum().item() / n,
                 "rerr": (wrong | clean_wrong).sum().item() / n, "loss": float(point.get("loss", 0.0)),
-                "acc": float(point.get("acc", 0.0)), **attack.eval_metrics(pred, y)}
+                "acc": float(point.get("acc", 0.0)), **extra(pred, y)}
 
     if sweep is not None and getattr(attack, "observes", False):
         metric = getattr(attack, "curve_metric", "err")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -281,7 +282,8 @@ _RECORD_FIELD_NAMES = {f.name for f in fields(ResultRecord)}
 
 # -- adversarial curves ---------------------------------------------------------------------------------------------
 CURVE_FIELDS = ("flips_used", "stop_reason", "flips_to_target", "target", "curve")
-STOP_REASONS = ("budget", "chance", "collapse", "success", "no_candidate", "no_gain")
+STOP_REASONS = ("budget", "chance", "collapse", "success", "no_candidate", "no_gain")   # the built-in attacks'
+
 CURVE_METRICS = ("err", "asr")
 _POINT_FRACS = ("err", "rerr", "acc", "asr", "other_err")
 
@@ -315,8 +317,9 @@ def _curve_from_json(d: dict, rec: "ResultRecord") -> None:
                                                           d["flips_to_target"], d["curve"])):
         if not (_is_int(used) and used >= 0):
             raise RecordError(f"flips_used[{k}]", f"expected an integer >= 0, got {used!r}")
-        if stop not in STOP_REASONS:
-            raise RecordError(f"stop_reason[{k}]", f"expected one of {list(STOP_REASONS)}, got {stop!r}")
+        if not (isinstance(stop, str) and re.fullmatch(r"[a-z][a-z0-9_]*", stop)):
+            raise RecordError(f"stop_reason[{k}]", f"expected an identifier such as one of {list(STOP_REASONS)}, got "
+                                                   f"{stop!r}")
         if ftt is not None and target is None:
             raise RecordError(f"flips_to_target[{k}]", f"{ftt!r} but the record has no target")
         if ftt is not None and not (_is_int(ftt) and 0 <= ftt <= used):

@@ -233,7 +233,8 @@ def test_evaluation_records_curves_and_flips_to_target(env):
 
 def _record(ev, attack, clean_err):
     return ResultRecord(suite="toy", dataset="mnist5k", eval_split="test[0:1000]", n_eval=1000, model="lenet",
-                        model_options={}, n_params=100, defense="rquant", defense_name="rquant", defense_params={}, bits=8,
+                        model_options={}, n_params=100, defense="rquant", defense_name="rquant", defense_params={},
+                        bits=8,
                         attack=attack.spec, attack_name=attack.registry_name, attack_params=dict(attack.params),
                         attack_kind="adversarial", flips=attack.flips, clean_err=clean_err, version="0",
                         config_hash="h", date="2024-01-01T00:00:00+00:00", patterns=list(ev.patterns),
@@ -256,7 +257,7 @@ def test_records_hold_curves_and_refuse_inconsistent_ones(env):
             ResultRecord.from_json(bad)
 
     refused(lambda b: b.pop("curve"), "curve")
-    refused(lambda b: b["stop_reason"].__setitem__(0, "tired"), r"stop_reason\[0\]")
+    refused(lambda b: b["stop_reason"].__setitem__(0, "Tired!"), r"stop_reason\[0\]")
     refused(lambda b: b["curve"][0][-1].__setitem__("err", 0.999), r"curve\[0\]\[2\]")
     refused(lambda b: b["curve"][1].pop(0), r"curve\[1\]")
     refused(lambda b: b["flips_used"].__setitem__(0, -1), r"flips_used\[0\]")
