@@ -224,6 +224,15 @@ class BFA(Attack):
     def num_perturbations(self) -> int:
         return self.trials
 
+    def input_digests(self) -> dict:
+        return self.constraints.input_digests()
+
+    def check(self, qm) -> None:
+        """Refuse, before any training, constraints that do not fit ``qm`` or ``layers`` that match no tensor."""
+        self.constraints.check(qm)
+        if self.layers is not None:
+            qm.select(self.layers)
+
     # -- objective (T-BFA overrides these) ----------------------------------------------------------------------
     def setup(self, victim: Victim, y_true: torch.Tensor) -> None:
         """Set the victim's labels and objective for a trial (clean model loaded)."""

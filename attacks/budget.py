@@ -86,6 +86,13 @@ class BudgetAttack(Attack):
     def num_perturbations(self) -> int:
         return self.trials
 
+    def input_digests(self) -> dict:
+        return self.constraints.input_digests()
+
+    def check(self, qm) -> None:
+        """Refuse, before any training, constraints that do not fit ``qm``."""
+        self.constraints.check(qm)
+
     def _random_init(self, clean: torch.Tensor, allowed: torch.Tensor, groups, m: int,
                      g: torch.Generator) -> torch.Tensor:
         """``eps`` random allowed single-bit flips of distinct words (distinct groups where given)."""

@@ -25,6 +25,7 @@ import torch
 
 from bitbench import kernels
 from bitbench.configs.errors import UsageError
+from bitbench.configs.fileio import sha256_file
 from bitbench.configs.spec import SpecError
 
 from .error_map import ErrorMapError, _bits_to_mask, load_error_map
@@ -48,6 +49,16 @@ class FlipConstraints:
         self.errmap = None if errmap in (None, "", "none") else str(errmap)
         self.tile = bool(tile)
         self.map = load_error_map(self.errmap) if self.errmap is not None else None
+        self.sha256 = None if self.map is None else (getattr(self.map, "sha256", None)
+                                                     or "sha256:" + sha256_file(self.errmap))
+
+    def input_digests(self) -> dict:
+        """``{'errmap': 'sha256:...'}``: the results depend on the map's content, not its path."""
+        return {} if self.sha256 is None else {"errmap": self.sha256}
+
+    def check(self, qm) -> None:
+        """Refuse (a usage error) a map or page size that does not fit ``qm``, before any attack runs."""
+        self.bind(qm)
 
     @property
     def active(self) -> bool:

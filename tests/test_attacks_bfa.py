@@ -339,6 +339,13 @@ def test_constrained_attacks_respect_direction_pages_and_error_maps(env, spec, s
             assert len(pages) == len(set(pages)), "two flips on one page"
         if spec.startswith("budget"):
             assert len({w for w, _, _ in cells}) == len(cells) <= a.eps   # one bit per word
+    a = create_attack(f"{spec},errmap={path}")
+    assert a.input_digests()["errmap"].startswith("sha256:") and create_attack(spec).input_digests() == {}
+    small = tmp_path / "small.npz"
+    save_error_map(small, p01=p01[:100], p10=p10[:100])
+    with pytest.raises(ValueError, match="tile=true"):
+        create_attack(f"{spec},errmap={small}").check(qm)
+    create_attack(f"{spec},errmap={small},tile=true").check(qm)
     # 4 KiB pages of a small model: at most one flip per page, so at most ceil(bytes / 4096) flips
     a = create_attack(f"{spec},page=4096")
     p = next(a.perturbations(qm, model=env.model, data=env.data))
