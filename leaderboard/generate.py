@@ -23,8 +23,8 @@ from bitbench.configs.suite import Suite, format_rate, same_rate
 
 from .entries import DEFAULT_ENTRIES_DIR, load_entries
 
-__all__ = ["generate_markdown", "ranked_entries", "suite_table", "write_leaderboard", "adversarial_attacks",
-           "adversarial_ranked", "adversarial_table", "NOTICE", "PAPER_MARK", "MISSING"]
+__all__ = ["generate_markdown", "ranked_entries", "suite_table", "write_leaderboard", "plot_paths",
+           "adversarial_attacks", "adversarial_ranked", "adversarial_table", "NOTICE", "PAPER_MARK", "MISSING"]
 
 NOTICE = ("<!-- GENERATED FILE: do not edit by hand. It is generated from leaderboard/entries/<suite>/*.json "
           "by `python -m benchmark leaderboard` (or `python -m bitbench.leaderboard.cli leaderboard`). -->")
@@ -314,6 +314,19 @@ def generate_markdown(entries_dir: str | os.PathLike | None = None, suites: Iter
         links = plot_links or {}
         out += _suite_section(suite, entries, links.get(name), links.get(f"{name}-flips"))
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def plot_paths(data: dict, plots_dir: str | os.PathLike) -> dict:
+    """``{suite: <plots_dir>/<suite>.png}`` for every suite of ``data`` (as :func:`load_entries` returns) that has
+    entries, and ``{suite + '-flips': <plots_dir>/<suite>-flips.png}`` where they carry BFA curves: the plots
+    :func:`write_leaderboard` draws and links."""
+    out = {}
+    for name, (suite, entries) in data.items():
+        if entries:
+            out[name] = Path(plots_dir) / f"{name}.png"
+            if adversarial_attacks(entries, suite)[0] is not None:
+                out[f"{name}-flips"] = Path(plots_dir) / f"{name}-flips.png"
+    return out
 
 
 def write_leaderboard(out: str | os.PathLike = "LEADERBOARD.md", entries_dir=None, suites=None, *,

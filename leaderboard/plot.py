@@ -17,7 +17,7 @@ from typing import Iterable
 from bitbench.configs.suite import Suite, format_rate
 
 from .entries import DEFAULT_ENTRIES_DIR, load_entries
-from .generate import adversarial_attacks, adversarial_ranked, ranked_entries
+from .generate import adversarial_attacks, adversarial_ranked, plot_paths, ranked_entries
 
 __all__ = ["plot_suite", "plot_flips", "write_plots", "require_matplotlib"]
 
@@ -128,11 +128,8 @@ def write_plots(entries_dir=None, plots_dir: str | os.PathLike = "leaderboard/pl
     data = load_entries(entries_dir if entries_dir is not None else DEFAULT_ENTRIES_DIR, suites,
                         configs_dir=configs_dir)
     out = {}
-    for name, (suite, entries) in data.items():
-        if entries:
-            out[name] = plot_suite(suite, entries, Path(plots_dir) / f"{name}.png")
-            flips = plot_flips(suite, entries, Path(plots_dir) / f"{name}-flips.png")
-            if flips is not None:
-                out[f"{name}-flips"] = flips
+    for key, path in plot_paths(data, plots_dir).items():
+        name = key if key in data else key[: -len("-flips")]
+        suite, entries = data[name]
+        out[key] = plot_suite(suite, entries, path) if key == name else plot_flips(suite, entries, path)
     return out
-
