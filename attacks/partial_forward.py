@@ -53,20 +53,29 @@ class PartialForward:
         self.enabled = True
         self.order: list[tuple[int, int]] = []       # (id(module), call number) in call order
         self.cache: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}   # -> (output, version)
+        self.mutated: set | None = None              # calls whose output a later in-place op modifies
 
     # -- recording ---------------------------------------------------------------------------------------------
     @contextmanager
     def recording(self):
-        """Record the outputs of the forward run inside the block (detached copies)."""
+        """Record the outputs of the forward run inside the block. An output that a later in-place operation of
+        the same forward modifies (e.g. a conv followed by ``ReLU(inplace=True)``) is copied at once; every other
+        output is kept by reference (no copy). Which outputs get modified is learnt from the first recording,
+        which copies everything, and checked in every later one (a surprise: this recording is not used)."""
         self.order, self.cache = [], {}
         counts: dict[int, int] = {}
+        seen: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
+        copy_all = self.mutated is None
 
         def hook(mod, args, output):
             key = (id(mod), counts.get(id(mod), 0))
             counts[id(mod)] = key[1] + 1
             self.order.append(key)
             if isinstance(output, torch.Tensor):
-                out = output.detach().clone()
+                out = output.detach()
+                seen[key] = (out, out._version)
+                if copy_all or key in self.mutated:
+                    out = out.clone()
                 self.cache[key] = (out, out._version)
 
         handles = [m.register_forward_hook(hook) for m in self.leaves] if self.enabled else []
@@ -75,6 +84,12 @@ class PartialForward:
         finally:
             for h in handles:
                 h.remove()
+        changed = {k for k, (t, v) in seen.items() if t._version != v}
+        if copy_all:
+            self.mutated = changed
+        elif changed - self.mutated:          # kept by reference but modified later: learn it, skip this one
+            self.mutated |= changed
+            self.order, self.cache = [], {}
 
     def _first_call(self, t: int) -> int | None:
         owners = {id(m) for m in self.owners[t]}
