@@ -16,8 +16,10 @@ Curves (adversarial attacks that set :attr:`Attack.sweep`): the evaluation measu
 split after every flip count of the sweep, and the flips needed to reach a target, per trial. The search never sees
 those numbers: an attack with :attr:`Attack.observes` calls ``observe(index, codes, point)`` after each committed
 step (``codes``: its current memory, which ``model`` then holds; ``point``: ``{'flips', 'loss', 'acc'}`` on the
-attacker's batch) and ignores what the observer returns; the observer (the harness's evaluator) may run ``model``
-in eval mode under ``torch.inference_mode`` and must leave its parameters holding ``codes``.
+attacker's batch, and ``'tensors'``: the tensors (indices into ``qm.names``) the step changed, so the observer may
+re-run only the layers from there on) and ignores what the observer returns; the observer (the harness's
+evaluator) may run ``model`` in eval mode under ``torch.inference_mode`` and must leave its parameters holding
+``codes``.
 """
 
 from __future__ import annotations

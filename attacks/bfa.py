@@ -311,7 +311,7 @@ class BFA(Attack):
                                   "loss": float(loss), "acc": float(acc), "step": steps})
                 steps += 1
                 if observe is not None:
-                    observe(trial, cur, {"flips": flips, "loss": loss, "acc": acc})
+                    observe(trial, cur, {"flips": flips, "loss": loss, "acc": acc, "tensors": [t]})
                 stop = self.reached(acc, pred, victim, chance) or "budget"
         if out is not None:
             out.copy_(cur)

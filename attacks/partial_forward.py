@@ -17,7 +17,7 @@ fail, the full forward runs.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -104,12 +104,15 @@ class PartialForward:
 
     # -- serving -----------------------------------------------------------------------------------------------
     @contextmanager
-    def serving(self, t: int):
-        """Inside the block, a forward of the model recomputes only from tensor ``t``'s module on."""
+    def serving(self, t: int, update: bool = False):
+        """Inside the block, a forward of the model recomputes only from tensor ``t``'s module on. ``update``: also
+        record the recomputed outputs, so that the recording then describes the model as it is now (a change of
+        ``t`` leaves the outputs before its module as they were)."""
         first = self._first_call(t)
         serve = set(self.order[:first]) if first is not None else set()
         if not serve:
-            yield
+            with self.recording() if update else nullcontext():
+                yield
             return
         mods = {mid for mid, _ in serve}
         counts: dict[int, int] = {}
@@ -127,9 +130,26 @@ class PartialForward:
 
             saved.append((m, m.__dict__.get("forward")))
             m.forward = fwd
+        hcounts: dict[int, int] = {}
+        seen: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
+        calls: list[tuple[int, int]] = []
+
+        def hook(mod, args, output):
+            key = (id(mod), hcounts.get(id(mod), 0))
+            hcounts[id(mod)] = key[1] + 1
+            calls.append(key)
+            if key in serve or not isinstance(output, torch.Tensor):
+                return
+            out = output.detach()
+            seen[key] = (out, out._version)
+            self.cache[key] = (out.clone() if key in self.mutated else out, out._version)
+
+        handles = [m.register_forward_hook(hook) for m in self.leaves] if update else []
         try:
             yield
         finally:
+            for h in handles:
+                h.remove()
             for m, old in saved:
                 if old is None:
                     del m.forward
@@ -139,6 +159,11 @@ class PartialForward:
             hit = self.cache.get(key)
             if hit is not None and hit[0]._version != hit[1]:  # modified in place downstream: never trust it again
                 self.enabled = False
+        if update:
+            changed = {k for k, (x, v) in seen.items() if x._version != v}
+            if calls != self.order or changed - self.mutated:   # another call sequence or a surprise: re-record
+                self.mutated |= changed
+                self.order, self.cache = [], {}
 
     def verify(self, t: int, full_logits: torch.Tensor, partial_logits: torch.Tensor) -> bool:
         """Record whether a partial forward of ``t`` reproduced the full forward exactly (see the module doc)."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from bitbench.attacks.partial_forward import PartialForward
 from bitbench.configs.progress import Progress
 from bitbench.configs.record import PatternResult, Summary
 
@@ -81,6 +82,50 @@ class AttackEvaluation:
     @property
     def rerr(self) -> dict:
         return summarize(self.per_pattern_rerr)
+
+
+class IncrementalPredictor:
+    """Predictions on the evaluation split after each step of a bit search: when a step changed one tensor, only
+    the layers from its module on are re-run on each chunk of the split (:class:`PartialForward`, the outputs
+    before it kept from the previous state; checked against a full forward on first use per tensor and chunk).
+    Keeps the split's activations: used only while they take at most ``max_bytes``; else full predictions."""
+
+    def __init__(self, model: nn.Module, params: list[torch.Tensor], x: torch.Tensor, batch_size: int | None,
+                 max_bytes: int = 1 << 30):
+        bs = batch_size or default_batch_size(x.device)
+        self.model, self.max_bytes = model, max_bytes
+        self.chunks = [x[i:i + bs] for i in range(0, x.shape[0], bs)]
+        self.pfs = [PartialForward(model, params) for _ in self.chunks]
+        self.on = True
+
+    @torch.no_grad()   # not inference mode: the recorded activations' version counters detect in-place changes
+    def __call__(self, changed: list | None) -> torch.Tensor:
+        """Predictions of the model as it is; ``changed``: the tensors (indices into ``params``) changed since the
+        previous call (None: unknown, a full forward)."""
+        self.model.eval()
+        t = changed[0] if self.on and changed is not None and len(changed) == 1 else None
+        out = []
+        for xc, pf in zip(self.chunks, self.pfs):
+            if not self.on:
+                out.append(self.model(xc).argmax(1))
+                continue
+            if t is not None and pf.usable(t):
+                with pf.serving(t, update=True):
+                    logits = self.model(xc)
+                if pf.verified[t] is None:
+                    with pf.recording():
+                        full = self.model(xc)
+                    pf.verify(t, full, logits)
+                    logits = full
+            else:
+                with pf.recording():
+                    logits = self.model(xc)
+            out.append(logits.argmax(1))
+        if self.on and sum(v[0].numel() * v[0].element_size() for pf in self.pfs for v in pf.cache.values()) \
+                > self.max_bytes:
+            self.on = False                    # too many activations to keep: full predictions from now on
+            self.pfs = []
+        return torch.cat(out)
 
 
 def chance_error(y: torch.Tensor, num_classes: int) -> float:
@@ -151,9 +196,12 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
                 target = max(0.0, chance_error(y, int(model(x[:1]).shape[1])) - CHANCE_MARGIN)
         ev.target = {"metric": metric, "value": float(target)}
 
+        incremental = IncrementalPredictor(model, qm.parameters_of(model), x, batch_size)
+
         def observe(index: int, codes: torch.Tensor, point: dict) -> None:
             qm.load_into(model, codes)
-            states.setdefault(int(index), []).append(measure(predict(model, x, batch_size), point))
+            pred = incremental(point.get("tensors") if int(index) in states else None)
+            states.setdefault(int(index), []).append(measure(pred, point))
 
         kw["observe"] = observe
     total = len(indices) if indices is not None else attack.num_perturbations()
