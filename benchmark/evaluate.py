@@ -8,7 +8,9 @@ every state the attack reports through ``observe`` (after each committed step; t
 and at its final memory, and keeps per trial: the state under each budget of the sweep (the last state with at
 most n flips: err, rerr, the attacker's loss and accuracy, the attack's own metrics such as T-BFA's ASR) and the
 first flip count at which the target is reached (``flips_to_target``; only for attacks that report every step).
-The default target of the error is chance within one percentage point, :data:`CHANCE_MARGIN` below the error of
+Each step changes one tensor, so its evaluation re-runs only the layers from that tensor's module on
+(:class:`IncrementalPredictor`; bit for bit the full predictions). The default target of the error is chance within
+one percentage point, :data:`CHANCE_MARGIN` below the error of
 always guessing the most frequent evaluation class, ``1 - max_c share(c)`` (``1 - 1/K`` on a balanced split, so a
 collapse onto one class counts): 89% on a balanced 10-class split, the reference BFA's stop at 11% test accuracy
 on CIFAR-10.

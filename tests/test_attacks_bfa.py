@@ -365,3 +365,60 @@ def test_dweight_dcode_is_the_step_of_one_code_level(env):
         d = qm.decode_words(t, idx, q + 1, dtype=torch.float64) - qm.decode_words(t, idx, q, dtype=torch.float64)
         assert torch.allclose(step[o:o + n][idx], d, rtol=0, atol=2e-7)   # float32 decoding
     assert step.shape == w.shape and step.dtype == torch.float64
+
+
+class _Skip(torch.nn.Module):
+    """A shared in-place ReLU module called twice and a skip connection around layer b."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a, self.b, self.c = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 10)
+        self.act = torch.nn.ReLU(inplace=True)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def forward(self, x):
+        h = self.act(self.a(x))
+        return self.c(self.act(self.b(h)) + h)
+
+
+def test_partial_forward_and_incremental_predictions_equal_full_forwards():
+    from bitbench.attacks.partial_forward import PartialForward
+    from bitbench.evaluate import IncrementalPredictor
+
+    model = _Skip().eval()
+    params = list(model.parameters())
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(1))
+    pf = PartialForward(model, params)
+    inc = IncrementalPredictor(model, params, x, batch_size=128)
+    inc(None)
+    g = torch.Generator().manual_seed(2)
+    for step in range(12):
+        with torch.no_grad():
+            with pf.recording():
+                model(x)
+            t = int(torch.randint(len(params), (1,), generator=g))
+            params[t].view(-1)[int(torch.randint(params[t].numel(), (1,), generator=g))] += 3.0
+            with pf.serving(t):
+                partial = model(x)
+            full = model(x)
+        assert torch.equal(partial, full), step
+        assert torch.equal(inc([t]), full.argmax(1)), step
+    # a change of the last layer (c.weight) re-runs neither a nor b once it is verified
+    c = next(i for i, p in enumerate(params) if p is model.c.weight)
+    with torch.no_grad():
+        params[c].view(-1)[0] += 1.0
+    inc([c])
+    calls = []
+    model.a.forward = lambda inp, _f=type(model.a).forward.__get__(model.a): (calls.append(1), _f(inp))[1]
+    try:
+        with torch.no_grad():
+            params[c].view(-1)[1] -= 2.0
+        pred = inc([c])
+        assert calls == []
+        with torch.no_grad():
+            assert torch.equal(pred, model(x).argmax(1))
+    finally:
+        del model.a.forward
