@@ -264,8 +264,9 @@ class QuantizedModel:
     def dweight_dcode(self) -> torch.Tensor:
         """float64 ``[n_words]``: d(weight)/d(code) of every word, the linearization gradient attacks in code space
         use (``dL/dcode = dL/dw * dweight_dcode``). For this affine format: the tensor's step ``scale``."""
-        seg = segment_ids(self.lengths, device=self.codes.device)
-        return expand_segments(self.scale.to(device=self.codes.device, dtype=torch.float64), seg, self.lengths)
+        dev = self.codes.device
+        return torch.repeat_interleave(self.scale.to(device=dev, dtype=torch.float64),
+                                       torch.tensor(self.lengths, device=dev))
 
     def dequantize_tensors(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         flat = self.dequantize(codes)
