@@ -11,13 +11,22 @@ Rules every attack follows:
   (parameter values, buffers, train/eval mode, ``requires_grad`` flags and ``.grad`` are untouched) before it yields;
 * an adversarial attack only sees ``data`` (the attacker split), never the evaluation data;
 * every hyperparameter has a default (the registry requires it) and a fixed seed makes the result reproducible.
+
+Curves (adversarial attacks that set :attr:`Attack.sweep`): the evaluation measures the error on the evaluation
+split after every flip count of the sweep, and the flips needed to reach a target, per trial. The search never sees
+those numbers: an attack with :attr:`Attack.observes` calls ``observe(index, codes, point)`` after each committed
+step (``codes``: its current memory, which ``model`` then holds; ``point``: ``{'flips', 'loss', 'acc'}`` on the
+attacker's batch, and ``'tensors'``: the tensors (indices into ``qm.names``) the step changed, so the observer may
+re-run only the layers from there on) and ignores what the observer returns; the observer (the harness's
+evaluator) may run ``model`` in eval mode under ``torch.inference_mode`` and must leave its parameters holding
+``codes``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -27,8 +36,10 @@ from torch import nn
 
 from bitbench.configs.spec import SpecError
 
+from .partial_forward import PartialForward
+
 __all__ = ["Perturbation", "Attack", "Victim", "check_rate", "check_int", "check_indices", "attack_batch",
-           "guard_module"]
+           "guard_module", "cross_entropy_objective", "parse_sweep"]
 
 
 @dataclass
@@ -64,6 +75,10 @@ class Attack:
     registry_name: str = "attack"
     rate: float | None = None      # bit error rate (random attacks), for result records
     flips: int | None = None       # bit-flip budget (adversarial attacks), for result records
+    sweep: list[int] | None = None  # flip counts at which the evaluation records the curve (None: no curve)
+    observes: bool = False         # perturbations() takes observe= (calls it after every committed step)
+    curve_metric: str = "err"      # evaluation metric that flips_to_target is measured on ('err' or 'asr')
+    curve_target: float | None = None   # its target value; None with 'err': chance, 1 - 1/classes
 
     def num_perturbations(self) -> int:
         return 1
@@ -78,6 +93,7 @@ class Attack:
             data: ``(x, y)`` of the attacker split only, on the model's device (adversarial attacks).
             out: optional preallocated buffer (``qm.codes``' dtype and size), reused for every item.
             indices: only these pattern indices (sharding); default ``range(num_perturbations())``.
+            observe: only where :attr:`observes` is set: see the module docstring (curves).
         """
         raise NotImplementedError
 
@@ -91,6 +107,11 @@ class Attack:
     def input_digests(self) -> dict:
         """``{parameter: "sha256:..."}`` for parameters that name input files (e.g. an error map's ``file``): the
         numbers depend on the file's content, so configuration hashes use the digest instead of the path."""
+        return {}
+
+    def eval_metrics(self, pred: torch.Tensor, y: torch.Tensor) -> dict:
+        """Extra evaluation metrics of perturbed predictions ``pred`` on the evaluation labels ``y`` (fractions),
+        recorded with each curve point; the evaluator calls it, the search never does."""
         return {}
 
     def __repr__(self) -> str:
@@ -142,6 +163,24 @@ def check_out(qm, out: torch.Tensor | None) -> torch.Tensor | None:
     return out.view(-1)
 
 
+def parse_sweep(sweep, budget: int, name: str = "sweep") -> list[int]:
+    """``'1|2|5|10'`` (or a list) -> sorted distinct flip counts >= 1, those above ``budget`` dropped and ``budget``
+    itself always last; ``none``: ``[budget]``."""
+    if sweep is None or (isinstance(sweep, str) and sweep.strip().lower() in ("", "none")):
+        pts = []
+    else:
+        parts = sweep if isinstance(sweep, (list, tuple)) else str(sweep).split("|")
+        pts = []
+        for part in parts:
+            try:
+                v = check_int(int(str(part).strip()), name, 1)
+            except (ValueError, SpecError):
+                raise SpecError(f"{name} must be flip counts >= 1 separated by '|' (e.g. 1|2|5|10), got "
+                                f"{sweep!r}") from None
+            pts.append(v)
+    return sorted({v for v in pts if v < budget} | ({budget} if budget >= 1 else set()))
+
+
 def attack_batch(data, batch: int | None, seed: int):
     """The attacker's batch: ``batch`` examples of ``data = (x, y)`` drawn by ``seed`` (all if fewer)."""
     if data is None:
@@ -187,14 +226,25 @@ def guard_module(model: nn.Module, params: list[torch.Tensor], train_mode: bool 
             p.requires_grad_(f)
 
 
+def cross_entropy_objective(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The untargeted objective: the mean cross-entropy on labels ``y`` (to maximise) and the accuracy on them."""
+    return F.cross_entropy(logits, y), (logits.detach().argmax(1) == y).float().mean().item()
+
+
 class Victim:
     """The attacked model during an adversarial search: loads codes (whole memory or a few words), measures the
-    attacker's loss/accuracy and the gradient of the loss w.r.t. every quantized tensor.
+    attacker's objective on its batch and its gradient w.r.t. the attacked tensors.
+
+    Args:
+        tensors: indices (into ``qm.names``) of the tensors whose gradients :meth:`loss_grad` returns (default all).
+        objective: ``(logits, y) -> (loss tensor to maximise, accuracy)``; default cross-entropy.
+        partial: evaluate a change of one tensor by a partial forward (:class:`PartialForward`, verified).
 
     Word-level writes give exactly the values ``qm.load_into`` would write (same dequantization arithmetic).
     """
 
-    def __init__(self, qm, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    def __init__(self, qm, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, tensors=None, objective=None,
+                 partial: bool = False):
         self.qm = qm
         self.model = model
         self.params = qm.parameters_of(model)
@@ -204,6 +254,10 @@ class Victim:
         self.x = x
         self.y = y
         self.dtype = self.params[0].dtype
+        self.tensors = list(range(len(self.params))) if tensors is None else list(tensors)
+        self.objective = objective or cross_entropy_objective
+        self._pos = {t: j for j, t in enumerate(self.tensors)}
+        self.partial = PartialForward(model, [self.params[t] for t in self.tensors]) if partial else None
 
     def load(self, codes: torch.Tensor | None = None) -> None:
         self.qm.load_into(self.model, codes)
@@ -215,23 +269,38 @@ class Victim:
         p = self.params[t]
         p.data.view(-1)[idx.to(p.device)] = self.qm.decode_words(t, idx, codes, dtype=self.dtype).to(p.device)
 
-    def _loss_acc(self, logits):
-        loss = F.cross_entropy(logits, self.y)
-        acc = (logits.detach().argmax(1) == self.y).float().mean().item()
+    @torch.no_grad()
+    def evaluate(self, tensor: int | None = None) -> tuple[float, float, torch.Tensor]:
+        """``(loss, acc, predictions)`` of the current weights on the batch. ``tensor``: only tensor ``tensor``
+        changed since the last :meth:`loss_grad`, so a partial forward suffices (where it is enabled; its first use
+        per tensor is checked against the full forward)."""
+        pf, j = self.partial, self._pos.get(tensor)
+        if pf is not None and j is not None and pf.usable(j):
+            with pf.serving(j):
+                logits = self.model(self.x)
+            if pf.verified[j] is None:
+                full = self.model(self.x)
+                if not pf.verify(j, full, logits):
+                    logits = full
+        else:
+            logits = self.model(self.x)
+        loss, acc = self.objective(logits, self.y)
+        return loss.item(), acc, logits.argmax(1)
+
+    def loss_acc(self) -> tuple[float, float]:
+        loss, acc, _ = self.evaluate()
         return loss, acc
 
-    @torch.no_grad()
-    def loss_acc(self) -> tuple[float, float]:
-        loss, acc = self._loss_acc(self.model(self.x))
-        return loss.item(), acc
-
     def loss_grad(self) -> tuple[float, float, list[torch.Tensor]]:
-        """Loss, accuracy and dL/dw per quantized tensor (``.grad`` of the parameters is not touched)."""
+        """Loss, accuracy and dL/dw per tensor of ``tensors`` (``.grad`` of the parameters is not touched). The
+        forward is recorded for partial evaluations."""
+        params = [self.params[t] for t in self.tensors]
         with torch.inference_mode(False), torch.enable_grad():
-            logits = self.model(self.x)
-            loss, acc = self._loss_acc(logits)
-            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, self.params)]
+            with self.partial.recording() if self.partial is not None else nullcontext():
+                logits = self.model(self.x)
+            loss, acc = self.objective(logits, self.y)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
         return loss.item(), acc, grads
 
     @torch.no_grad()

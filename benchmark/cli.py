@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="defense spec, e.g. randbet or randbet:p=0.02,w_max=0.05 (repeatable; default: the "
                         "suite's defenses)")
     p.add_argument("--attack", action="append", default=None,
-                   help="attack spec, e.g. random_p0.01, random_msb_p0.01, bfa_n20 (repeatable)")
+                   help="attack spec, e.g. random_p0.01, random_msb_p0.01, bfa, bfa_n20, tbfa:target=3, budget_e40 "
+                        "(repeatable)")
     p.add_argument("--rates", type=_rates, default=None,
                    help="rate sweep shorthand: comma-separated rates (0.01 or 1%%) -> random_p<rate> attacks")
     _model_options(p)
@@ -131,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="package version, kernel backends, devices, library versions")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("perf", help="performance measurements (kernels, harness, train)")
-    p.add_argument("what", choices=("kernels", "harness", "train", "all"))
+    p = sub.add_parser("perf", help="performance measurements (kernels, harness, train, attacks)")
+    p.add_argument("what", choices=("kernels", "harness", "train", "attacks", "all"))
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", action="store_true", help="one JSON record per row")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
@@ -229,7 +230,7 @@ def _format_defenses(suite, given) -> tuple[list, str | None]:
 
 def cmd_run(args) -> int:
     from bitbench.configs.suite import load_suite
-    from .tables import run_table
+    from .tables import run_tables
 
     if args.entry:
         return _run_entry(args)
@@ -259,7 +260,7 @@ def cmd_run(args) -> int:
     for d in defenses:
         for a in attacks:
             records.append(h.run_cell(d, a))
-    _emit(run_table(records), args.format, records, args)
+    _emit(run_tables(records), args.format, records, args)
     return 0
 
 
@@ -328,7 +329,7 @@ def _compare_with_entry(entry: dict, records) -> str:
 
 def cmd_suite(args) -> int:
     from bitbench.configs.suite import load_suite
-    from .tables import suite_table
+    from .tables import suite_tables
 
     suite = load_suite(args.suite)
     attacks = suite.rate_attacks() + list(suite.attacks)
@@ -338,7 +339,7 @@ def cmd_suite(args) -> int:
     h = _harness(args, suite)
     h.preflight(suite.defenses, attacks)
     records = [h.run_cell(d, a) for d in suite.defenses for a in attacks]
-    _emit(suite_table(records, show_std=args.std), args.format, records, args)
+    _emit(suite_tables(records, show_std=args.std), args.format, records, args)
     return 0
 
 

@@ -3,6 +3,18 @@
 RErr of one pattern = fraction of evaluation examples misclassified by the clean quantized model OR by the
 perturbed one (the paper's definition); the suite reports mean, std, min and max over patterns.
 
+Curves (attacks with a flip-count ``sweep``, one pattern per trial): the evaluator measures the evaluation split at
+every state the attack reports through ``observe`` (after each committed step; the attack never sees the numbers)
+and at its final memory, and keeps per trial: the state under each budget of the sweep (the last state with at
+most n flips: err, rerr, the attacker's loss and accuracy, the attack's own metrics such as T-BFA's ASR) and the
+first flip count at which the target is reached (``flips_to_target``; only for attacks that report every step).
+Each step changes one tensor, so its evaluation re-runs only the layers from that tensor's module on
+(:class:`IncrementalPredictor`; bit for bit the full predictions). The default target of the error is chance within
+one percentage point, :data:`CHANCE_MARGIN` below the error of
+always guessing the most frequent evaluation class, ``1 - max_c share(c)`` (``1 - 1/K`` on a balanced split, so a
+collapse onto one class counts): 89% on a balanced 10-class split, the reference BFA's stop at 11% test accuracy
+on CIFAR-10.
+
 Speed: the model is quantized once; each pattern is drawn into a preallocated buffer, dequantized straight into
 the model's parameters (no deep copy, no re-quantization) and the evaluation split stays on the device as tensors,
 evaluated under ``torch.inference_mode``.
@@ -16,10 +28,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from bitbench.attacks.partial_forward import PartialForward
 from bitbench.configs.progress import Progress
 from bitbench.configs.record import PatternResult, Summary
 
-__all__ = ["predict", "evaluate_attack", "AttackEvaluation", "summarize"]
+__all__ = ["predict", "evaluate_attack", "AttackEvaluation", "summarize", "chance_error", "curve_points",
+           "first_reaching", "CHANCE_MARGIN"]
+
+CHANCE_MARGIN = 0.01  # default flips-to-target: within one percentage point of chance error
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -51,6 +67,7 @@ class AttackEvaluation:
     patterns: list = field(default_factory=list)
     traces: list = field(default_factory=list)
     seconds: float = 0.0
+    target: dict | None = None      # curves: {'metric': 'err' | 'asr', 'value': fraction}
 
     @property
     def per_pattern_rerr(self) -> list[float]:
@@ -69,6 +86,80 @@ class AttackEvaluation:
         return summarize(self.per_pattern_rerr)
 
 
+class IncrementalPredictor:
+    """Predictions on the evaluation split after each step of a bit search: when a step changed one tensor, only
+    the layers from its module on are re-run on each chunk of the split (:class:`PartialForward`, the outputs
+    before it kept from the previous state; checked against a full forward on first use per tensor and chunk).
+    Keeps the split's activations: used only while they take at most ``max_bytes``; else full predictions."""
+
+    def __init__(self, model: nn.Module, params: list[torch.Tensor], x: torch.Tensor, batch_size: int | None,
+                 max_bytes: int = 1 << 30):
+        bs = batch_size or default_batch_size(x.device)
+        self.model, self.max_bytes = model, max_bytes
+        self.chunks = [x[i:i + bs] for i in range(0, x.shape[0], bs)]
+        self.pfs = [PartialForward(model, params) for _ in self.chunks]
+        self.on = True
+
+    @torch.no_grad()   # not inference mode: the recorded activations' version counters detect in-place changes
+    def __call__(self, changed: list | None) -> torch.Tensor:
+        """Predictions of the model as it is; ``changed``: the tensors (indices into ``params``) changed since the
+        previous call (None: unknown, a full forward)."""
+        self.model.eval()
+        t = changed[0] if self.on and changed is not None and len(changed) == 1 else None
+        out = []
+        for xc, pf in zip(self.chunks, self.pfs):
+            if not self.on:
+                out.append(self.model(xc).argmax(1))
+                continue
+            if t is not None and pf.usable(t):
+                with pf.serving(t, update=True):
+                    logits = self.model(xc)
+                if pf.verified[t] is None:
+                    with pf.recording():
+                        full = self.model(xc)
+                    pf.verify(t, full, logits)
+                    logits = full
+            else:
+                with pf.recording():
+                    logits = self.model(xc)
+            out.append(logits.argmax(1))
+        if self.on and sum(v[0].numel() * v[0].element_size() for pf in self.pfs for v in pf.cache.values()) \
+                > self.max_bytes:
+            self.on = False                    # too many activations to keep: full predictions from now on
+            self.pfs = []
+        return torch.cat(out)
+
+
+def chance_error(y: torch.Tensor, num_classes: int) -> float:
+    """The error of always guessing the most frequent class of labels ``y`` (``1 - 1/K`` when balanced)."""
+    share = torch.bincount(y.reshape(-1).cpu(), minlength=num_classes).max().item() / max(1, y.numel())
+    return min(1.0 - 1.0 / num_classes, 1.0 - share)
+
+
+def curve_points(states: list[dict], sweep: list[int]) -> list[dict]:
+    """For every budget n of ``sweep``: the last state with at most n flips (``flips``: n, ``flips_used``: its
+    flips). ``states``: in order, ``flips`` non-decreasing, the first one the starting point."""
+    out = []
+    for n in sweep:
+        s = None
+        for st in states:
+            if st["flips"] > n:
+                break
+            s = st
+        if s is not None:
+            out.append({"flips": int(n), "flips_used": int(s["flips"]),
+                        **{k: v for k, v in s.items() if k != "flips"}})
+    return out
+
+
+def first_reaching(states: list[dict], metric: str, target: float) -> int | None:
+    """Flips of the first state whose ``metric`` reaches ``target`` (None: never)."""
+    for st in states:
+        if st[metric] >= target - 1e-12:
+            return int(st["flips"])
+    return None
+
+
 def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tensor, *, attack_data=None,
                     batch_size: int | None = None, progress: bool = False, indices=None,
                     clean_pred: torch.Tensor | None = None, desc: str = "") -> AttackEvaluation:
@@ -76,7 +167,7 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
 
     ``x``/``y``: the evaluation split (on the model's device). ``attack_data``: the attacker split, the only data
     an adversarial attack sees. ``indices``: evaluate only these pattern indices (sharding); the clean
-    codes are loaded back into ``model`` at the end.
+    codes are loaded back into ``model`` at the end. Curves: see the module docstring.
     """
     t0 = time.perf_counter()
     if clean_pred is None:
@@ -89,14 +180,52 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
     kw = {"model": model, "data": attack_data, "out": buf}
     if indices is not None:
         kw["indices"] = list(indices)
+    sweep = getattr(attack, "sweep", None)
+    states: dict[int, list] = {}
+    extra = getattr(attack, "eval_metrics", None) or (lambda pred, y: {})
+
+    def measure(pred: torch.Tensor, point: dict) -> dict:
+        wrong = pred != y
+        return {"flips": int(point.get("flips", 0)), "err": wrong.sum().item() / n,
+                "rerr": (wrong | clean_wrong).sum().item() / n, "loss": float(point.get("loss", 0.0)),
+                "acc": float(point.get("acc", 0.0)), **extra(pred, y)}
+
+    if sweep is not None and getattr(attack, "observes", False):
+        metric = getattr(attack, "curve_metric", "err")
+        target = getattr(attack, "curve_target", None)
+        if target is None:
+            with torch.inference_mode():
+                target = max(0.0, chance_error(y, int(model(x[:1]).shape[1])) - CHANCE_MARGIN)
+        ev.target = {"metric": metric, "value": float(target)}
+
+        incremental = IncrementalPredictor(model, qm.parameters_of(model), x, batch_size)
+
+        def observe(index: int, codes: torch.Tensor, point: dict) -> None:
+            qm.load_into(model, codes)
+            pred = incremental(point.get("tensors") if int(index) in states else None)
+            states.setdefault(int(index), []).append(measure(pred, point))
+
+        kw["observe"] = observe
     total = len(indices) if indices is not None else attack.num_perturbations()
     bar = Progress(total, desc or "patterns", "patterns", enabled=progress)
     try:
         for pert in attack.perturbations(qm, **kw):
             qm.load_into(model, pert.codes)
-            wrong = predict(model, x, batch_size) != y
-            ev.patterns.append(PatternResult(index=pert.index, seed=pert.seed, err=wrong.sum().item() / n,
-                                             rerr=(wrong | clean_wrong).sum().item() / n, info=dict(pert.info)))
+            pred = predict(model, x, batch_size)
+            wrong = pred != y
+            res = PatternResult(index=pert.index, seed=pert.seed, err=wrong.sum().item() / n,
+                                rerr=(wrong | clean_wrong).sum().item() / n, info=dict(pert.info))
+            if sweep is not None:
+                st = states.pop(pert.index, [])
+                final = measure(pred, pert.info)
+                if not st or st[-1]["flips"] != final["flips"]:
+                    st.append(final)
+                res.curve = curve_points(st, sweep)
+                res.flips_used = int(pert.info.get("flips", final["flips"]))
+                res.stop_reason = pert.info.get("stop")
+                if ev.target is not None:
+                    res.flips_to_target = first_reaching(st, ev.target["metric"], ev.target["value"])
+            ev.patterns.append(res)
             if pert.trace is not None:
                 ev.traces.append(pert.trace)
             bar.update(1)

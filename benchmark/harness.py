@@ -155,7 +155,7 @@ def _discard(path: str) -> None:
 
 def merge_evaluations(parts: list) -> "AttackEvaluation":
     """Per-rank shards -> one evaluation with patterns in index order (identical to a single-process run)."""
-    out = AttackEvaluation(clean_err=parts[0].clean_err)
+    out = AttackEvaluation(clean_err=parts[0].clean_err, target=parts[0].target)
     out.patterns = sorted((p for ev in parts for p in ev.patterns), key=lambda p: p.index)
     for ev in parts:
         out.traces += ev.traces
@@ -646,7 +646,7 @@ class Harness:
             timings={"train": dep.train_seconds, "trained_now": dep.trained_now, "attack_eval": ev.seconds,
                      "total": total_s}, recipe=self.recipe(d),
             date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            trace=(ev.traces[0] if len(ev.traces) == 1 else ev.traces) if ev.traces else None)
+            trace=(ev.traces[0] if len(ev.traces) == 1 else ev.traces) if ev.traces else None, target=ev.target)
 
     def clean_error(self, defense_spec: str) -> float:
         dep = self.deploy(defense_spec)

@@ -1,10 +1,14 @@
-"""Performance measurements: ``python -m benchmark perf {kernels,harness,train,all} [--device] [--json]``.
+"""Performance measurements: ``python -m benchmark perf {kernels,harness,train,attacks,all} [--device] [--json]``.
 
 * ``kernels``: ``random_flip`` per backend against the original approach (one float uniform per bit).
 * ``harness``: seconds per bit-error pattern of our evaluation loop, against the original code's loop (deep copy
   of the model, re-quantization, one float uniform per bit, a DataLoader) and against the floor (pure inference of
   the clean model on the same split).
 * ``train``: one plain forward+backward step, one quantization-aware step, one RandBET step, and their ratios.
+* ``attacks``: milliseconds per flip of BFA (every weight a candidate, predicted labels) against a straightforward
+  per-layer implementation of the same search in the same run (the reference's structure: a top-k sort of every
+  layer's gradients, the whole layer rewritten and the whole model re-run for each trial), wall-clock and CPU time
+  (robust to other processes on a shared machine), and whether both chose the same flips.
 
 These are benchmarks, not tests: numbers vary with the machine; the targets are stated next to them.
 """
@@ -19,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-__all__ = ["perf_harness", "perf_train", "main"]
+__all__ = ["perf_harness", "perf_train", "perf_attacks", "main"]
 
 
 def _timeit(fn, repeats: int, warmup: int = 1, sync=None) -> float:
@@ -199,6 +203,117 @@ def perf_train(device="cpu", quick: bool = False, repeats: int | None = None) ->
     return rows
 
 
+def _bfa_per_layer(qm, model, x, y, tensors: list[int], flips: int) -> list[tuple[int, int, int]]:
+    """The straightforward per-layer BFA step loop (timing baseline): returns the (tensor, index, bit) flipped."""
+    from bitbench import kernels
+
+    codes = qm.codes.clone()
+    params = qm.parameters_of(model)
+    out = []
+    for _ in range(flips):
+        loss0 = F.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss0, [params[t] for t in tensors])
+        best = None
+        for t, g in zip(tensors, grads):
+            o, n = qm.offsets[t], qm.lengths[t]
+            view = codes[o:o + n]
+            g = g.reshape(-1)
+            idx = g.abs().topk(n).indices                       # every weight a candidate, sorted
+            gain = g[idx].double().unsqueeze(1) * qm.flip_deltas(t, idx, view[idx])
+            v, i = gain.reshape(-1).max(0)
+            if not float(v) > 0:
+                continue
+            w, b = int(idx[i // qm.bits]), int(i % qm.bits)
+            new = view.clone()
+            new[w] = kernels.flip_one_bit(view[w:w + 1], torch.tensor([b]))[0]
+            saved = params[t].detach().clone()
+            with torch.no_grad():
+                params[t].copy_(qm.decode_words(t, torch.arange(n), new).view_as(params[t]))
+                loss = F.cross_entropy(model(x), y).item()
+                params[t].copy_(saved)
+            if best is None or loss > best[0]:
+                best = (loss, t, w, b, new)
+        if best is None:
+            break
+        _, t, w, b, new = best
+        o, n = qm.offsets[t], qm.lengths[t]
+        codes[o:o + n] = new
+        with torch.no_grad():
+            params[t].copy_(qm.decode_words(t, torch.arange(n), new).view_as(params[t]))
+        out.append((t, w, b))
+    qm.load_into(model)
+    return out
+
+
+def perf_attacks(device="cpu", quick: bool = False, flips: int | None = None) -> list[dict]:
+    """ms per flip: BFA against the straightforward per-layer search (LeNet, embedded data, batch 128)."""
+    from bitbench.attacks import create_attack
+    from bitbench.attacks.base import attack_batch
+    from bitbench.attacks.bfa import attacked_tensors
+    from bitbench.defenses import QuantizedModel, TrainConfig, create_defense
+    from bitbench.defenses.quantized_model import flatten_parameters
+
+    device = torch.device(device)
+    ds, model, _ = _lenet_setup(device)
+    d = create_defense("rquant")
+    d.train(model, ds.train_x[:2000].to(device), ds.train_y[:2000].to(device),
+            TrainConfig(epochs=1, device=str(device), progress=False))
+    model.eval()
+    qm = QuantizedModel.from_module(model, d.scheme()).to(device)
+    qm.load_into(model)
+    flatten_parameters(qm.parameters_of(model))
+    flips = flips or (5 if quick else 20)
+    attack = create_attack(f"bfa_n{flips}:trials=1,stop=budget")
+    data = (ds.attack_x.to(device), ds.attack_y.to(device))
+    x, _ = attack_batch(data, attack.batch, attack.seed)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    tensors = attacked_tensors(qm, model)
+    for p in qm.parameters_of(model):
+        p.requires_grad_(True)
+    got = {}
+
+    def ours():
+        got["ours"] = next(attack.perturbations(qm, model=model, data=data)).trace
+
+    def base():
+        got["base"] = _bfa_per_layer(qm, model, x, y, tensors, flips)
+
+    wall, cpu = _timeit_wall_cpu({"ours": ours, "base": base}, 2 if quick else 5, sync=_sync(device))
+    same = [(e["tensor"], e["index"], e["bit"]) for e in got["ours"]] == got["base"]
+    n = {"ours": max(1, len(got["ours"])), "base": max(1, len(got["base"]))}
+    row = {"device": str(device), "model": "lenet", "threads": torch.get_num_threads(), "batch": int(x.shape[0]),
+           "flips": flips, "words": qm.n_words}
+
+    def ms(d, k):
+        return 1e3 * d[k] / n[k]
+
+    return [dict(row, search="bitbench BFA (partial forward, cached ranking)", ms_per_flip=ms(wall, "ours"),
+                 cpu_ms_per_flip=ms(cpu, "ours"), ratio=ms(wall, "ours") / ms(wall, "base"),
+                 cpu_ratio=ms(cpu, "ours") / ms(cpu, "base"), same_flips=same, target="<= 1.0x the per-layer search"),
+            dict(row, search="straightforward per-layer search", ms_per_flip=ms(wall, "base"),
+                 cpu_ms_per_flip=ms(cpu, "base"), ratio=1.0, cpu_ratio=1.0, same_flips=same)]
+
+
+def _timeit_wall_cpu(fns: dict, repeats: int, sync=None) -> tuple[dict, dict]:
+    """Median wall-clock and CPU (process) seconds of each function, in interleaved rounds after one warm-up
+    round; CPU time does not count other processes' load (with several threads it adds up the threads' time)."""
+    for f in fns.values():
+        f()
+    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            if sync:
+                sync()
+            t, c = time.perf_counter(), time.process_time()
+            f()
+            if sync:
+                sync()
+            wall[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
+    return ({k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()})
+
+
 def _print(rows: list[dict], as_json: bool, title: str) -> None:
     if as_json:
         for r in rows:
@@ -235,4 +350,7 @@ def main(args) -> int:
                "harness: ms per bit-error pattern (LeNet, embedded MNIST test split)")
     if what in ("train", "all"):
         _print(perf_train(dev, quick=args.quick), args.json, "train: one step at batch 128")
+    if what in ("attacks", "all"):
+        _print(perf_attacks(dev, quick=args.quick), args.json,
+               "attacks: BFA ms per flip (LeNet, batch 128, every weight a candidate) vs a per-layer search")
     return 0

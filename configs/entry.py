@@ -63,6 +63,13 @@ Each item of ``results``:
 ``n_patterns``        int (optional)          must equal ``protocol.patterns``
 ``config_hash``       str (optional)          the result record's configuration hash
 ``note``              str (optional)          remark on this value (e.g. "reported as >12%")
+``target``            object (optional)       adversarial curves: ``{metric: "err"|"asr", value}`` of
+                                              ``flips_to_target`` (null: the attack has none, e.g. the budgeted
+                                              attack)
+``flips_to_target``   [int or null]           one per trial (``n_patterns`` trials): first flip count at which
+                                              the metric reached the target; null = never (needs ``target``)
+``curve``             object (optional)       ``{flips: [n, ...] increasing, err: [[per trial] per n], asr: ...}``:
+                                              the evaluation metric under each flip budget n, per trial
 ====================  ======================  ==================================================================
 
 Rules: rates are unique; a result either has a ``rate`` from the protocol's rates or an ``attack`` listed in the
@@ -87,7 +94,7 @@ from .record import RECORD_FORMAT, Summary
 from .suite import Suite, same_rate
 
 __all__ = ["FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "ENTRY_FIELDS", "RESULT_FIELDS", "NAME_RE",
-           "MODEL_SOURCES", "CHECKPOINT_FIELDS", "EntryError", "validate_entry", "show_value"]
+           "MODEL_SOURCES", "CHECKPOINT_FIELDS", "CURVE_RESULT_FIELDS", "EntryError", "validate_entry", "show_value"]
 
 FORMAT = "bitbench.leaderboard_entry/1"
 REPORTED_BY = ("benchmark", "paper")
@@ -101,7 +108,9 @@ _OPTIONAL_FIELDS = {"git_rev", "notes", "defense_name", "model_source", "checkpo
 MODEL_SOURCES = ("trained", "user")
 CHECKPOINT_FIELDS = ("path", "sha256")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-RESULT_FIELDS = ("attack", "rate", "flips", "rerr", "per_pattern_rerr", "n_patterns", "config_hash", "note")
+RESULT_FIELDS = ("attack", "rate", "flips", "rerr", "per_pattern_rerr", "n_patterns", "config_hash", "note", "target",
+                 "flips_to_target", "curve")
+CURVE_RESULT_FIELDS = ("target", "flips_to_target", "curve")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOL = 1e-6  # tolerance of consistency checks between stored floats
 _SUMMARY_TOL = 1e-9  # a summary recomputed from per-pattern values must match to rounding (an edit never does)
@@ -186,6 +195,51 @@ class _Checker:
             if k not in v:
                 self.fail(f"{path}.{k}", "missing")
         return v
+
+
+def _check_curve_result(c: _Checker, r: dict, p: str) -> None:
+    """An adversarial result's curve fields: all three, consistent with ``n_patterns`` (the trials)."""
+    for k in CURVE_RESULT_FIELDS:
+        if k not in r:
+            raise EntryError(f"{p}.{k}", f"missing (a result with a curve needs {', '.join(CURVE_RESULT_FIELDS)})")
+    if r["rate"] is not None:
+        raise EntryError(f"{p}.curve", "a random bit error rate has no flip curve")
+    if "n_patterns" not in r:
+        raise EntryError(f"{p}.n_patterns", "missing (the number of trials of the curve)")
+    n = r["n_patterns"]
+    target = r["target"]
+    if target is not None:
+        c.obj(target, f"{p}.target")
+        if set(target) != {"metric", "value"} or target["metric"] not in ("err", "asr"):
+            raise EntryError(f"{p}.target", f"expected {{metric: \"err\" or \"asr\", value}}, got "
+                                            f"{show_value(target)}")
+        c.frac(target["value"], f"{p}.target.value")
+    ftt = r["flips_to_target"]
+    if not isinstance(ftt, list) or len(ftt) != n:
+        raise EntryError(f"{p}.flips_to_target", f"expected a list of {n} values (one per trial)")
+    for j, v in enumerate(ftt):
+        c.int_(v, f"{p}.flips_to_target[{j}]", 0, nullable=True)
+        if v is not None and target is None:
+            raise EntryError(f"{p}.flips_to_target[{j}]", "a value without a target")
+    curve = c.obj(r["curve"], f"{p}.curve")
+    flips = curve.get("flips")
+    if not isinstance(flips, list) or not flips or not all(_is_int(f) and f >= 1 for f in flips) \
+            or any(a >= b for a, b in zip(flips, flips[1:])):
+        raise EntryError(f"{p}.curve.flips", f"expected increasing flip budgets >= 1, got {show_value(flips)}")
+    metrics = [k for k in curve if k != "flips"]
+    if "err" not in metrics:
+        raise EntryError(f"{p}.curve.err", "missing")
+    for k in metrics:
+        if k not in ("err", "asr"):
+            raise EntryError(f"{p}.curve.{k}", "unknown field (allowed: flips, err, asr)")
+        v = curve[k]
+        if not isinstance(v, list) or len(v) != len(flips) or not all(isinstance(x, list) and len(x) == n for x in v):
+            raise EntryError(f"{p}.curve.{k}", f"expected one list of {n} trial values per flip budget")
+        for a, row in enumerate(v):
+            for b, x in enumerate(row):
+                c.frac(x, f"{p}.curve.{k}[{a}][{b}]")
+    if target is not None and target["metric"] not in metrics:
+        raise EntryError(f"{p}.curve.{target['metric']}", "missing: the target's metric")
 
 
 def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
@@ -320,6 +374,8 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
             c.str_(r, "config_hash", f"{p}.config_hash")
         if "note" in r:
             c.str_(r, "note", f"{p}.note")
+        if any(k in r for k in CURVE_RESULT_FIELDS):
+            _check_curve_result(c, r, p)
         rerr = r["rerr"]
         if rerr is None:
             if not paper:

@@ -7,6 +7,11 @@ read from disk whose stored summary does not match its per-pattern values is ref
 digest (``digest``: SHA-256 of the canonical JSON of all its other fields, :func:`record_digest`) verified on load:
 an edited or damaged record is refused, never reused or published. Errors are fractions in [0, 1]. Field
 reference: docs/formats.md.
+
+Adversarial attacks with a flip-count sweep (BFA, T-BFA, the budgeted attack) have one pattern per trial and add,
+per trial, ``flips_used``, ``stop_reason``, ``flips_to_target`` and the ``curve`` (evaluation error after each flip
+budget), plus the record's ``target``; :func:`_curve_from_json` checks them against each other and the
+per-pattern errors. Records without them (random attacks) do not carry these fields.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from .errors import UsageError
 from .fileio import canonical_json, sha256_bytes
 
 __all__ = ["RECORD_FORMAT", "MODEL_SOURCES", "RecordError", "Summary", "PatternResult", "ResultRecord",
-           "record_digest"]
+           "record_digest", "CURVE_FIELDS", "STOP_REASONS", "CURVE_METRICS", "flips_summary", "format_flips"]
 
 RECORD_FORMAT = "bitbench.result/2"
 # where the evaluated weights came from: trained by this benchmark with the defense's recipe (now, from its cache,
@@ -68,13 +73,22 @@ class Summary:
 
 @dataclass
 class PatternResult:
-    """One bit-error pattern (chip) or adversarial run: its index k, seed, error and robust error."""
+    """One bit-error pattern (chip) or adversarial trial: its index k, seed, error and robust error.
+
+    Adversarial trials with a curve also hold ``flips_used`` (bits flipped), ``stop_reason`` (why the search
+    stopped), ``curve`` (one point per flip budget n of the sweep: ``{flips: n, flips_used, err, rerr, loss, acc}``
+    and the attack's own metrics, e.g. ``asr``; the state with at most n flips) and ``flips_to_target`` (the first
+    flip count at which the evaluation metric reached the record's target; None: not reached)."""
 
     index: int
     seed: int | None
     err: float
     rerr: float
     info: dict = field(default_factory=dict)
+    flips_used: int | None = None
+    stop_reason: str | None = None
+    curve: list | None = None
+    flips_to_target: int | None = None
 
 
 def _is_num(v) -> bool:
@@ -153,6 +167,7 @@ class ResultRecord:
     checkpoint: str | None = None         # the checkpoint file of a supplied model, as given
     checkpoint_sha256: str | None = None  # SHA-256 of that file's bytes
     weights_sha256: str | None = None     # digest of the evaluated float weights (state dict; docs/formats.md)
+    target: dict | None = None      # curves: {'metric': 'err' | 'asr', 'value': fraction} of flips_to_target
     # where it came from (not part of the file)
     cached: bool = field(default=False, compare=False)
     path: str | None = field(default=None, compare=False)
@@ -188,6 +203,11 @@ class ResultRecord:
     def err(self) -> Summary:
         return Summary.of(self.per_pattern_err)
 
+    @property
+    def has_curve(self) -> bool:
+        """An adversarial record with per-trial curves (flips_used, stop_reason, curve, flips_to_target)."""
+        return bool(self.patterns) and all(p.curve is not None for p in self.patterns)
+
     # -- JSON --------------------------------------------------------------------------------------------------
     def to_json(self) -> dict:
         """The file's JSON object (docs/formats.md), summary and content digest included."""
@@ -200,6 +220,8 @@ class ResultRecord:
                 d["rerr"] = self.rerr.to_json()
                 d["seeds"] = self.seeds
                 d["n_patterns"] = self.n_patterns
+        if self.has_curve:
+            d.update(_curve_to_json(self))
         if self.world_size is not None:
             d["world_size"] = self.world_size
         if self.trace is not None:
@@ -278,8 +300,9 @@ class ResultRecord:
             if v is None or abs(s - v) > _TOL:
                 raise RecordError(f"rerr.{k}", f"{s!r} does not match the per-pattern values ({v!r}): the record "
                                                "was edited or damaged")
+        _curve_from_json(d, rec)
         extra = set(d) - {n for n, _ in _FIELDS} - {"format", "per_pattern_err", "per_pattern_rerr", "rerr",
-                                                     "seeds", "n_patterns", "trace", "world_size", "digest"}
+                                                     "seeds", "n_patterns", "trace", "world_size", "digest"} - set(CURVE_FIELDS)
         if extra:
             raise RecordError(sorted(extra)[0], "unknown field")
         digest = d.get("digest")
@@ -292,3 +315,127 @@ class ResultRecord:
 
 
 _RECORD_FIELD_NAMES = {f.name for f in fields(ResultRecord)}
+
+# -- adversarial curves ---------------------------------------------------------------------------------------------
+CURVE_FIELDS = ("flips_used", "stop_reason", "flips_to_target", "target", "curve")
+STOP_REASONS = ("budget", "chance", "collapse", "success", "no_candidate", "no_gain")   # the built-in attacks'
+
+CURVE_METRICS = ("err", "asr")
+_POINT_FRACS = ("err", "rerr", "acc", "asr", "other_err")
+
+
+def _curve_to_json(rec: "ResultRecord") -> dict:
+    return {"flips_used": [p.flips_used for p in rec.patterns], "stop_reason": [p.stop_reason for p in rec.patterns],
+            "flips_to_target": [p.flips_to_target for p in rec.patterns], "target": rec.target,
+            "curve": [p.curve for p in rec.patterns]}
+
+
+def _curve_from_json(d: dict, rec: "ResultRecord") -> None:
+    """Read and check the curve fields (all or none) into ``rec`` and its patterns."""
+    present = [k for k in CURVE_FIELDS if k in d]
+    if not present:
+        return
+    if len(present) != len(CURVE_FIELDS):
+        missing = [k for k in CURVE_FIELDS if k not in d][0]
+        raise RecordError(missing, f"missing (a record with {present[0]!r} needs all of {', '.join(CURVE_FIELDS)})")
+    n = rec.n_patterns
+    target = d["target"]
+    if target is not None and not (isinstance(target, dict) and set(target) == {"metric", "value"}
+                                   and target["metric"] in CURVE_METRICS and _is_num(target["value"])
+                                   and 0 <= target["value"] <= 1):
+        raise RecordError("target", f"expected null or {{metric: one of {list(CURVE_METRICS)}, value: a number in "
+                                    f"[0, 1]}}, got {json.dumps(target, default=str)[:120]}")
+    for key in ("flips_used", "stop_reason", "flips_to_target", "curve"):
+        if not isinstance(d[key], list) or len(d[key]) != n:
+            raise RecordError(key, f"expected a list with one value per pattern ({n})")
+    sweep = None
+    for k, (pat, used, stop, ftt, curve) in enumerate(zip(rec.patterns, d["flips_used"], d["stop_reason"],
+                                                          d["flips_to_target"], d["curve"])):
+        if not (_is_int(used) and used >= 0):
+            raise RecordError(f"flips_used[{k}]", f"expected an integer >= 0, got {used!r}")
+        if not (isinstance(stop, str) and re.fullmatch(r"[a-z][a-z0-9_]*", stop)):
+            raise RecordError(f"stop_reason[{k}]", f"expected an identifier such as one of {list(STOP_REASONS)}, got "
+                                                   f"{stop!r}")
+        if ftt is not None and target is None:
+            raise RecordError(f"flips_to_target[{k}]", f"{ftt!r} but the record has no target")
+        if ftt is not None and not (_is_int(ftt) and 0 <= ftt <= used):
+            raise RecordError(f"flips_to_target[{k}]", f"expected null or an integer in [0, flips_used = {used}], "
+                                                       f"got {ftt!r}")
+        where = f"curve[{k}]"
+        if not isinstance(curve, list):
+            raise RecordError(where, "expected a list of points")
+        prev_n = prev_used = -1
+        for i, pt in enumerate(curve):
+            w = f"{where}[{i}]"
+            if not isinstance(pt, dict) or not {"flips", "flips_used", "err", "rerr", "loss", "acc"} <= set(pt):
+                raise RecordError(w, "expected {flips, flips_used, err, rerr, loss, acc, ...}")
+            unknown = set(pt) - {"flips", "flips_used", "loss"} - set(_POINT_FRACS)
+            if unknown:
+                raise RecordError(f"{w}.{sorted(unknown)[0]}", "unknown field")
+            if not (_is_int(pt["flips"]) and pt["flips"] > prev_n):
+                raise RecordError(f"{w}.flips", "expected integer flip budgets in increasing order")
+            if not (_is_int(pt["flips_used"]) and prev_used <= pt["flips_used"] <= min(pt["flips"], used)):
+                raise RecordError(f"{w}.flips_used", f"expected an integer in [previous point's, min(flips, "
+                                                     f"flips_used = {used})], got {pt['flips_used']!r}")
+            if not _is_num(pt["loss"]):
+                raise RecordError(f"{w}.loss", f"expected a finite number, got {pt['loss']!r}")
+            for key in _POINT_FRACS:
+                if key in pt and not (_is_num(pt[key]) and 0 <= pt[key] <= 1):
+                    raise RecordError(f"{w}.{key}", f"expected a number in [0, 1], got {pt[key]!r}")
+            if pt["rerr"] < max(pt["err"], rec.clean_err) - _TOL:
+                raise RecordError(f"{w}.rerr", "below its error or the clean error (RErr counts clean OR perturbed "
+                                               "mistakes)")
+            if target is not None:
+                m = target["metric"]
+                if m not in pt:
+                    raise RecordError(f"{w}.{m}", "missing: the target's metric")
+                reached = pt[m] >= target["value"] - 1e-12
+                if reached and (ftt is None or ftt > pt["flips_used"]):
+                    raise RecordError(f"flips_to_target[{k}]", f"{ftt!r} but the state at {pt['flips_used']} flips "
+                                                               f"already reached the target ({m} {pt[m]!r})")
+                if not reached and ftt == pt["flips_used"]:
+                    raise RecordError(f"flips_to_target[{k}]", f"{ftt!r} but the state at {ftt} flips has {m} "
+                                                               f"{pt[m]!r}, below the target")
+            prev_n, prev_used = pt["flips"], pt["flips_used"]
+        if curve:
+            last = curve[-1]
+            if last["flips_used"] != used or abs(last["err"] - pat.err) > _TOL or abs(last["rerr"] - pat.rerr) > _TOL:
+                raise RecordError(f"{where}[{len(curve) - 1}]", "the last point is not the trial's final state "
+                                                                "(flips_used, per_pattern_err, per_pattern_rerr)")
+        flips = [pt["flips"] for pt in curve]
+        if sweep is None:
+            sweep = flips
+        elif flips != sweep:
+            raise RecordError(f"{where}", f"flip budgets {flips} differ from curve[0]'s {sweep}")
+        pat.flips_used, pat.stop_reason, pat.flips_to_target, pat.curve = used, stop, ftt, curve
+    rec.target = None if target is None else dict(target)
+
+
+def flips_summary(flips_to_target: list) -> dict:
+    """Flips-to-target over trials (None: the trial never reached the target, a failure that ranks above any
+    number of flips): ``{median, min, max, reached, trials}``; ``median`` over all trials, None where it falls on a
+    failure; ``min`` / ``max`` over the trials that reached it (None if none did)."""
+    vals = sorted((math.inf if f is None else float(f)) for f in flips_to_target)
+    n = len(vals)
+    hit = [v for v in vals if v != math.inf]
+    med = None
+    if n:
+        m = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+        med = None if m == math.inf else m
+    return {"median": med, "min": hit[0] if hit else None, "max": hit[-1] if hit else None, "reached": len(hit),
+            "trials": n}
+
+
+def format_flips(s: dict) -> str:
+    """``'17 [13, 22]'`` (median [min, max]); ``'(k/T)'`` when only k of T trials reached the target (the median
+    counts the others as failures: ``'–'`` where it falls on one)."""
+    if not s["trials"]:
+        return "–"
+
+    def v(x):
+        return "–" if x is None else f"{x:g}"
+
+    out = v(s["median"])
+    if s["trials"] > 1 and s["reached"]:
+        out += f" [{v(s['min'])}, {v(s['max'])}]"
+    return out if s["reached"] == s["trials"] else f"{out} ({s['reached']}/{s['trials']})"

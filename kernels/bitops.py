@@ -17,7 +17,7 @@ from ._common import (check_bits, check_dtype, check_same, check_tensor, from_pa
 __all__ = [
     "to_bits", "from_bits", "bit_and", "bit_or", "bit_xor", "flip_bits", "set_bits", "clear_bits", "popcount",
     "hamming_distance", "hamming_total", "msb_value", "msb_projection", "budget_projection", "flip_deltas",
-    "flip_one_bit", "to_pattern", "from_pattern",
+    "flip_one_bit", "flippable", "first_per_group", "to_pattern", "from_pattern",
 ]
 
 
@@ -189,16 +189,60 @@ def msb_projection(x_clean: torch.Tensor, x_perturbed: torch.Tensor, bits: int |
     return from_pattern(to_pattern(x_clean) ^ msb_value(d), x_clean.dtype)
 
 
+def flippable(x: torch.Tensor, up=None, down=None, bits: int | None = None, protected: int = 0) -> torch.Tensor:
+    """The bits of each word of x that may flip now (x's dtype and shape): its 0-bits set in ``up`` (0->1 flips
+    allowed) and its 1-bits set in ``down`` (1->0 allowed), among the m low bits, never a ``protected`` bit.
+
+    ``up`` / ``down``: None (every bit), an int mask for every word, or an integer tensor of x's shape (one mask per
+    word, e.g. the cells of an error map); ``0`` forbids that direction (Rowhammer cells flip one way only)."""
+    width = check_tensor(x, "x")
+    m = check_bits(bits, width)
+    keep = low_mask(m) & ~int_pattern(protected, width, "protected")
+    u = to_pattern(x)
+
+    def mask(v, name):
+        if v is None:
+            return low_mask(width)
+        if isinstance(v, torch.Tensor):
+            check_same(x, v, "x", name, dtype=False)
+            return to_pattern(mask_like(v, x, width, name))
+        return int_pattern(v, width, name)
+
+    out = ((~u & mask(up, "up")) | (u & mask(down, "down"))) & keep
+    return from_pattern(out, x.dtype)
+
+
+def first_per_group(groups: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Of the candidates ``order`` (indices, best first), those that come first in their group: bool mask over
+    ``order``. ``groups``: int64 group id of every index (e.g. the memory page of a word)."""
+    if order.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=order.device)
+    g = groups.reshape(-1)[order]
+    uniq, inv = torch.unique(g, return_inverse=True)
+    pos = torch.arange(order.numel(), device=order.device)
+    first = torch.full((uniq.numel(),), order.numel(), dtype=torch.int64, device=order.device)
+    first.scatter_reduce_(0, inv, pos, "amin")
+    return first[inv] == pos
+
+
 def budget_projection(x_clean: torch.Tensor, x_perturbed: torch.Tensor, eps: int, bits: int | None = None,
-                      score: torch.Tensor | None = None) -> torch.Tensor:
+                      score: torch.Tensor | None = None, allowed: torch.Tensor | None = None,
+                      groups: torch.Tensor | None = None) -> torch.Tensor:
     """Keep the ``eps`` words whose codes changed most, one bit each; reset every other word to x_clean.
 
     Only words that differ from x_clean in their m low bits are candidates. They are ranked by ``score``
     (a real tensor of x's shape, higher first; e.g. the caller's |dequantized change|) if given, else by the value
     of their most significant changed bit; ties go to the lower (C-order) index. Each kept word gets only its most
     significant changed bit (as :func:`msb_projection`). At most eps words differ from x_clean in the result,
-    each in exactly one bit. Deterministic."""
-    d, _ = _diff(x_clean, x_perturbed, bits, ("x_clean", "x_perturbed"))
+    each in exactly one bit. Deterministic.
+
+    Constraints: ``allowed`` (x's dtype and shape, e.g. from :func:`flippable`) restricts the changes that count
+    to its bits (a word keeps its most significant changed *allowed* bit); ``groups`` (int64 of x's shape) keeps at
+    most one word per group, the best ranked (e.g. one flip per memory page)."""
+    d, width = _diff(x_clean, x_perturbed, bits, ("x_clean", "x_perturbed"))
+    if allowed is not None:
+        check_same(x_clean, allowed, "x_clean", "allowed")
+        d = d & to_pattern(allowed)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Integral) or eps < 0:
         raise ValueError(f"eps must be a non-negative int (number of words); got {eps!r}")
     v = msb_value(d).reshape(-1)
@@ -214,8 +258,13 @@ def budget_projection(x_clean: torch.Tensor, x_perturbed: torch.Tensor, eps: int
             raise ValueError("score is NaN for a changed word")
     else:
         key = v[cand]
-    order = torch.sort(key, descending=True, stable=True).indices[: int(eps)]
-    keep = cand[order]
+    order = torch.sort(key, descending=True, stable=True).indices
+    if groups is not None:
+        if not isinstance(groups, torch.Tensor) or groups.is_floating_point() or groups.dtype == torch.bool:
+            raise TypeError("groups must be an integer tensor of x's shape (a group id per word)")
+        check_same(x_clean, groups, "x_clean", "groups", dtype=False)
+        order = order[first_per_group(groups.reshape(-1)[cand], order)]
+    keep = cand[order[: int(eps)]]
     u = to_pattern(x_clean).reshape(-1)
     u[keep] ^= v[keep]
     return from_pattern(u, x_clean.dtype).reshape(x_clean.shape)

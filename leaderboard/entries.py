@@ -145,6 +145,18 @@ def load_record(path: str | os.PathLike) -> ResultRecord:
         raise EntryError(e.field, e.reason, path) from None
 
 
+def curve_result(rec: dict) -> dict:
+    """An adversarial record's curve as an entry result's fields: target, flips_to_target, and per flip budget the
+    trials' evaluation metrics (``err``, and ``asr`` where the attack records it)."""
+    curves = rec["curve"]
+    flips = [q["flips"] for q in curves[0]] if curves else []
+    out = {"target": rec["target"], "flips_to_target": rec["flips_to_target"], "curve": {"flips": flips}}
+    for key in ("err", "asr"):
+        if curves and all(key in q for c in curves for q in c):
+            out["curve"][key] = [[c[i][key] for c in curves] for i in range(len(flips))]
+    return out
+
+
 def default_entry_name(model: str, defense: str) -> str:
     """A file-safe row name: ``lenet`` + ``randbet:p=0.05`` -> ``lenet-randbet-p0.05``."""
     s = f"{model}-{defense}".replace("=", "")
@@ -223,6 +235,8 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
             res["per_pattern_rerr"] = rec["per_pattern_rerr"]
         res["n_patterns"] = rec["n_patterns"]
         res["config_hash"] = rec["config_hash"]
+        if "curve" in rec:
+            res.update(curve_result(rec))
         results.append(res)
     missing = [x for x in suite.rates if not any(same_rate(x, y) for y in by_rate)]
     if missing:

@@ -3,6 +3,12 @@
 Per suite, one table ranked by RErr at the suite's ``headline_rate`` (lower is better). Ties (equal headline RErr)
 share a rank and are listed by clean error, then name; rows without a headline value get no rank and go last.
 Rows reported by a paper are marked † and explained in a footnote; missing values are shown as "–".
+
+Where entries carry adversarial curves (the suite's BFA and budgeted attacks), a second table per suite: the error
+after each flip budget (mean ± std over trials), the flips to chance (median [min, max] over trials), RErr under
+each eps budget; ranked by flips to chance (higher is better; a trial that never reached chance ranks above any
+count; ties: lower error after the most flips, then name), with a second rank by RErr under the largest eps budget
+(lower is better).
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ from pathlib import Path
 from typing import Iterable
 
 from bitbench.configs.fileio import atomic_write_text
+from bitbench.configs.record import flips_summary, format_flips
 from bitbench.configs.suite import Suite, format_rate, same_rate
 
 from .entries import DEFAULT_ENTRIES_DIR, load_entries
 
 __all__ = ["generate_markdown", "ranked_entries", "suite_table", "write_leaderboard", "check_leaderboard",
-           "plot_paths", "NOTICE", "PAPER_MARK", "MISSING"]
+           "plot_paths", "adversarial_attacks", "adversarial_ranked", "adversarial_table", "NOTICE", "PAPER_MARK",
+           "MISSING"]
 
 NOTICE = ("<!-- GENERATED FILE: do not edit by hand. It is generated from leaderboard/entries/<suite>/*.json "
           "by `python -m benchmark leaderboard` (or `python -m bitbench.leaderboard.cli leaderboard`). -->")
@@ -80,6 +88,8 @@ def suite_table(entries: list[dict], suite: Suite):
     import pandas as pd
 
     rates = list(suite.rates)
+    curved = {r["attack"] for e in entries for r in e["results"] if "curve" in r}
+    plain = [a for a in suite.attacks if a not in curved]   # attacks with curves: the adversarial table
     rows, notes = [], []  # notes: distinct footnote texts, numbered in order of first appearance
     for rank, e in ranked_entries(entries, suite):
         marks = []
@@ -105,13 +115,149 @@ def suite_table(entries: list[dict], suite: Suite):
         }
         for r in rates:
             row[_rate_header(r, suite)] = _pct(_rerr_at(e, r))
-        for a in suite.attacks:
+        for a in plain:
             row[f"RErr {a}"] = _pct(_attack_rerr(e, a))
         row["Marks"] = " ".join(marks)
         rows.append(row)
     columns = (["Rank", "Entry", "Defense", "Model", "Bits", "Clean Err"] + [_rate_header(r, suite) for r in rates]
-               + [f"RErr {a}" for a in suite.attacks] + ["Marks"])
+               + [f"RErr {a}" for a in plain] + ["Marks"])
     return pd.DataFrame(rows, columns=columns), notes
+
+
+# -- adversarial results --------------------------------------------------------------------------------------------
+def _result(entry: dict, attack: str) -> dict | None:
+    return next((r for r in entry["results"] if r["attack"] == attack and r["rerr"] is not None), None)
+
+
+def adversarial_attacks(entries: list[dict], suite: Suite) -> tuple[str | None, list[str], list[str]]:
+    """The suite's attacks with curves: (the one the table ranks by -- the first whose results have an error
+    target (BFA) --, the budget attacks -- no target -- by budget, the others, e.g. T-BFA with an ASR target)."""
+    flips, budgets, others = None, [], []
+    for a in suite.attacks:
+        res = [r for e in entries for r in e["results"] if r["attack"] == a and "curve" in r]
+        if not res:
+            continue
+        if all(r["target"] is None for r in res):
+            budgets.append(a)
+        elif flips is None and all(r["target"] is not None and r["target"]["metric"] == "err" for r in res):
+            flips = a
+        else:
+            others.append(a)
+    budgets.sort(key=lambda a: (max(r.get("flips") or 0 for e in entries for r in e["results"] if r["attack"] == a),
+                                a))
+    return flips, budgets, others
+
+
+def _flips_key(entry: dict, attack: str | None):
+    """Sort key of the flips ranking (smaller first) or None without a result: more flips to chance first
+    (a failure to reach it ranks above any count), then a lower error after the most flips."""
+    r = _result(entry, attack) if attack else None
+    if r is None:
+        return None
+    med = flips_summary(r["flips_to_target"])["median"]
+    last = r["curve"]["err"][-1]
+    return (-(float("inf") if med is None else med), round(sum(last) / len(last), 12))
+
+
+def _budget_key(entry: dict, attack: str | None):
+    r = _result(entry, attack) if attack else None
+    return None if r is None else round(r["rerr"]["mean"], 12)
+
+
+def _ranks(entries: list[dict], key) -> dict:
+    """Competition ranks (1, 2, 2, 4) by ``key(entry)`` (None: no rank)."""
+    ordered = sorted((e for e in entries if key(e) is not None), key=lambda e: (key(e), e["name"]))
+    out, prev, rank = {}, None, 0
+    for i, e in enumerate(ordered):
+        if key(e) != prev:
+            rank, prev = i + 1, key(e)
+        out[e["name"]] = rank
+    return out
+
+
+def adversarial_ranked(entries: list[dict], suite: Suite) -> list[tuple[int | None, int | None, dict]]:
+    """``[(flips rank, budget rank, entry)]`` in flips-rank order (entries without the result last, by name)."""
+    flips, budgets, others = adversarial_attacks(entries, suite)
+    fr = _ranks(entries, lambda e: _flips_key(e, flips))
+    br = _ranks(entries, lambda e: _budget_key(e, budgets[-1] if budgets else None))
+    ordered = sorted(entries, key=lambda e: (e["name"] not in fr, fr.get(e["name"], 0), _flips_key(e, flips) or (),
+                                             e["name"]))
+    return [(fr.get(e["name"]), br.get(e["name"]), e) for e in ordered
+            if any(_result(e, a) is not None for a in ([flips] if flips else []) + budgets + others)]
+
+
+def _ms(values: list) -> str:
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / n) ** 0.5
+    return f"{100 * mean:.2f}" if n == 1 else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def adversarial_table(entries: list[dict], suite: Suite):
+    """The adversarial table of one suite as a DataFrame of strings (None when no entry has such results)."""
+    import pandas as pd
+
+    flips, budgets, others = adversarial_attacks(entries, suite)
+    ranked = adversarial_ranked(entries, suite)
+    if not ranked:
+        return None
+    sweep = sorted({n for e in entries for r in [_result(e, flips)] if r for n in r["curve"]["flips"]}) \
+        if flips else []
+    rows = []
+    for fr, br, e in ranked:
+        row = {"Rank": MISSING if fr is None else str(fr),
+               "Entry": f"[{e['name']}]({e['link']})" if e.get("link") else e["name"],
+               "Defense": f"`{e['defense']}`", "Clean Err": _pct(e["clean_err"])}
+        r = _result(e, flips) if flips else None
+        for n in sweep:
+            i = r["curve"]["flips"].index(n) if r is not None and n in r["curve"]["flips"] else None
+            row[f"Err {n} flips"] = MISSING if i is None else _ms(r["curve"]["err"][i])
+        if flips:
+            row["Flips to chance"] = MISSING if r is None else format_flips(flips_summary(r["flips_to_target"]))
+        for a in budgets:
+            b = _result(e, a)
+            row[f"RErr {a}"] = MISSING if b is None else _ms(b["per_pattern_rerr"]) if b.get("per_pattern_rerr") \
+                else _pct(b["rerr"]["mean"])
+        for a in others:    # final value of the attack's own metric (e.g. T-BFA's ASR) and its flips to target
+            o = _result(e, a)
+            metric = o["target"]["metric"] if o is not None else "err"
+            row[f"{metric.upper() if metric == 'asr' else 'Err'} {a}"] = MISSING if o is None else \
+                _ms(o["curve"][metric][-1])
+            row[f"Flips to target {a}"] = MISSING if o is None else format_flips(flips_summary(o["flips_to_target"]))
+        if budgets:
+            row[f"Rank {budgets[-1]}"] = MISSING if br is None else str(br)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _adversarial_section(suite: Suite, entries: list[dict], plot_link: str | None) -> list[str]:
+    df = adversarial_table(entries, suite)
+    if df is None:
+        return []
+    flips, budgets, others = adversarial_attacks(entries, suite)
+    targets = sorted({100 * r["target"]["value"] for e in entries for r in [_result(e, flips)] if r}) if flips else []
+    out = ["### Adversarial bit flips", ""]
+    words = []
+    if flips:
+        chance = " / ".join(f"{t:.2f}%" for t in targets)
+        words.append(f"`{flips}`: the progressive bit search (BFA) on the attacker split, one curve per trial (each "
+                     "trial its own attacker batch); Err n flips: test error once the search has flipped at most n "
+                     "bits, mean ± std over trials; Flips to chance: first flip count at which the test error "
+                     f"reached {chance}, median [min, max] over trials, (k/T) when only k of T trials got there. "
+                     "Ranked by flips to chance (higher is better)")
+    if budgets:
+        words.append("RErr budget_e{eps}: robust test error under the budgeted attack (at most eps flipped bits, "
+                     f"one per weight), mean ± std over trials; Rank {budgets[-1]}: ranked by that column (lower is "
+                     "better)")
+    if others:
+        words.append("other attacks: their metric (ASR: attack success rate of a targeted attack) after the whole "
+                     "search and their flips to target, as above")
+    out += ["; ".join(words) + ". Errors in %.", ""]
+    aligns = ["right", "left", "left", "right"] + ["right"] * (len(df.columns) - 4)
+    out += [df.to_markdown(index=False, disable_numparse=True, colalign=aligns), ""]
+    if plot_link:
+        out += [f"![Test error against bit flips, suite {suite.name}]({plot_link})", ""]
+    return out
 
 
 def _protocol_line(suite: Suite) -> str:
@@ -125,7 +271,8 @@ def _protocol_line(suite: Suite) -> str:
             "(lower is better).")
 
 
-def _suite_section(suite: Suite, entries: list[dict], plot_link: str | None = None) -> list[str]:
+def _suite_section(suite: Suite, entries: list[dict], plot_link: str | None = None,
+                   flips_link: str | None = None) -> list[str]:
     out = [f"## {suite.name}", ""]
     if suite.description:
         out += [" ".join(suite.description.split()), ""]
@@ -147,13 +294,15 @@ def _suite_section(suite: Suite, entries: list[dict], plot_link: str | None = No
         out += [f"[{i}] {text if text.endswith('.') else text + '.'}", ""]
     if plot_link:
         out += [f"![RErr against bit error rate, suite {suite.name}]({plot_link})", ""]
+    out += _adversarial_section(suite, entries, flips_link)
     return out
 
 
 def generate_markdown(entries_dir: str | os.PathLike | None = None, suites: Iterable[str] | None = None, *,
                       configs_dir=None, plot_links: dict | None = None) -> str:
     """The leaderboard as markdown: one ranked table per suite (every suite folder of ``entries_dir``, or the
-    given ``suites``). Same entry files -> same bytes. ``plot_links``: ``{suite: relative image path}``."""
+    given ``suites``). Same entry files -> same bytes. ``plot_links``: ``{suite: relative image path}`` (and
+    ``{suite + '-flips': ...}`` for the error-vs-flips plot)."""
     data = load_entries(entries_dir if entries_dir is not None else DEFAULT_ENTRIES_DIR, suites,
                         configs_dir=configs_dir)
     out = [NOTICE, "", "# Bit error robustness leaderboard", "",
@@ -163,14 +312,22 @@ def generate_markdown(entries_dir: str | os.PathLike | None = None, suites: Iter
     if not data:
         out += ["No entries yet.", ""]
     for name, (suite, entries) in data.items():
-        out += _suite_section(suite, entries, (plot_links or {}).get(name))
+        links = plot_links or {}
+        out += _suite_section(suite, entries, links.get(name), links.get(f"{name}-flips"))
     return "\n".join(out).rstrip("\n") + "\n"
 
 
 def plot_paths(data: dict, plots_dir: str | os.PathLike) -> dict:
     """``{suite: <plots_dir>/<suite>.png}`` for every suite of ``data`` (as :func:`load_entries` returns) that has
-    entries: the plots :func:`write_leaderboard` draws and links."""
-    return {name: Path(plots_dir) / f"{name}.png" for name, (_, entries) in data.items() if entries}
+    entries, and ``{suite + '-flips': <plots_dir>/<suite>-flips.png}`` where they carry BFA curves: the plots
+    :func:`write_leaderboard` draws and links."""
+    out = {}
+    for name, (suite, entries) in data.items():
+        if entries:
+            out[name] = Path(plots_dir) / f"{name}.png"
+            if adversarial_attacks(entries, suite)[0] is not None:
+                out[f"{name}-flips"] = Path(plots_dir) / f"{name}-flips.png"
+    return out
 
 
 def _links(out: Path, paths: dict) -> dict:

@@ -88,10 +88,11 @@ def test_flip_deltas_unsigned_and_twos_complement():
 
 def test_bfa_budget_trace_and_strength(env):
     qm, clean = env.qm, env.qm.codes.clone()
-    a = create_attack("bfa_n20")
-    assert a.kind == "adversarial" and a.flips == 20 and a.num_perturbations() == 1
+    a = create_attack("bfa_n20:trials=2,stop=budget")
+    assert a.kind == "adversarial" and a.flips == 20 and a.num_perturbations() == 2
     perts = list(a.perturbations(qm, model=env.model, data=env.data))
-    assert len(perts) == 1
+    assert len(perts) == 2 and [q.index for q in perts] == [0, 1] and [q.seed for q in perts] == [0, 1]
+    assert perts[0].trace != perts[1].trace                     # trials draw different attacker batches
     p = perts[0]
     assert torch.equal(qm.codes, clean)
     flips = kernels.hamming_total(clean, p.codes)
@@ -107,14 +108,14 @@ def test_bfa_budget_trace_and_strength(env):
 
 
 def test_bfa_deterministic_and_signed_codes(env):
-    a = create_attack("bfa_n4:k=5,labels=pred")
+    a = create_attack("bfa_n4:k=5,labels=true,trials=1")
     p1 = next(a.perturbations(env.qm, model=env.model, data=env.data))
     p2 = next(a.perturbations(env.qm, model=env.model, data=env.data))
     assert torch.equal(p1.codes, p2.codes) and p1.trace == p2.trace
     for scheme in (QuantScheme(bits=8, signed=True), QuantScheme(bits=16, signed=True), rquant(4)):
         qm = QuantizedModel.from_module(env.model, scheme)
         clean = qm.codes.clone()
-        p = next(create_attack("bfa_n3").perturbations(qm, model=env.model, data=env.data))
+        p = next(create_attack("bfa_n3:trials=1,stop=budget").perturbations(qm, model=env.model, data=env.data))
         assert p.codes.dtype == scheme.dtype
         assert kernels.hamming_total(clean, p.codes, bits=qm.bits) == p.info["flips"] == len(p.trace) == 3
         assert kernels.hamming_total(clean, p.codes) == 3               # no bit above m-1 changed
@@ -124,8 +125,8 @@ def test_bfa_deterministic_and_signed_codes(env):
 
 def test_budget_attack_respects_budget(env):
     qm, clean = env.qm, env.qm.codes.clone()
-    a = create_attack("budget_e20:iterations=8")
-    assert a.flips == 20
+    a = create_attack("budget_e20:iterations=8,trials=1")
+    assert a.flips == 20 and a.sweep == [20]
     p = next(a.perturbations(qm, model=env.model, data=env.data))
     per_word = kernels.hamming_distance(clean, p.codes)
     assert int(per_word.max()) == 1                                  # at most one bit per weight
@@ -135,7 +136,7 @@ def test_budget_attack_respects_budget(env):
     rand_err = float(np.mean([_error(env, _random_flips(qm, 20, s)) for s in range(3)]))
     assert err - env.clean_err > 4 * max(rand_err - env.clean_err, 0.005)
     # reproducible, restarts included
-    b = create_attack("budget_e10:iterations=3,restarts=2,seed=3")
+    b = create_attack("budget_e10:iterations=3,restarts=2,seed=3,trials=1")
     q1 = next(b.perturbations(qm, model=env.model, data=env.data))
     q2 = next(b.perturbations(qm, model=env.model, data=env.data))
     assert torch.equal(q1.codes, q2.codes) and q1.info == q2.info
@@ -148,7 +149,7 @@ def test_attacker_only_sees_the_attacker_split(env):
     seen = []
     h = env.model.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach().clone()))
     try:
-        for spec in ("bfa_n2", "budget_e5:iterations=2"):
+        for spec in ("bfa_n2", "tbfa_n2:target=1", "budget_e5:iterations=2"):
             next(create_attack(spec).perturbations(env.qm, model=env.model, data=env.data))
     finally:
         h.remove()
@@ -166,10 +167,10 @@ def _overrides(name, tmp_path, qm):
         path = tmp_path / "chip.npy"
         np.save(path, np.full((qm.n_words, 1, 8), 0.01))
         return {"file": str(path), "patterns": 2}
-    if name == "bfa":
-        return {"n": 2}
+    if name in ("bfa", "tbfa"):
+        return {"n": 2, "trials": 2}
     if name == "budget":
-        return {"eps": 5, "iterations": 2}
+        return {"eps": 5, "iterations": 2, "trials": 2}
     return {}
 
 

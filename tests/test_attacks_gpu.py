@@ -58,7 +58,11 @@ def test_random_and_errmap_patterns_match_cpu(scheme, tmp_path):
     assert torch.equal(e.cpu(), r)
 
 
-@pytest.mark.parametrize("spec", ["bfa_n8", "bfa_n5:labels=pred", "budget_e12:iterations=4,restarts=2"])
+@pytest.mark.parametrize("spec", ["bfa_n8:labels=true,trials=1,stop=budget", "bfa_n5:trials=1,stop=budget",
+                                  "bfa_n6:trials=1,stop=budget,page=64,direction=0to1",
+                                  "tbfa_n6:target=2,trials=1,stop=budget",
+                                  "budget_e12:iterations=4,restarts=2,trials=1",
+                                  "budget_e12:iterations=4,restarts=2,trials=1,page=64,direction=1to0"])
 @pytest.mark.parametrize("scheme", [rquant(8), QuantScheme(bits=8, signed=True)], ids=str)
 def test_adversarial_attacks_on_the_gpu(spec, scheme):
     model = _module().cuda()
@@ -72,19 +76,30 @@ def test_adversarial_attacks_on_the_gpu(spec, scheme):
     p = next(a.perturbations(qm, model=model, data=data, out=torch.empty_like(qm.codes)))
     assert p.codes.is_cuda
     per_word = kernels.hamming_distance(clean, p.codes)
-    assert int(per_word.sum()) == p.info["flips"] == len(p.trace) <= a.flips
+    assert 0 < int(per_word.sum()) == p.info["flips"] == len(p.trace) <= a.flips
     if spec.startswith("budget"):
         assert int(per_word.max()) <= 1
+    if "page=64" in spec:   # one flip per 64-byte page of the memory image
+        words = torch.nonzero(per_word, as_tuple=True)[0].cpu()
+        pages = (words * qm.codes.element_size()) // 64
+        assert pages.unique().numel() == pages.numel()
+    if "direction" in spec:
+        up = "0to1" in spec
+        changed = kernels.bit_xor(clean, p.codes)
+        stored = kernels.bit_and(clean, changed)        # changed bits that were 1 before
+        assert int(kernels.popcount(stored).sum()) == (0 if up else int(per_word.sum()))
     assert torch.equal(qm.codes, clean)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         qm.load_into(model)
-        labels = model(data[0]).argmax(1) if "pred" in spec else data[1]
+        labels = data[1] if ("labels=true" in spec or spec.startswith("budget")) else model(data[0]).argmax(1)
+        if spec.startswith("tbfa"):
+            labels = torch.full_like(labels, 2)
         l0 = nn.functional.cross_entropy(model(data[0]), labels).item()
         qm.load_into(model, p.codes)
         l1 = nn.functional.cross_entropy(model(data[0]), labels).item()
         qm.load_into(model)
-    assert l1 > l0
+    assert (l1 < l0) if spec.startswith("tbfa") else (l1 > l0)
 
 
 def test_advbet_trains_on_the_gpu():

@@ -125,3 +125,19 @@ def test_interrupted_grid_resumes_without_recomputing(tmp_path):
     assert os.path.getmtime(files[0]) == before  # the finished cell was not rewritten
     assert [r["per_pattern_rerr"] for r in recs2] == [r["per_pattern_rerr"] for r in recs]
     assert os.path.exists(files[1])
+
+
+def test_run_adversarial_prints_the_curve_and_flips_to_chance(tmp_path):
+    args = ["run", "--defense", "normal", "--attack", "bfa_n10:trials=2,sweep=1|5", "--attack",
+            "budget_e5:trials=2,iterations=2", "--epochs", "1", "--no-progress"]
+    p = bench(args + ["--format", "json"], tmp_path, check=0)
+    bfa, budget = json.loads(p.stdout)
+    assert bfa["attack"] == "bfa_n10:sweep=1|5,trials=2" and bfa["n_patterns"] == 2 and bfa["seeds"] == [0, 1]
+    assert len(bfa["curve"]) == 2 and [q["flips"] for q in bfa["curve"][0]] == [1, 5, 10]
+    assert bfa["target"]["metric"] == "err" and len(bfa["flips_to_target"]) == 2
+    assert all(s in ("budget", "chance", "collapse") for s in bfa["stop_reason"])
+    assert budget["target"] is None and [q["flips"] for q in budget["curve"][0]] == [5]
+    t = bench(args, tmp_path, check=0).stdout       # records reused
+    head = t.splitlines()[0].split()
+    assert head[:4] == ["defense", "bits", "attack", "trials"] and "target" in head and "cached" in t
+    assert "n=1" in t and "n=10" in t and "flips" in t

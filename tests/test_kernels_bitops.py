@@ -150,6 +150,50 @@ def test_budget_projection(dtype):
     assert [pat(v, w) for v in got.flatten().tolist()] == [a ^ _msb((a ^ b) & 0xF) for a, b in zip(xs, ys)]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_flippable_against_python(dtype):
+    """0-bits may flip where `up` allows, 1-bits where `down` allows; never protected bits or bits >= m."""
+    w = WIDTH[dtype]
+    x = rand_words((40,), dtype, 3)
+    up = rand_words((40,), dtype, 4)
+    down = rand_words((40,), dtype, 5)
+    m, prot = w - 1, 0b100
+    got = kernels.flippable(x, up, down, bits=m, protected=prot)
+    assert got.dtype == dtype and got.shape == x.shape
+    for v, u, d, g in zip(x.tolist(), up.tolist(), down.tolist(), got.tolist()):
+        pv, pu, pd = pat(v, w), pat(u, w), pat(d, w)
+        want = 0
+        for b in range(m):
+            bit = (pv >> b) & 1
+            if not (prot >> b) & 1 and ((bit == 0 and (pu >> b) & 1) or (bit == 1 and (pd >> b) & 1)):
+                want |= 1 << b
+        assert pat(g, w) == want
+    assert [pat(v, w) for v in kernels.flippable(x).tolist()] == [(1 << w) - 1] * 40   # default: every bit
+    only_down = kernels.flippable(x, up=0)
+    assert torch.equal(only_down, x)                            # exactly its 1-bits
+
+
+def test_first_per_group_and_constrained_budget_projection():
+    groups = torch.tensor([0, 0, 1, 2, 1, 2, 3])
+    order = torch.tensor([4, 1, 2, 0, 5, 6, 3])
+    keep = kernels.first_per_group(groups, order)
+    assert keep.tolist() == [True, True, False, False, True, True, False]   # first of groups 1, 0, 2, 3
+    assert kernels.first_per_group(groups, order[:0]).numel() == 0
+    # projection: score order, only allowed bits count, at most one word per group
+    x = torch.tensor([0b0000, 0b1111, 0b0101, 0b0000, 0b1000, 0b0011], dtype=torch.uint8)
+    y = torch.tensor([0b1001, 0b0000, 0b1010, 0b0110, 0b0000, 0b0000], dtype=torch.uint8)
+    score = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5])
+    allowed = kernels.flippable(x, up=0)                       # only 1 -> 0 flips
+    got = kernels.budget_projection(x, y, 10, bits=4, score=score, allowed=allowed)
+    # word 0 (0->1 only) and word 3 are not allowed; word 1: msb allowed changed bit 3; word 2: bit 2 (1->0)
+    assert got.tolist() == [0b0000, 0b0111, 0b0001, 0b0000, 0b0000, 0b0001]
+    grp = torch.tensor([0, 0, 0, 1, 1, 2])
+    got = kernels.budget_projection(x, y, 10, bits=4, score=score, allowed=allowed, groups=grp)
+    assert got.tolist() == [0b0000, 0b0111, 0b0101, 0b0000, 0b0000, 0b0001]   # word 2 shares group 0 with word 1
+    got = kernels.budget_projection(x, y, 1, bits=4, score=score, allowed=allowed, groups=grp)
+    assert kernels.hamming_total(x, got) == 1
+
+
 def test_bitops_errors():
     x = torch.zeros(4, dtype=torch.int8)
     with pytest.raises(TypeError, match="x has unsupported dtype"):

@@ -44,7 +44,8 @@ class ThirdPartyClip(Clip):
 
 
 def _reduced_default_suite(dst: Path) -> Path:
-    """configs/default.toml with fewer epochs, rates, patterns and evaluation images (same suite name)."""
+    """configs/default.toml with fewer epochs, rates, patterns, evaluation images and adversarial trials (same suite
+    name)."""
     text = (REPO / "configs" / "default.toml").read_text()
     text = re.sub(r"(?m)^rates\s*=.*$", "rates = [0.01, 0.1]", text)
     text = re.sub(r"(?m)^headline_rate\s*=.*$", "headline_rate = 0.1", text)
@@ -52,6 +53,7 @@ def _reduced_default_suite(dst: Path) -> Path:
     text = re.sub(r"(?m)^epochs\s*=.*$", "epochs = 1", text)
     text = re.sub(r"(?m)^defenses\s*=.*$", 'defenses = ["thirdparty_clip"]', text)
     text = re.sub(r"(?m)^(eval_split|n_eval)\s*=.*\n", "", text)  # the suite pins its split: pin a smaller one
+    text = re.sub(r"(?m)^attacks\s*=.*$", 'attacks = ["bfa_n5:trials=2", "budget_e5:iterations=2,trials=2"]', text)
     text = re.sub(r"(?m)^(name\s*=.*)$", r"\1\nn_eval = 200", text, count=1)
     dst.mkdir(parents=True, exist_ok=True)
     path = dst / "default.toml"
@@ -89,7 +91,7 @@ def test_third_party_defense_end_to_end(tmp_path):
     _run(["benchmark", "run", "--suite", str(suite_file), "--defense", "thirdparty_clip", "--results-dir",
           str(results), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress"], env, tmp_path)
     records = sorted(results.rglob("*.json"))
-    assert len(records) == 2, records
+    assert len(records) == 4, records
     assert {json.loads(p.read_text())["defense_name"] for p in records} == {"thirdparty_clip"}
 
     entries = tmp_path / "entries"
@@ -107,3 +109,7 @@ def test_third_party_defense_end_to_end(tmp_path):
     assert cells[0] == "1" and cells[1] == "[thirdparty](https://example.org/tp)"
     assert cells[2] == "`thirdparty_clip`" and cells[3] == "lenet"
     assert all(re.fullmatch(r"\d+\.\d\d", c) for c in cells[5:8]), cells
+    adv = md.split("### Adversarial bit flips", 1)[1]
+    row = next(ln for ln in adv.splitlines() if "thirdparty" in ln and ln.startswith("|"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "1" and len(cells) == 4 + 3 + 1 + 1 + 1   # Err 1, 2, 5 flips; to chance; budget RErr, rank

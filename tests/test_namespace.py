@@ -62,7 +62,8 @@ def test_leaderboard_and_listing_from_a_folder_with_its_own_leaderboard(tmp_path
     assert p.returncode == 0, p.stderr
     assert p.stdout == (REPO / "LEADERBOARD.md").read_text().replace(
         "![RErr against bit error rate, suite cifar10](leaderboard/plots/cifar10.png)\n\n", "").replace(
-        "\n\n![RErr against bit error rate, suite default](leaderboard/plots/default.png)", "")
+        "\n\n![RErr against bit error rate, suite default](leaderboard/plots/default.png)", "").replace(
+        "\n\n![Test error against bit flips, suite default](leaderboard/plots/default-flips.png)", "")
     p = subprocess.run([sys.executable, "-m", "benchmark", "list", "suites"], cwd=work, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
