@@ -57,30 +57,33 @@ def philox4x32_10(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.stack(torch.broadcast_tensors(*out), dim=-1)
 
 
-def flip_mask_patterns(xu: torch.Tensor, prot: torch.Tensor | None, attack: int, offset: int, seed: int,
-                       t01: int, t10: int) -> torch.Tensor:
-    """Xor mask (int64 patterns) for flat int64 patterns ``xu`` of words offset .. offset+n-1.
-
-    ``attack`` is the constant attackable-bit mask (low m bits minus the constant protected bits);
-    ``prot`` an optional int64 per-word protected mask (patterns)."""
-    n = xu.numel()
-    dev = xu.device
+def _bit_numbers(n: int, device, attack: int, offset: int, seed: int):
+    """Yield (b, u) for every attackable bit b of ``attack``: u (int64 [n]) is the Philox number that decides bit b
+    of words offset .. offset+n-1 (group g = b // 4 of counter (word index, g), lane b % 4)."""
     k0, k1 = seed & M32, seed >> 32
-    idx = offset + torch.arange(n, dtype=torch.int64, device=dev)
+    idx = offset + torch.arange(n, dtype=torch.int64, device=device)
     c0, c1 = idx & M32, idx >> 32
     zero = torch.zeros_like(c0)
-    mask = torch.zeros_like(xu)
     for g in range((attack.bit_length() + 3) // 4):
         if not (attack >> (4 * g)) & 0xF:
             continue  # every bit of this group is protected: its numbers are never used
         outs = _rounds(c0, c1, torch.full_like(c0, g), zero, k0, k1)
         for k in range(4):
             b = 4 * g + k
-            if not (attack >> b) & 1:
-                continue
-            bit = ((xu >> b) & 1).bool()
-            thr = torch.where(bit, t10, t01)
-            mask |= (outs[k] < thr).to(torch.int64) << b
+            if (attack >> b) & 1:
+                yield b, outs[k]
+
+
+def flip_mask_patterns(xu: torch.Tensor, prot: torch.Tensor | None, attack: int, offset: int, seed: int,
+                       t01: int, t10: int) -> torch.Tensor:
+    """Xor mask (int64 patterns) for flat int64 patterns ``xu`` of words offset .. offset+n-1.
+
+    ``attack`` is the constant attackable-bit mask (low m bits minus the constant protected bits);
+    ``prot`` an optional int64 per-word protected mask (patterns)."""
+    mask = torch.zeros_like(xu)
+    for b, u in _bit_numbers(xu.numel(), xu.device, attack, offset, seed):
+        bit = ((xu >> b) & 1).bool()
+        mask |= (u < torch.where(bit, t10, t01)).to(torch.int64) << b
     mask &= attack
     if prot is not None:
         mask &= ~prot
@@ -92,24 +95,10 @@ def threshold_mask_patterns(xu: torch.Tensor, t01: torch.Tensor, t10: torch.Tens
     """Xor mask (int64 patterns) with per-bit thresholds ``t01``/``t10`` (int64 [n, m], m = attack.bit_length())
     for flat int64 patterns ``xu`` of words offset .. offset+n-1: the same Philox numbers as
     :func:`flip_mask_patterns`, compared bit by bit with the word's own thresholds."""
-    n = xu.numel()
-    dev = xu.device
-    k0, k1 = seed & M32, seed >> 32
-    idx = offset + torch.arange(n, dtype=torch.int64, device=dev)
-    c0, c1 = idx & M32, idx >> 32
-    zero = torch.zeros_like(c0)
     mask = torch.zeros_like(xu)
-    for g in range((attack.bit_length() + 3) // 4):
-        if not (attack >> (4 * g)) & 0xF:
-            continue
-        outs = _rounds(c0, c1, torch.full_like(c0, g), zero, k0, k1)
-        for k in range(4):
-            b = 4 * g + k
-            if not (attack >> b) & 1:
-                continue
-            bit = ((xu >> b) & 1).bool()
-            thr = torch.where(bit, t10[:, b], t01[:, b])
-            mask |= (outs[k] < thr).to(torch.int64) << b
+    for b, u in _bit_numbers(xu.numel(), xu.device, attack, offset, seed):
+        bit = ((xu >> b) & 1).bool()
+        mask |= (u < torch.where(bit, t10[:, b], t01[:, b])).to(torch.int64) << b
     return mask & attack
 
 
