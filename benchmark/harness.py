@@ -296,13 +296,9 @@ class Harness:
         return self._dataset
 
     def data_digest(self) -> str:
-        """:func:`tensor_digest` of the evaluation and attacker images and labels (what a supplied model's
-        results depend on)."""
-        if "digest" not in self._eval_cache:
-            ds = self.dataset
-            self._eval_cache["digest"] = tensor_digest({"test_x": ds.test_x, "test_y": ds.test_y,
-                                                        "attack_x": ds.attack_x, "attack_y": ds.attack_y})
-        return self._eval_cache["digest"]
+        """Content digest (:meth:`Dataset.digest`) of the evaluation and attacker images and labels: what a supplied
+        model's results depend on."""
+        return self._data_digest("test", "attack")
 
     def eval_split(self) -> str:
         """``test[0:N]``: the first N images of the dataset's test split (its rule is in ``eval_split_rule``)."""
