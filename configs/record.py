@@ -211,6 +211,8 @@ class ResultRecord:
     def has_curve(self) -> bool:
         """An adversarial record with per-trial curves (flips_used, stop_reason, curve, flips_to_target)."""
         return bool(self.patterns) and all(p.curve is not None for p in self.patterns)
+
+    @property
     def per_pattern_nonfinite(self) -> list[int]:
         return [p.nonfinite for p in self.patterns]
 
