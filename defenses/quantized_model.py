@@ -314,13 +314,6 @@ class QuantizedModel:
         c = self.codes if codes is None else self._check_codes(codes)
         return self.scheme.dweight_dcode(c, self._ctx_on(c.device), self.segments)
 
-    def dweight_dcode(self) -> torch.Tensor:
-        """float64 ``[n_words]``: d(weight)/d(code) of every word, the linearization gradient attacks in code space
-        use (``dL/dcode = dL/dw * dweight_dcode``). For this affine format: the tensor's step ``scale``."""
-        dev = self.codes.device
-        return torch.repeat_interleave(self.scale.to(device=dev, dtype=torch.float64),
-                                       torch.tensor(self.lengths, device=dev))
-
     def dequantize_tensors(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         flat = self.dequantize(codes)
         return {n: flat[o:o + k].view(s) for n, o, k, s in zip(self.names, self.offsets, self.lengths, self.shapes)}
