@@ -72,15 +72,16 @@ class AdvBET(BitErrorTraining):
     Args:
         eps: bit budget of the training attack (at most eps flipped bits, one per weight).
         w_max: clipping bound.
-        bits: bits per weight (2..8).
+        bits: bits per weight (2..16).
         threshold: curriculum loss threshold; 'auto' = 1.75 (10 classes) or 3.5 (100 classes); none = always on.
         grad_clip: the perturbed gradient is clipped elementwise to [-grad_clip, grad_clip].
         iterations: gradient steps of the training attack (kept small for speed).
+        granularity: ranges per 'tensor', per output 'channel' or per 'group:g' of g weights.
     """
 
     def __init__(self, eps: int = 20, w_max: float = 0.1, bits: int = 8, threshold: str = "auto",
-                 grad_clip: float = 0.05, iterations: int = 5):
-        self._setup(w_max, bits, threshold, grad_clip)
+                 grad_clip: float = 0.05, iterations: int = 5, granularity: str = "tensor"):
+        self._setup(w_max, bits, threshold, grad_clip, granularity=granularity)
         self.eps = check_int(eps, "eps", 0)
         self.iterations = check_int(iterations, "iterations", 0)
 

@@ -226,9 +226,25 @@ def guard_module(model: nn.Module, params: list[torch.Tensor], train_mode: bool 
             p.requires_grad_(f)
 
 
+NONFINITE_LOSS = 1e39  # the loss of an input whose logits (or cross-entropy) are not finite: above any float32 loss
+
+
 def cross_entropy_objective(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The untargeted objective: the mean cross-entropy on labels ``y`` (to maximise) and the accuracy on them."""
-    return F.cross_entropy(logits, y), (logits.detach().argmax(1) == y).float().mean().item()
+    """The untargeted objective: the mean cross-entropy on labels ``y`` (to maximise) and the accuracy on them.
+
+    An input whose logits hold NaN/inf or overflow the cross-entropy (a float format's exponent flip) counts as
+    wrong with the loss :data:`NONFINITE_LOSS` (the mean then in float64, finite); its gradient is 0 (see
+    :meth:`Victim.loss_grad`). Finite inputs give exactly the plain cross-entropy."""
+    loss = F.cross_entropy(logits, y)
+    if bool(torch.isfinite(loss)):
+        return loss, (logits.detach().argmax(1) == y).float().mean().item()
+    bad = ~torch.isfinite(logits.detach()).all(1)
+    rows = F.cross_entropy(torch.where(bad.unsqueeze(1), torch.zeros_like(logits), logits), y, reduction="none")
+    bad = bad | ~torch.isfinite(rows.detach())
+    rows = torch.where(bad, torch.full_like(rows, 0.0), rows).double()
+    loss = (rows + bad.double() * NONFINITE_LOSS).mean()
+    acc = ((logits.detach().argmax(1) == y) & ~bad).float().mean().item()
+    return loss, acc
 
 
 class Victim:
@@ -300,7 +316,9 @@ class Victim:
                 logits = self.model(self.x)
             loss, acc = self.objective(logits, self.y)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
+        # non-finite entries (activations made inf/NaN by a float format's flips) carry no first-order information
+        grads = [torch.zeros_like(p) if g is None else torch.nan_to_num(g.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+                 for g, p in zip(grads, params)]
         return loss.item(), acc, grads
 
     @torch.no_grad()

@@ -9,7 +9,9 @@ labels). Each step:
 
 1. one forward/backward pass on the batch gives dL/dw of every attacked tensor;
 2. the first-order loss change of flipping bit ``b`` of word ``i`` is ``dL/dw_i * delta_ib`` with ``delta_ib`` the
-   exact weight change of that flip (:meth:`QuantizedModel.flip_deltas`: decode(word ^ 2^b) - decode(word));
+   exact weight change of that flip (:meth:`QuantizedModel.flip_deltas`: decode(word ^ 2^b) - decode(word); on a
+   float format a flip that makes the weight inf or NaN has no first-order gain and is not a candidate: the
+   largest finite changes, an exponent bit's, rank first);
    only flips with a positive gain that the threat model allows (:mod:`.constraints`; a bit is never flipped twice)
    are candidates; with ``k`` set, only the ``k`` weights of the tensor with the largest |dL/dw|. The ranking is
    one pass over the attacked memory: the weight changes of every bit are cached and only the words a step changed
@@ -76,6 +78,11 @@ def attacked_tensors(qm, model: nn.Module, layers=None, biases: bool = False) ->
     return out
 
 
+def _finite(deltas: torch.Tensor) -> torch.Tensor:
+    """Weight changes with the non-finite ones (a float word flipped to inf or NaN) set to 0: not candidates."""
+    return torch.where(torch.isfinite(deltas), deltas, torch.zeros((), dtype=deltas.dtype, device=deltas.device))
+
+
 class _Memory:
     """The attacked part of the memory during a search: current codes, the exact weight change of flipping every bit
     where the threat model allows it (0 elsewhere; a bit never flips twice), cached and refreshed only for the words
@@ -90,8 +97,8 @@ class _Memory:
         self.words = torch.cat([torch.arange(qm.offsets[t], qm.offsets[t] + qm.lengths[t], device=dev)
                                 for t in tensors])
         self.m = qm.bits
-        deltas = torch.cat([qm.flip_deltas(t, torch.arange(qm.lengths[t], device=dev),
-                                           cur[qm.offsets[t]:qm.offsets[t] + qm.lengths[t]]).to(dev)
+        deltas = torch.cat([_finite(qm.flip_deltas(t, torch.arange(qm.lengths[t], device=dev),
+                                                   cur[qm.offsets[t]:qm.offsets[t] + qm.lengths[t]]).to(dev))
                             for t in tensors])
         self.deltas = deltas * self._allowed(self.words)   # 0 where a flip is not allowed
 
@@ -109,7 +116,7 @@ class _Memory:
         global word indices)."""
         t = self.tensors[j]
         pos = self.local(changed)
-        d = self.qm.flip_deltas(t, changed - self.qm.offsets[t], self.cur[changed]).to(self.deltas)
+        d = _finite(self.qm.flip_deltas(t, changed - self.qm.offsets[t], self.cur[changed]).to(self.deltas))
         self.deltas[pos] = d * self._allowed(changed)
         page_words = self.c.mark(changed)
         if page_words is not None:

@@ -2,7 +2,9 @@
 
 Maximise the cross-entropy on the attacker's batch over perturbed codes that differ from the clean codes in at most
 ``eps`` bits, at most one bit per word. Projected gradient ascent, run in code space (the gradient w.r.t. the codes
-is ``dL/dq = dL/dw * dw/dq``, the quantized model's linearization :meth:`QuantizedModel.dweight_dcode`):
+is ``dL/dq = dL/dw * dw/dq``, the quantized model's linearization :meth:`QuantizedModel.dweight_dcode`). Code space
+is the format's (:meth:`QuantizedModel.code_values`): the integer codes of affine formats, the sign-magnitude
+ordinals of float formats (their code range ``2^m`` is the ordinals of the finite values; ``dw/dq`` the ulp):
 
 1. gradient ``g = dL/dq`` at the current (projected) codes, normalised by its largest magnitude; momentum
    ``v <- momentum * v + g``;
@@ -135,8 +137,7 @@ class BudgetAttack(Attack):
         x, y = attack_batch(data, self.batch, seed)
         clean = qm.codes
         dev = clean.device
-        cmin, cmax = qm.scheme.code_min, qm.scheme.code_max
-        q0 = clean.to(torch.float64)  # the integer values of the codes
+        q0 = qm.code_values()  # float64 code values (affine: the integer codes; floats: sign-magnitude ordinals)
         dw_dq = qm.dweight_dcode().to(device=dev, dtype=torch.float64)
         allowed = groups = None                 # unconstrained: every attackable bit, no page limit
         if self.constraints.active:
@@ -144,7 +145,7 @@ class BudgetAttack(Attack):
             words = torch.arange(qm.n_words, device=dev)
             allowed = bound.allowed(words, clean, clean)
             groups = bound.page_of(words) if bound.page_words else None
-        levels = float(2 ** qm.bits)
+        levels = float(qm.scheme.code_max - qm.scheme.code_min + 1)  # the code range (2^m for affine codes)
         params = qm.parameters_of(model)
         best_codes, best_loss, best_acc, best_restart = clean.clone(), None, None, 0
         evals = 0
@@ -174,8 +175,8 @@ class BudgetAttack(Attack):
                     if gmax == 0.0:
                         break
                     v.mul_(self.momentum).add_(gq / gmax)
-                    z = cur.to(torch.float64) + (step / float(v.abs().max())) * v
-                    q = z.round().clamp_(cmin, cmax).to(clean.dtype)  # the code range fits the storage dtype
+                    z = qm.code_values(cur) + (step / float(v.abs().max())) * v
+                    q = qm.words_from_code_values(z)  # rounded and clamped to the code range, as words
                     cand = kernels.budget_projection(clean, q, self.eps, bits=qm.bits, score=(z - q0).abs(),
                                                      allowed=allowed, groups=groups)
                     if torch.equal(cand, cur):

@@ -15,6 +15,10 @@ always guessing the most frequent evaluation class, ``1 - max_c share(c)`` (``1 
 collapse onto one class counts): 89% on a balanced 10-class split, the reference BFA's stop at 11% test accuracy
 on CIFAR-10.
 
+An input whose logits are not all finite (a bit error in a float format can make a weight inf or NaN, or so large
+that the logits overflow) is predicted as :data:`NONFINITE` (-1, never a label): it counts as an error, and each
+pattern records how many such inputs it had (``PatternResult.nonfinite``; the record's ``nonfinite`` field).
+
 Speed: the model is quantized once; each pattern is drawn into a preallocated buffer, dequantized straight into
 the model's parameters (no deep copy, no re-quantization) and the evaluation split stays on the device as tensors,
 evaluated under ``torch.inference_mode``.
@@ -33,9 +37,11 @@ from bitbench.configs.progress import Progress
 from bitbench.configs.record import PatternResult, Summary
 
 __all__ = ["predict", "evaluate_attack", "AttackEvaluation", "summarize", "chance_error", "curve_points",
-           "first_reaching", "CHANCE_MARGIN"]
+           "first_reaching", "CHANCE_MARGIN", "NONFINITE"]
 
 CHANCE_MARGIN = 0.01  # default flips-to-target: within one percentage point of chance error
+
+NONFINITE = -1  # the prediction of an input whose logits hold NaN or inf
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -44,14 +50,19 @@ def default_batch_size(device: torch.device) -> int:
     return 4096 if torch.device(device).type == "cuda" else 256
 
 
+def _labels(logits: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(logits).all(1), logits.argmax(1), NONFINITE)
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Predicted labels of ``model`` (eval mode) on ``x`` (already on the model's device)."""
+    """Predicted labels of ``model`` (eval mode) on ``x`` (already on the model's device); :data:`NONFINITE` for an
+    input whose logits are not all finite."""
     model.eval()
     batch_size = batch_size or default_batch_size(x.device)
     if x.shape[0] <= batch_size:
-        return model(x).argmax(1)
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
+        return _labels(model(x))
+    return torch.cat([_labels(model(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)])
 
 
 def summarize(values: list[float]) -> dict:
@@ -68,6 +79,7 @@ class AttackEvaluation:
     traces: list = field(default_factory=list)
     seconds: float = 0.0
     target: dict | None = None      # curves: {'metric': 'err' | 'asr', 'value': fraction}
+    clean_nonfinite: int = 0  # evaluation inputs with non-finite logits under the clean memory
 
     @property
     def per_pattern_rerr(self) -> list[float]:
@@ -109,7 +121,7 @@ class IncrementalPredictor:
         out = []
         for xc, pf in zip(self.chunks, self.pfs):
             if not self.on:
-                out.append(self.model(xc).argmax(1))
+                out.append(_labels(self.model(xc)))
                 continue
             if t is not None and pf.usable(t):
                 with pf.serving(t, update=True):
@@ -122,7 +134,7 @@ class IncrementalPredictor:
             else:
                 with pf.recording():
                     logits = self.model(xc)
-            out.append(logits.argmax(1))
+            out.append(_labels(logits))
         if self.on and sum(v[0].numel() * v[0].element_size() for pf in self.pfs for v in pf.cache.values()) \
                 > self.max_bytes:
             self.on = False                    # too many activations to keep: full predictions from now on
@@ -175,7 +187,8 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
         clean_pred = predict(model, x, batch_size)
     clean_wrong = clean_pred != y
     n = y.shape[0]
-    ev = AttackEvaluation(clean_err=clean_wrong.sum().item() / n)
+    ev = AttackEvaluation(clean_err=clean_wrong.sum().item() / n,
+                          clean_nonfinite=int((clean_pred == NONFINITE).sum().item()))
     buf = torch.empty_like(qm.codes)
     kw = {"model": model, "data": attack_data, "out": buf}
     if indices is not None:
@@ -214,7 +227,8 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
             pred = predict(model, x, batch_size)
             wrong = pred != y
             res = PatternResult(index=pert.index, seed=pert.seed, err=wrong.sum().item() / n,
-                                rerr=(wrong | clean_wrong).sum().item() / n, info=dict(pert.info))
+                                rerr=(wrong | clean_wrong).sum().item() / n, info=dict(pert.info),
+                                nonfinite=int((pred == NONFINITE).sum().item()))
             if sweep is not None:
                 st = states.pop(pert.index, [])
                 final = measure(pred, pert.info)

@@ -155,7 +155,8 @@ def _discard(path: str) -> None:
 
 def merge_evaluations(parts: list) -> "AttackEvaluation":
     """Per-rank shards -> one evaluation with patterns in index order (identical to a single-process run)."""
-    out = AttackEvaluation(clean_err=parts[0].clean_err, target=parts[0].target)
+    out = AttackEvaluation(clean_err=parts[0].clean_err, target=parts[0].target,
+                           clean_nonfinite=parts[0].clean_nonfinite)
     out.patterns = sorted((p for ev in parts for p in ev.patterns), key=lambda p: p.index)
     for ev in parts:
         out.traces += ev.traces
@@ -333,10 +334,12 @@ class Harness:
 
     # -- defenses ----------------------------------------------------------------------------------------------
     def canonical_defense(self, spec: str) -> str:
-        """Canonical spec; the suite's ``bits`` applies unless the spec sets bits itself."""
+        """Canonical spec; the suite's ``bits`` applies unless the spec sets bits itself (or the defense's ``bits``
+        is not a width: the float formats' ``bits`` names the fields that may flip)."""
         entry, params = DEFENSES.resolve(spec)
         _, kv = parse_spec(spec)
-        if "bits" in entry.params and "bits" not in kv:
+        default = entry.params.get("bits")
+        if isinstance(default, int) and not isinstance(default, bool) and "bits" not in kv:
             params["bits"] = self.suite.bits
         return format_spec(entry.name, params, entry.params)
 
@@ -369,8 +372,11 @@ class Harness:
                            **opts)
 
     def checkpoint_path(self, defense, key: str) -> str:
+        """``<cache>/checkpoints/<dataset>/<model>/<name>-<key>.pt``: ``name`` is the defense's ``checkpoint_name``
+        (formats that store one trained model share it: ``float``), else its spec."""
+        name = getattr(defense, "checkpoint_name", None) or defense.spec
         return os.path.join(self.opt.cache_dir, "checkpoints", _slug(self.suite.dataset), _slug(self.suite.model),
-                            f"{_slug(defense.spec)}-{key}.pt")
+                            f"{_slug(name)}-{key}.pt")
 
     def check_defense(self, defense) -> None:
         """Refuse a training recipe for a user's model (see :func:`is_storage_format`)."""
@@ -637,6 +643,7 @@ class Harness:
             attack_kind=getattr(attack, "kind", None), rate=None if rate is None else float(rate),
             flips=getattr(attack, "flips", None), clean_err=ev.clean_err, patterns=list(ev.patterns),
             train_seed=self.suite.train_seed if sm is None else None, version=__version__, git_rev=git_revision(),
+            clean_nonfinite=ev.clean_nonfinite,
             config_hash=chash, inputs={**self.input_digests("model", d), **self.input_digests("cell", attack),
                                        "weights": dep.weights_digest}, device=device_name(self.device),
             timings={"train": dep.train_seconds, "trained_now": dep.trained_now, "attack_eval": ev.seconds,
@@ -648,4 +655,4 @@ class Harness:
         dep = self.deploy(defense_spec)
         (x, y), _ = self._eval_tensors()
         dep.qm.load_into(dep.model)
-        return (predict(dep.model, x) != y).float().mean().item()
+        return (predict(dep.model, x) != y).float().mean().item()  # non-finite logits count as errors

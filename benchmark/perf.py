@@ -1,7 +1,8 @@
 """Performance measurements: ``python -m benchmark perf {kernels,harness,train,attacks,all} [--device] [--json]``.
 
 * ``kernels``: ``random_flip`` per backend against the original approach (one float uniform per bit).
-* ``harness``: seconds per bit-error pattern of our evaluation loop, against the original code's loop (deep copy
+* ``harness``: seconds per bit-error pattern of our evaluation loop for each memory format (8-bit RQuant per tensor,
+  per channel, group-wise 4-bit; float32, float16, bfloat16, fp8), against the original code's loop (deep copy
   of the model, re-quantization, one float uniform per bit, a DataLoader) and against the floor (pure inference of
   the clean model on the same split).
 * ``train``: one plain forward+backward step, one quantization-aware step, one RandBET step, and their ratios.
@@ -99,10 +100,17 @@ def _original_pattern_loop(model, scheme, x, y, p: float, seed: int, batch_size:
     return wrong / len(y)
 
 
-def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool = False) -> list[dict]:
-    """Per-pattern seconds: floor (clean inference), our loop, the original loop; LeNet on the embedded data."""
+# The formats whose per-pattern time perf harness reports (each against the same floor, in interleaved rounds).
+HARNESS_FORMATS = ("rquant", "rquant:granularity=channel", "rquant:bits=4,granularity=group:32", "float32",
+                   "float16", "bfloat16", "fp8e4m3", "fp8e5m2")
+
+
+def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool = False,
+                 formats=HARNESS_FORMATS) -> list[dict]:
+    """Per-pattern seconds: floor (clean inference), our loop for each memory format, the original loop; LeNet on
+    the embedded data. The first format (8-bit RQuant) is the one the original loop is compared with."""
     from bitbench.attacks import create_attack
-    from bitbench.defenses import QuantizedModel
+    from bitbench.configs.registries import create_defense
     from bitbench.defenses.quantized_model import flatten_parameters
 
     from .evaluate import evaluate_attack, predict
@@ -112,20 +120,29 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
     if quick:
         patterns = min(patterns, 5)
     x, y = ds.test_x.to(device), ds.test_y.to(device)
-    qm = QuantizedModel.from_module(model, scheme)
-    qm = qm.to(device)
     orig_model = copy.deepcopy(model)
-    flatten_parameters(qm.parameters_of(model))  # as the harness does
     sync = _sync(device)
-    reps = max(3, patterns // 2)
-    floor = _timeit(lambda: predict(model, x), reps, warmup=2, sync=sync)
     attack = create_attack(f"random_p{p!r}", patterns=patterns)
-    clean_pred = predict(model, x)
+    loops, words = {}, {}
+    for spec in formats:
+        m = copy.deepcopy(orig_model)
+        qm = create_defense(spec).quantize(m).to(device)
+        flatten_parameters(qm.parameters_of(m))  # as the harness does
+        qm.load_into(m)
+        clean_pred = predict(m, x)
 
-    def ours():
-        evaluate_attack(model, qm, attack, x, y, clean_pred=clean_pred)
+        def ours(m=m, qm=qm, clean_pred=clean_pred):
+            evaluate_attack(m, qm, attack, x, y, clean_pred=clean_pred)
+        loops[spec], words[spec] = ours, qm.n_words
+    qm0 = create_defense(formats[0]).quantize(model)
+    flatten_parameters(qm0.parameters_of(model))
+    qm0.load_into(model)
 
-    t_ours = _timeit(ours, 3, warmup=1, sync=sync) / patterns
+    def floor():
+        for _ in range(patterns):
+            predict(model, x)
+    t = _timeit_interleaved({"floor": floor, **loops}, 3, warmup=1, sync=sync)
+    t_floor = t["floor"] / patterns
     n_orig = max(2, patterns // 4)
 
     def orig():
@@ -133,13 +150,19 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
             _original_pattern_loop(orig_model, scheme, x, y, p, 100 + k, batch_size=100)
 
     t_orig = _timeit(orig, 2, warmup=1, sync=sync) / n_orig
-    base = {"device": str(device), "model": "lenet", "dataset": "mnist5k", "n_eval": int(y.shape[0]),
-            "words": qm.n_words, "p": p}
-    return [dict(base, loop="floor (clean inference)", ms_per_pattern=1e3 * floor, ratio_to_floor=1.0),
-            dict(base, loop="bitbench", ms_per_pattern=1e3 * t_ours, ratio_to_floor=t_ours / floor,
-                 target="<= 1.15x floor", speedup_vs_original=t_orig / t_ours),
-            dict(base, loop="original (deepcopy+requant+uniform/bit+DataLoader)", ms_per_pattern=1e3 * t_orig,
-                 ratio_to_floor=t_orig / floor)]
+    base = {"device": str(device), "model": "lenet", "dataset": "mnist5k", "n_eval": int(y.shape[0]), "p": p}
+    rows = [dict(base, loop="floor (clean inference)", words=words[formats[0]], ms_per_pattern=1e3 * t_floor,
+                 ratio_to_floor=1.0)]
+    for spec in formats:
+        t_ours = t[spec] / patterns
+        row = dict(base, loop=f"bitbench {spec}", words=words[spec], ms_per_pattern=1e3 * t_ours,
+                   ratio_to_floor=t_ours / t_floor, target="<= 1.15x floor")
+        if spec == formats[0]:
+            row["speedup_vs_original"] = t_orig / t_ours
+        rows.append(row)
+    rows.append(dict(base, loop="original (deepcopy+requant+uniform/bit+DataLoader)", words=words[formats[0]],
+                     ms_per_pattern=1e3 * t_orig, ratio_to_floor=t_orig / t_floor))
+    return rows
 
 
 def _train_models(device, quick: bool):

@@ -78,7 +78,9 @@ class PatternResult:
     Adversarial trials with a curve also hold ``flips_used`` (bits flipped), ``stop_reason`` (why the search
     stopped), ``curve`` (one point per flip budget n of the sweep: ``{flips: n, flips_used, err, rerr, loss, acc}``
     and the attack's own metrics, e.g. ``asr``; the state with at most n flips) and ``flips_to_target`` (the first
-    flip count at which the evaluation metric reached the record's target; None: not reached)."""
+    flip count at which the evaluation metric reached the record's target; None: not reached).
+
+    ``nonfinite``: evaluation inputs whose logits held NaN or inf under this pattern (counted as errors)."""
 
     index: int
     seed: int | None
@@ -89,6 +91,7 @@ class PatternResult:
     stop_reason: str | None = None
     curve: list | None = None
     flips_to_target: int | None = None
+    nonfinite: int = 0
 
 
 def _is_num(v) -> bool:
@@ -168,6 +171,7 @@ class ResultRecord:
     checkpoint_sha256: str | None = None  # SHA-256 of that file's bytes
     weights_sha256: str | None = None     # digest of the evaluated float weights (state dict; docs/formats.md)
     target: dict | None = None      # curves: {'metric': 'err' | 'asr', 'value': fraction} of flips_to_target
+    clean_nonfinite: int | None = None    # inputs with non-finite logits under the clean memory (None: not measured)
     # where it came from (not part of the file)
     cached: bool = field(default=False, compare=False)
     path: str | None = field(default=None, compare=False)
@@ -208,6 +212,20 @@ class ResultRecord:
         """An adversarial record with per-trial curves (flips_used, stop_reason, curve, flips_to_target)."""
         return bool(self.patterns) and all(p.curve is not None for p in self.patterns)
 
+    @property
+    def per_pattern_nonfinite(self) -> list[int]:
+        return [p.nonfinite for p in self.patterns]
+
+    @property
+    def nonfinite(self) -> dict | None:
+        """``{"clean", "per_pattern", "patterns"}``: inputs with non-finite logits (NaN/inf: counted as errors)
+        under the clean memory and under each pattern, and the number of patterns with any (None: not measured,
+        records written before the field existed)."""
+        if self.clean_nonfinite is None:
+            return None
+        pp = self.per_pattern_nonfinite
+        return {"clean": self.clean_nonfinite, "per_pattern": pp, "patterns": sum(1 for v in pp if v > 0)}
+
     # -- JSON --------------------------------------------------------------------------------------------------
     def to_json(self) -> dict:
         """The file's JSON object (docs/formats.md), summary and content digest included."""
@@ -222,6 +240,8 @@ class ResultRecord:
                 d["n_patterns"] = self.n_patterns
         if self.has_curve:
             d.update(_curve_to_json(self))
+        if self.clean_nonfinite is not None:
+            d["nonfinite"] = self.nonfinite
         if self.world_size is not None:
             d["world_size"] = self.world_size
         if self.trace is not None:
@@ -286,6 +306,21 @@ class ResultRecord:
                           for k, (e, r) in enumerate(zip(errs, rerrs))]
         kw["trace"] = d.get("trace")
         kw["world_size"] = d.get("world_size")
+        nf = d.get("nonfinite")
+        if nf is not None:
+            n = kw["n_eval"]
+            pp = nf.get("per_pattern") if isinstance(nf, dict) else None
+            if (not isinstance(nf, dict) or set(nf) != {"clean", "per_pattern", "patterns"} or not _is_int(nf["clean"])
+                    or not 0 <= nf["clean"] <= n or not isinstance(pp, list) or len(pp) != len(errs)
+                    or not all(_is_int(v) and 0 <= v <= n for v in pp)):
+                raise RecordError("nonfinite", f"expected {{clean, per_pattern, patterns}} with counts in [0, {n}] "
+                                               "and one per pattern"[:200])
+            if nf["patterns"] != sum(1 for v in pp if v > 0):
+                raise RecordError("nonfinite.patterns", f"{nf['patterns']!r} but {sum(1 for v in pp if v > 0)} "
+                                                        "per-pattern counts are > 0")
+            for p, v in zip(kw["patterns"], pp):
+                p.nonfinite = v
+            kw["clean_nonfinite"] = nf["clean"]
         rec = cls(**kw)
         if d.get("n_patterns") != rec.n_patterns:
             raise RecordError("n_patterns", f"{d.get('n_patterns')!r} but {rec.n_patterns} per-pattern values")
@@ -302,7 +337,8 @@ class ResultRecord:
                                                "was edited or damaged")
         _curve_from_json(d, rec)
         extra = set(d) - {n for n, _ in _FIELDS} - {"format", "per_pattern_err", "per_pattern_rerr", "rerr",
-                                                     "seeds", "n_patterns", "trace", "world_size", "digest"} - set(CURVE_FIELDS)
+                                                     "seeds", "n_patterns", "trace", "world_size", "digest",
+                                                     "nonfinite"} - set(CURVE_FIELDS)
         if extra:
             raise RecordError(sorted(extra)[0], "unknown field")
         digest = d.get("digest")

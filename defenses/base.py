@@ -1,4 +1,4 @@
-"""The defense contract: a quantization scheme plus how the model is trained."""
+"""The defense contract: a memory format (quantization scheme or float format) plus how the model is trained."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ NUMERICS = "original/1"  # quantization and training recipe of shared/design/ori
 class Defense:
     """A recipe that produces a deployed quantized model.
 
-    Subclasses set the quantization :meth:`scheme`, optional weight clipping (:attr:`w_max`) and the training
-    step (:meth:`make_step`). Instances created through the registry also carry ``registry_name``, ``params``
+    Subclasses set the memory format :meth:`scheme` (a :class:`QuantScheme` or a
+    :class:`~bitbench.defenses.float_formats.FloatFormat`), optional weight clipping (:attr:`w_max`) and the training
+    step (:meth:`make_step`). ``checkpoint_name`` (default: the spec) names the cached checkpoint file. Instances created through the registry also carry ``registry_name``, ``params``
     (every parameter, defaults filled in) and ``spec`` (canonical spec string).
     """
 
@@ -38,6 +39,11 @@ class Defense:
 
     def storage_scheme(self) -> QuantScheme:
         """How a model that this recipe did not train is stored (default: :meth:`scheme`)."""
+        return self.scheme()
+
+    def training_scheme(self):
+        """The scheme of the straight-through forward pass in training (default: :meth:`scheme`; None: float
+        training, e.g. the float storage formats)."""
         return self.scheme()
 
     def make_step(self, *, seed: int, num_classes: int | None = None):
@@ -68,7 +74,7 @@ class Defense:
 
     def trainer(self, model: nn.Module, config: TrainConfig, *, augment=None, num_classes: int | None = None,
                 wrap=None, include=None, exclude=None) -> Trainer:
-        return Trainer(model, config, scheme=self.scheme(), step=self.make_step(seed=config.seed,
+        return Trainer(model, config, scheme=self.training_scheme(), step=self.make_step(seed=config.seed,
                                                                                    num_classes=num_classes),
                        w_max=self.w_max, augment=augment, wrap=wrap, include=include, exclude=exclude)
 

@@ -5,8 +5,9 @@ bit-error-perturbed); forward and backward run on them, and on exit the float we
 gradients stay: ``optimizer.step()`` then applies the gradient computed at the quantized point to the float weights
 (the straight-through estimator).
 
-The whole selected parameter set is handled as one flat memory: one concatenation, per-tensor ranges by segmented
-reductions, one quantize pass, one dequantize pass, one multi-tensor copy back.
+The whole selected parameter set is handled as one flat memory: one concatenation, per-segment ranges (per tensor,
+output channel or group: the scheme's granularity) by segmented reductions, one quantize pass, one dequantize pass,
+one multi-tensor copy back.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .quantization import QuantContext, QuantScheme, Segments
+from .quantization import QuantContext, QuantScheme
 from .quantized_model import QuantizedModel, flat_buffer_of, flatten_parameters, select_parameters
 
 __all__ = ["FlatQuantizer", "StraightThrough"]
@@ -56,7 +57,7 @@ class FlatQuantizer:
             self._flat = flat_buffer_of(self.params)
             if self._flat is None:
                 self._flat = flatten_parameters(self.params)
-        self.segments = Segments(self.lengths)
+        self.segments = scheme.layout(self.shapes)  # one range per tensor, output channel or group
         self._saved = None
 
     @property

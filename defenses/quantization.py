@@ -39,13 +39,18 @@ constant tensor (``hi == lo``: zero-initialized biases, one-element tensors, a c
 to the center code and decodes to the constant under any code. Codes and contexts are computed in float32, except
 32-bit codes, computed in float64 (float32 cannot resolve their steps).
 
-Storage: signed codes are int8/int16/int32 (``m`` in 8, 16, 32); unsigned offset codes are uint8 for
-``2 <= m <= 8``, their bits ``m..7`` are protected (never flip).
+Storage: a word is an m-bit code (``2 <= m <= 16``, or 32 for signed codes) held in the smallest container:
+uint8 (unsigned, ``m <= 8``), int8 (signed, ``m <= 8``), int16 (``9 <= m <= 16``), int32 (signed, ``m = 32``).
+Container bits ``m..width-1`` are protected (never flip) and hold 0; a word reads as its m low bits: unsigned codes
+as the container's unsigned bit pattern clamped to ``[0, 2^m - 1]`` (so protected bits set would read as the
+largest code), signed codes as m-bit two's complement (bit m-1 is the sign). Where the container's own value is
+the code (unsigned in uint8; signed with m = width: int8, int16, int32) codes are stored as that value; the C
+accelerator handles only these (:attr:`QuantScheme.native`).
 
-Layout: a flat memory is cut into :class:`Segments`, one context each. Per-tensor schemes use one segment per
-tensor; finer contexts (per output channel, per group of g weights) are more, shorter segments of the same memory,
-so a later memory format only needs its own context rule and encode/decode, with the same flat contract
-(:meth:`QuantScheme.quantize`, :meth:`QuantScheme.decode`, :meth:`QuantScheme.decode_segment_words`).
+Layout and granularity (:mod:`.layout`): a flat memory is cut into :class:`Segments`, one context each: one per
+tensor (``granularity='tensor'``), per output channel (``'channel'``) or per group of g consecutive weights of a
+row (``'group:g'``). Every formula above applies per segment exactly as per tensor (epsilon, clamped decode,
+constant segments). :meth:`QuantScheme.layout` gives the segments of a set of parameter shapes.
 """
 
 from __future__ import annotations
@@ -57,10 +62,14 @@ import torch
 
 from bitbench.configs.spec import SpecError
 from bitbench.kernels import fused_quant as _fast
+from bitbench.kernels import from_pattern
 from bitbench.kernels.fused_quant import Rounding
+
+from .layout import Segments, canonical_granularity, parse_granularity, segment_ids, segment_starts
 
 __all__ = [
     "QuantScheme",
+    "parse_granularity",
     "QuantContext",
     "Segments",
     "Rounding",
@@ -77,7 +86,7 @@ __all__ = [
 RANGE_EPS = 0.001  # the original's range epsilon (symmetric ranges; the 1.001 inner step of asymmetric ones)
 _RANGES = ("fixed", "adaptive", "clipped")
 _ROUNDING = {"round": Rounding.NEAREST_EVEN, "trunc": Rounding.TRUNCATE}
-_SIGNED_DTYPES = {8: torch.int8, 16: torch.int16, 32: torch.int32}
+_CONTAINERS = {8: torch.int8, 16: torch.int16, 32: torch.int32}  # signed containers by width
 
 
 def _positive_finite(v) -> bool:
@@ -94,67 +103,6 @@ def _finite(v) -> bool:
     except (TypeError, ValueError):
         return False
     return f == f and abs(f) != float("inf")
-
-
-# -- layout of a flat memory -----------------------------------------------------------------------------------
-def segment_starts(lengths, device=None) -> torch.Tensor:
-    """int64 ``[0, l0, l0 + l1, ..., N]``: segment boundaries of a flat memory."""
-    out = torch.zeros(len(lengths) + 1, dtype=torch.long)
-    if len(lengths):
-        out[1:] = torch.cumsum(torch.as_tensor(list(lengths), dtype=torch.long), 0)
-    return out.to(device) if device is not None else out
-
-
-def segment_ids(lengths, device=None) -> torch.Tensor:
-    """Word -> segment index for a flat memory of segments with the given lengths."""
-    lengths = torch.as_tensor(list(lengths), dtype=torch.long, device=device)
-    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
-
-
-class Segments:
-    """How a flat memory splits into segments (one per tensor; per-tensor contexts), with per-device caches of
-    the boundaries (int64 ``[S + 1]``) and the word -> segment ids (int64 ``[N]``)."""
-
-    def __init__(self, lengths):
-        self.lengths = [int(n) for n in lengths]
-        if any(n < 0 for n in self.lengths):
-            raise ValueError(f"segment lengths must be >= 0, got {self.lengths}")
-        self._starts: dict = {}
-        self._ids: dict = {}
-
-    @classmethod
-    def single(cls, n: int) -> "Segments":
-        return cls([n])
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def total(self) -> int:
-        return sum(self.lengths)
-
-    def starts(self, device="cpu") -> torch.Tensor:
-        key = str(torch.device(device))
-        if key not in self._starts:
-            self._starts[key] = segment_starts(self.lengths, device=device)
-        return self._starts[key]
-
-    def ids(self, device="cpu") -> torch.Tensor:
-        key = str(torch.device(device))
-        if key not in self._ids:
-            self._ids[key] = segment_ids(self.lengths, device=device)
-        return self._ids[key]
-
-    def expand(self, vals: torch.Tensor) -> torch.Tensor:
-        """Per-segment values ``[S]`` -> per-word values ``[N]``: on CPUs a concatenation of expanded scalars
-        (about 2x faster than a gather), on GPUs one gather kernel."""
-        if vals.device.type == "cpu":
-            return torch.cat([v.expand(n) for v, n in zip(vals.unbind(), self.lengths)]) if self.lengths \
-                else vals.new_empty(0)
-        return vals[self.ids(vals.device)]
-
-    def nonempty(self) -> bool:
-        return bool(self.lengths) and min(self.lengths) > 0
 
 
 # -- the per-segment context --------------------------------------------------------------------------------------
@@ -214,16 +162,18 @@ class QuantScheme:
     """How float weights become integer codes and back (formulas: the module docstring).
 
     Attributes:
-        bits: m, the number of bits per word (signed: 8, 16 or 32; unsigned: 2..8).
-        signed: two's complement codes (True) or unsigned offset codes in uint8 (False).
-        range: ``'fixed'`` (``q_max``, or ``[q_min, q_max]`` when asymmetric), ``'adaptive'`` (per tensor) or
-            ``'clipped'`` (per tensor, capped by ``w_max``).
+        bits: m, the number of bits per word (2..16; signed codes also 32).
+        signed: two's complement codes (True) or unsigned offset codes (False).
+        range: ``'fixed'`` (``q_max``, or ``[q_min, q_max]`` when asymmetric), ``'adaptive'`` (per segment) or
+            ``'clipped'`` (per segment, capped by ``w_max``).
         q_max: the fixed range (symmetric ``[-q_max, q_max]``; the upper end of an asymmetric fixed range).
         q_min: the lower end of an asymmetric fixed range (default ``-q_max``).
         w_max: the cap for ``range='clipped'`` (> 0).
         asymmetric: a ``[min, max]`` range mapped onto [-1, 1] instead of a symmetric ``[-r, r]``.
         rounding: ``'round'`` (to nearest, ties to even) or ``'trunc'`` (the cast after the offset); see
             :attr:`rounding_mode`.
+        granularity: ``'tensor'``, ``'channel'`` or ``'group:g'``: one range per tensor, per output channel or per
+            group of g consecutive weights of a row (:mod:`.layout`).
         label: optional preset name shown by :attr:`name` (not part of equality).
     """
 
@@ -235,19 +185,17 @@ class QuantScheme:
     asymmetric: bool = False
     rounding: str = "round"
     q_min: float | None = None
+    granularity: str = "tensor"
     label: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
             raise TypeError(f"bits must be an int, got {self.bits!r}")
-        if self.signed:
-            if self.bits not in _SIGNED_DTYPES:
-                raise SpecError(
-                    f"signed codes need bits in {sorted(_SIGNED_DTYPES)} (int8/int16/int32), got bits={self.bits}")
-        elif not 2 <= self.bits <= 8:
-            raise SpecError(
-                f"unsigned (offset) codes live in uint8 and need 2 <= bits <= 8, got bits={self.bits}; "
-                "use signed=True for 16 or 32 bits")
+        if not (2 <= self.bits <= 16 or (self.signed and self.bits == 32)):
+            raise SpecError(f"bits must be in 2..16 ({'or 32 ' if self.signed else ''}for "
+                            f"{'signed' if self.signed else 'unsigned'} codes; 32-bit codes are signed), got "
+                            f"bits={self.bits}")
+        object.__setattr__(self, "granularity", canonical_granularity(self.granularity))
         if self.range not in _RANGES:
             raise SpecError(f"range must be one of {_RANGES}, got {self.range!r}")
         if self.rounding not in _ROUNDING:
@@ -271,9 +219,19 @@ class QuantScheme:
 
     # -- derived properties -------------------------------------------------------------------------------------
     @property
+    def width(self) -> int:
+        """Bits of the storage container: 8, 16 or 32."""
+        return 8 if self.bits <= 8 else (16 if self.bits <= 16 else 32)
+
+    @property
     def dtype(self) -> torch.dtype:
-        """Storage dtype of the codes."""
-        return _SIGNED_DTYPES[self.bits] if self.signed else torch.uint8
+        """Storage dtype (container) of the codes."""
+        return torch.uint8 if (self.width == 8 and not self.signed) else _CONTAINERS[self.width]
+
+    @property
+    def native(self) -> bool:
+        """Codes are stored as the container's own value (unsigned in uint8; signed with m = width)."""
+        return (self.dtype == torch.uint8) or (self.signed and self.bits == self.width)
 
     @property
     def family(self) -> str:
@@ -296,10 +254,8 @@ class QuantScheme:
 
     @property
     def protected(self) -> int:
-        """Bit mask of storage bits that never flip (bits m..7 of unsigned codes with m < 8)."""
-        if self.signed:
-            return 0
-        return 0xFF & ~((1 << self.bits) - 1)
+        """Bit mask of container bits that never flip: bits m..width-1 (the module docstring)."""
+        return ((1 << self.width) - 1) & ~((1 << self.bits) - 1)
 
     @property
     def code_min(self) -> int:
@@ -321,8 +277,11 @@ class QuantScheme:
             rng = f"fixed[{self.q_min:g},{self.q_max:g}]" if self.q_min is not None else f"fixed{self.q_max:g}"
         else:
             rng = {"adaptive": "adaptive", "clipped": f"clipped{self.w_max or 0:g}"}[self.range]
-        base = "-".join([f"{'s' if self.signed else 'u'}{self.bits}", rng,
-                         "asym" if self.asymmetric else "sym", self.rounding])
+        parts = [f"{'s' if self.signed else 'u'}{self.bits}", rng, "asym" if self.asymmetric else "sym",
+                 self.rounding]
+        if self.granularity != "tensor":
+            parts.append(self.granularity.replace(":", ""))
+        base = "-".join(parts)
         return f"{self.label}({base})" if self.label else base
 
     def __str__(self) -> str:
@@ -332,7 +291,39 @@ class QuantScheme:
         d = asdict(self)
         if d["q_min"] is None:  # keeps the dict (and checkpoint keys) of schemes without it short
             d.pop("q_min")
+        if d["granularity"] == "tensor":  # likewise: per-tensor schemes keep the keys they had
+            d.pop("granularity")
         return d
+
+    # -- words -------------------------------------------------------------------------------------------------
+    has_context = True  # per-segment ranges (QuantContext) go with the words
+
+    def layout(self, shapes) -> Segments:
+        """The segments (one context each) of tensors of ``shapes`` in memory order, at :attr:`granularity`."""
+        return Segments.of_shapes(shapes, self.granularity)
+
+    def code_values(self, words: torch.Tensor) -> torch.Tensor:
+        """The integer codes the words hold (the module docstring: the m low bits; an integer tensor)."""
+        if self.native:
+            if self.dtype == torch.uint8 and self.bits < 8:  # protected bits set read as the largest code
+                return words.clamp(self.code_min, self.code_max)
+            return words
+        u = words.to(torch.int32) & ((1 << self.width) - 1)
+        if self.signed:
+            u = u & ((1 << self.bits) - 1)
+            return u - ((u >> (self.bits - 1)) & 1) * (1 << self.bits)
+        return u.clamp_(0, self.code_max)
+
+    def store(self, q: torch.Tensor) -> torch.Tensor:
+        """Words holding the integer codes ``q`` (values in ``[code_min, code_max]``): the inverse of
+        :meth:`code_values`."""
+        if self.native:
+            return q.to(self.dtype)
+        return from_pattern(q.to(torch.int64) & ((1 << self.bits) - 1), self.dtype)
+
+    def words_from_code_values(self, z: torch.Tensor) -> torch.Tensor:
+        """Words of the codes nearest the real code values ``z`` (rounded, clamped to the code range)."""
+        return self.store(z.round().clamp_(self.code_min, self.code_max).to(torch.int64))
 
     # -- range parameters ---------------------------------------------------------------------------------------
     def _const(self, v: float, device) -> torch.Tensor:
@@ -354,7 +345,7 @@ class QuantScheme:
         if fast is not None:
             return fast
         n = len(segments)
-        if segments.nonempty():
+        if segments.nonempty() and not segments.many:
             parts = list(f.split(segments.lengths))
             if self.asymmetric:  # multi-tensor reductions: a few kernel launches for the whole memory
                 hi = torch.stack(torch._foreach_max(parts))
@@ -424,7 +415,7 @@ class QuantScheme:
             x = torch.clamp(f, lo, hi).div_(a)
         x.add_(self.center).clamp_(self.code_min, self.code_max)
         x = x.round_() if self.rounding_mode is Rounding.NEAREST_EVEN else x.trunc_()
-        return x.to(self.dtype)
+        return x.to(self.dtype) if self.native else self.store(x.to(torch.int64))
 
     def encode(self, flat: torch.Tensor, ctx: QuantContext, segments: Segments | None = None, *,
                deq_out: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
@@ -443,9 +434,7 @@ class QuantScheme:
         return self._encode_torch(f, ctx, segments), False
 
     def _decode_words(self, codes: torch.Tensor, lo, hi, a, step) -> torch.Tensor:
-        if not self.signed and self.bits < 8:  # codes with protected bits set read as the largest code
-            codes = codes.clamp(self.code_min, self.code_max)
-        t = codes.to(self.compute_dtype)
+        t = self.code_values(codes).to(self.compute_dtype)
         if self.center:
             t.sub_(self.center)
         if self.asymmetric:
@@ -476,14 +465,14 @@ class QuantScheme:
         lo, hi, a, _ = self._per_word(ctx, segments, encode=False)
         return lo, hi, a, (ctx.step[:1].reshape(()) if self.asymmetric and len(ctx) else None)
 
-    def decode_segment_words(self, codes: torch.Tensor, ctx: QuantContext, t: int) -> torch.Tensor:
-        """Weights of a few words of segment ``t`` holding ``codes`` (any shape), in the compute dtype: the same
-        arithmetic as :meth:`decode`, bit for bit."""
-        c = ctx[t]
-        n = codes.numel()
-        lo, hi = c.lo.expand(n), c.hi.expand(n)
-        a = (c.hi - c.lo).expand(n) if self.asymmetric else c.step.expand(n)
-        return self._decode_words(codes.reshape(-1), lo, hi, a, c.step if self.asymmetric else None)
+    def decode_words(self, codes: torch.Tensor, ctx: QuantContext, seg: torch.Tensor) -> torch.Tensor:
+        """Weights of a few words holding ``codes`` (1-D), word i in segment ``seg[i]``, in the compute dtype: the
+        same arithmetic as :meth:`decode`, bit for bit."""
+        seg = seg.to(device=ctx.lo.device, dtype=torch.int64)
+        lo, hi = ctx.lo[seg], ctx.hi[seg]
+        a = (ctx.hi - ctx.lo)[seg] if self.asymmetric else ctx.step[seg]
+        return self._decode_words(codes.reshape(-1), lo, hi, a,
+                                  ctx.step[:1].reshape(()) if self.asymmetric and len(ctx) else None)
 
     def quantize(self, flat: torch.Tensor, segments: Segments | None = None, *, context: QuantContext | None = None,
                  check: bool = True, deq_out: torch.Tensor | None = None):
@@ -508,24 +497,31 @@ class QuantScheme:
             return ctx.step * (ctx.hi - ctx.lo) / 2
         return ctx.step
 
+    def dweight_dcode(self, words: torch.Tensor, ctx: QuantContext, segments: Segments) -> torch.Tensor:
+        """float64 ``[N]``: d(weight)/d(code) of every word (:meth:`code_step` of its segment), the linearization
+        that attacks in code space use."""
+        return segments.expand(self.code_step(ctx).to(device=words.device, dtype=torch.float64))
+
 
 def scheme_from_dict(d: dict) -> QuantScheme:
     return QuantScheme(**d)
 
 
-def normal(bits: int = 8) -> QuantScheme:
-    """The paper's fragile baseline: global fixed q_max = 1, symmetric, unsigned offset codes, truncation."""
+def normal(bits: int = 8, granularity: str = "tensor") -> QuantScheme:
+    """The paper's fragile baseline: global fixed q_max = 1, symmetric, unsigned offset codes, truncation (a fixed
+    range is the same for every segment, so its granularity changes no code)."""
     return QuantScheme(bits=bits, signed=False, range="fixed", q_max=1.0, asymmetric=False, rounding="trunc",
-                       label="normal")
+                       granularity=granularity, label="normal")
 
 
-def rquant(bits: int = 8, w_max: float | None = None) -> QuantScheme:
-    """Robust quantization: per-tensor (clipped) adaptive, asymmetric, unsigned offset codes, round to nearest.
+def rquant(bits: int = 8, w_max: float | None = None, granularity: str = "tensor") -> QuantScheme:
+    """Robust quantization: per-tensor (per-channel, per-group) clipped adaptive, asymmetric, unsigned offset codes,
+    round to nearest.
 
     ``w_max=None`` gives the adaptive range (no cap); with weight clipping in training pass its ``w_max``.
     """
     return QuantScheme(bits=bits, signed=False, range="clipped" if w_max is not None else "adaptive",
-                       w_max=w_max, asymmetric=True, rounding="round", label="rquant")
+                       w_max=w_max, asymmetric=True, rounding="round", granularity=granularity, label="rquant")
 
 
 # -- one tensor ------------------------------------------------------------------------------------------------

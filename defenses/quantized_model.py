@@ -1,9 +1,18 @@
-"""The quantized model: a module's parameters as one flat memory of integer codes.
+"""The quantized model: a module's parameters as one flat memory of words in a memory format.
 
 Layout (see the bit-error-pattern design note): the included parameters, in ``named_parameters()`` order, each
 flattened in C order, one after the other. Tensor ``t`` starts at global word offset ``offsets[t]``. Attacks act on
-the flat ``codes`` buffer (or on per-tensor views of it) and the harness writes dequantized values back into the
+the flat ``codes`` buffer (or on per-tensor views of it) and the harness writes decoded values back into the
 module's parameters in place.
+
+The *format* (``qm.scheme``) defines the words: their container dtype and width, how a word decodes to a weight,
+which bits never flip (``protected``) and, through :meth:`QuantizedModel.flip_deltas`, the exact weight change of
+flipping each bit. Two kinds implement the same contract: :class:`~.quantization.QuantScheme` (affine integer
+codes, one range per tensor, output channel or group of weights, kept in ``context``) and
+:class:`~.float_formats.FloatFormat` (raw IEEE float bits, no context). Every attack works on any format through
+``codes``, ``bits``, ``protected``, :meth:`~QuantizedModel.decode_words`, :meth:`~QuantizedModel.flip_deltas` and,
+for code-space searches, :meth:`~QuantizedModel.code_values` / :meth:`~QuantizedModel.words_from_code_values` /
+:meth:`~QuantizedModel.dweight_dcode`.
 """
 
 from __future__ import annotations
@@ -18,12 +27,23 @@ from torch import nn
 from bitbench import kernels
 from bitbench.configs.spec import SpecError
 
+from .float_formats import FloatFormat
 from .io import load_checkpoint, save_checkpoint
-from .quantization import QuantContext, QuantScheme, Segments, scheme_from_dict
+from .quantization import QuantContext, QuantScheme, scheme_from_dict
 
-__all__ = ["QuantizedModel", "select_parameters", "flatten_parameters", "flat_buffer_of", "FORMAT"]
+__all__ = ["QuantizedModel", "select_parameters", "flatten_parameters", "flat_buffer_of", "FORMAT",
+           "format_from_dict"]
 
-FORMAT = "bitbench.quantized_model/2"  # /2: QuantContext (lo, hi, step) per tensor
+# /3: a memory format (a quantization scheme with its granularity, or a float format; context per segment or none);
+# /2 files (per-tensor schemes) read the same
+FORMAT = "bitbench.quantized_model/3"
+_READABLE = ("bitbench.quantized_model/2", FORMAT)
+
+
+def format_from_dict(d: dict):
+    """A memory format from its ``to_dict()``: a :class:`FloatFormat` (``{"float": kind, ...}``) or a
+    :class:`QuantScheme`."""
+    return FloatFormat.from_dict(d) if "float" in d else scheme_from_dict(d)
 
 
 def _as_patterns(p) -> list[str] | None:
@@ -94,21 +114,22 @@ def flat_buffer_of(params: list[torch.Tensor]) -> torch.Tensor | None:
 
 
 class QuantizedModel:
-    """Integer codes of a module's parameters in one flat buffer, with per-tensor quantization contexts.
+    """The words of a module's parameters in one flat buffer, in a memory format (module docstring).
 
     Attributes:
-        scheme: the :class:`QuantScheme` (how codes decode to weights).
+        scheme: the memory format (:class:`QuantScheme` or :class:`FloatFormat`): how words decode to weights.
         names, shapes, offsets, lengths: the layout (tensor ``t`` is ``codes[offsets[t]:offsets[t]+lengths[t]]``).
         codes: 1-D tensor of ``scheme.dtype`` (the clean memory; never modified by attacks).
-        context: the per-tensor :class:`QuantContext` (range and step of each tensor).
-        scale: per-tensor weight change of one code unit inside the range (dw/dq, see
+        segments: the memory's segments, one context each (per tensor, per output channel or per group).
+        context: the per-segment :class:`QuantContext` (range and step of each segment); None for float formats.
+        scale: per-segment weight change of one code unit inside the range (dw/dq, see
             :meth:`QuantScheme.code_step`); decoding clamps to the range, so a flip's exact change is
-            :meth:`flip_deltas`.
-        bits: m attackable bits per word; protected: bit mask of storage bits that never flip.
+            :meth:`flip_deltas`. Affine formats only.
+        bits: m bits per word (bit 0 = LSB); protected: bit mask of storage bits that never flip.
     """
 
-    def __init__(self, scheme: QuantScheme, names: Sequence[str], shapes: Sequence[Sequence[int]],
-                 codes: torch.Tensor, context: QuantContext):
+    def __init__(self, scheme, names: Sequence[str], shapes: Sequence[Sequence[int]],
+                 codes: torch.Tensor, context: QuantContext | None):
         self.scheme = scheme
         self.names = list(names)
         self.shapes = [torch.Size(s) for s in shapes]
@@ -120,29 +141,45 @@ class QuantizedModel:
             raise ValueError(f"codes must be 1-D with {sum(self.lengths)} words, got shape {tuple(codes.shape)}")
         if codes.dtype != scheme.dtype:
             raise ValueError(f"codes dtype {codes.dtype} does not match the scheme's {scheme.dtype}")
-        if not isinstance(context, QuantContext) or len(context) != len(self.names) or context.lo.dim() != 1:
-            raise ValueError("the context needs one entry per tensor")
+        self.segments = scheme.layout(self.shapes)
+        if scheme.has_context:
+            if not isinstance(context, QuantContext) or context.lo.dim() != 1 or len(context) != len(self.segments):
+                raise ValueError(f"the context needs one entry per segment ({len(self.segments)} for the "
+                                 f"{getattr(scheme, 'granularity', 'tensor')} granularity)")
+        elif context is not None:
+            raise ValueError(f"format {scheme.name} has no context (got one)")
         self.codes = codes
         self.context = context
-        self.segments = Segments(self.lengths)
         self._decode_cache = None  # per-word parameters of the torch decode path (many patterns)
 
     @property
+    def format(self):
+        """The memory format (the same object as :attr:`scheme`)."""
+        return self.scheme
+
+    @property
     def scale(self) -> torch.Tensor:
+        if self.context is None:
+            raise AttributeError(f"format {self.scheme.name} has no code step (no context); see dweight_dcode")
         return self.scheme.code_step(self.context)
+
+    def _ctx_on(self, device):
+        if self.context is None or self.context.device == torch.device(device):
+            return self.context
+        return self.context.to(device)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def from_module(cls, module: nn.Module, scheme: QuantScheme, include=None, exclude=None,
                     context: QuantContext | None = None) -> "QuantizedModel":
-        """Quantize the selected parameters of ``module`` (see :func:`select_parameters`); ``context`` quantizes
-        with given (e.g. frozen) per-tensor ranges instead of the weights' own."""
+        """Store the selected parameters of ``module`` (see :func:`select_parameters`) in the memory format
+        ``scheme``; ``context`` quantizes with given (e.g. frozen) per-segment ranges instead of the weights' own."""
         params = select_parameters(module, include, exclude)
         names = [n for n, _ in params]
         shapes = [tuple(p.shape) for _, p in params]
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1) for _, p in params])
-            segments = Segments([p.numel() for _, p in params])
+            segments = scheme.layout(shapes)
             codes, ctx, _ = scheme.quantize(flat, segments, context=context)
         qm = cls(scheme, names, shapes, codes, ctx)
         qm.segments = segments
@@ -171,8 +208,8 @@ class QuantizedModel:
 
     @property
     def n_bits(self) -> int:
-        """Attackable bits in the memory (words x m)."""
-        return self.n_words * self.bits
+        """Attackable bits in the memory (words x the m bits that are not protected)."""
+        return self.n_words * bin(((1 << self.bits) - 1) & ~int(self.protected)).count("1")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -225,8 +262,8 @@ class QuantizedModel:
                    out: torch.Tensor | None = None) -> torch.Tensor:
         """Flat float values of ``codes`` (default: the clean memory)."""
         c = self.codes if codes is None else self._check_codes(codes)
-        ctx = self.context if self.context.device == c.device else self.context.to(c.device)
-        if self._decode_cache is None or self._decode_cache[0].device != c.device:
+        ctx = self._ctx_on(c.device)
+        if ctx is not None and (self._decode_cache is None or self._decode_cache[0].device != c.device):
             self._decode_cache = None
             if not (c.device.type == "cpu" and dtype == torch.float32 and kernels.fused_quant.supports(self.scheme)):
                 self._decode_cache = self.scheme.decode_cache(ctx, self.segments)
@@ -238,14 +275,15 @@ class QuantizedModel:
 
         The same arithmetic as :meth:`dequantize` / :meth:`load_into` (bit for bit), for a few words: what
         adversarial attacks use to try flips. ``codes`` is 1-D of the memory's dtype, one per index."""
-        ctx = self.context if self.context.device == codes.device else self.context.to(codes.device)
-        return self.scheme.decode_segment_words(codes, ctx, t).to(dtype)
+        ctx = self._ctx_on(codes.device)
+        seg = self.segments.segment_of(t, idx.to(codes.device))
+        return self.scheme.decode_words(codes.reshape(-1), ctx, seg).to(dtype)
 
     def flip_deltas(self, t: int, idx: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
         """float64 ``[len(idx), bits]``: the exact change of each weight when bit b of its word is flipped,
-        ``decode(word ^ 2^b) - decode(word)`` (0 for protected bits, and where decoding clamps to the range).
-        ``codes``: the words' current codes (default: the clean memory). This is the contract adversarial attacks
-        rank flips by."""
+        ``decode(word ^ 2^b) - decode(word)`` (0 for protected bits, and where decoding clamps to the range; float
+        formats: +-inf or NaN where the flipped word decodes to inf or NaN). ``codes``: the words' current codes
+        (default: the clean memory). This is the contract adversarial attacks rank flips by."""
         if codes is None:
             o = self.offsets[t]
             codes = self.codes[o:o + self.lengths[t]][idx.to(self.codes.device)]
@@ -256,14 +294,25 @@ class QuantizedModel:
         after = self.decode_words(t, idx.repeat_interleave(m), flipped.reshape(-1), dtype=torch.float64)
         delta = after.view(-1, m) - before.unsqueeze(1)
         keep = torch.tensor([not (int(self.protected) >> b) & 1 for b in range(m)], device=delta.device)
-        return delta * keep
+        return torch.where(keep, delta, torch.zeros((), dtype=delta.dtype, device=delta.device))
 
-    def dweight_dcode(self) -> torch.Tensor:
-        """float64 ``[n_words]``: d(weight)/d(code) of every word, the linearization gradient attacks in code space
-        use (``dL/dcode = dL/dw * dweight_dcode``). For this affine format: the tensor's step ``scale``."""
-        dev = self.codes.device
-        return torch.repeat_interleave(self.scale.to(device=dev, dtype=torch.float64),
-                                       torch.tensor(self.lengths, device=dev))
+    # -- code space (attacks that search over code values) -----------------------------------------------------
+    def code_values(self, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """float64 ``[N]``: the code value of every word (affine: the integer code; floats: the sign-magnitude
+        ordinal), in which the weight is monotone."""
+        c = self.codes if codes is None else self._check_codes(codes)
+        return self.scheme.code_values(c).to(torch.float64)
+
+    def words_from_code_values(self, z: torch.Tensor) -> torch.Tensor:
+        """Words (the memory's dtype) of the valid code values nearest ``z`` (float64 ``[N]``)."""
+        return self.scheme.words_from_code_values(z)
+
+    def dweight_dcode(self, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """float64 ``[N]``: d(weight)/d(code value) of every word, the linearization gradient attacks in code space
+        use (``dL/dcode = dL/dw * dweight_dcode``): the segment's step for affine formats, the unit in the last
+        place of the word for float formats."""
+        c = self.codes if codes is None else self._check_codes(codes)
+        return self.scheme.dweight_dcode(c, self._ctx_on(c.device), self.segments)
 
     def dequantize_tensors(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         flat = self.dequantize(codes)
@@ -301,21 +350,22 @@ class QuantizedModel:
 
     # -- persistence -------------------------------------------------------------------------------------------
     def to(self, device) -> "QuantizedModel":
-        return QuantizedModel(self.scheme, self.names, self.shapes, self.codes.to(device), self.context.to(device))
+        return QuantizedModel(self.scheme, self.names, self.shapes, self.codes.to(device), self._ctx_on(device))
 
     def state_dict(self) -> dict:
         return {"format": FORMAT, "scheme": self.scheme.to_dict(), "names": list(self.names),
                 "shapes": [list(s) for s in self.shapes], "codes": self.codes.cpu(),
-                "context": self.context.state_dict()}
+                "context": None if self.context is None else self.context.state_dict()}
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "QuantizedModel":
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
+        if not isinstance(d, dict) or d.get("format") not in _READABLE:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"not a quantized model of this version (expected format {FORMAT!r}, got {got!r}; "
                              "files of format /1 used the old numerics: quantize the model again)")
-        return cls(scheme_from_dict(d["scheme"]), d["names"], d["shapes"], d["codes"],
-                   QuantContext.from_state_dict(d["context"]))
+        ctx = d.get("context")
+        return cls(format_from_dict(d["scheme"]), d["names"], d["shapes"], d["codes"],
+                   None if ctx is None else QuantContext.from_state_dict(ctx))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically with ``torch.save`` (integers + contexts + content digest; loadable with

@@ -1,4 +1,6 @@
-"""The paper's defenses: Normal, RQuant, Clipping, RandBET."""
+"""The paper's defenses (Normal, RQuant, Clipping, RandBET, the ``quant`` ablations), each at any granularity of
+its ranges (``granularity=tensor|channel|group:g``), and the float storage formats (``float32``, ``float16``,
+``bfloat16``, ``fp8e4m3``, ``fp8e5m2``: the normally trained float model stored as raw IEEE bits)."""
 
 from __future__ import annotations
 
@@ -7,15 +9,17 @@ import math
 from bitbench.configs.registries import register_defense
 from bitbench.configs.spec import SpecError
 
-from .base import Defense
+from .base import NUMERICS, Defense
+from .float_formats import FLOAT_KINDS, FloatFormat
 from .quantization import QuantScheme, normal as normal_scheme, rquant as rquant_scheme
 from .randbet import CURRICULA, RandBETStep
 
-__all__ = ["Normal", "RQuant", "Clip", "RandBET", "Quant", "BitErrorTraining", "resolve_threshold"]
+__all__ = ["Normal", "RQuant", "Clip", "RandBET", "Quant", "BitErrorTraining", "resolve_threshold", "FloatStorage",
+           "Float32", "Float16", "BFloat16", "FP8E4M3", "FP8E5M2"]
 
 
-def _check_bits(bits):
-    QuantScheme(bits=bits)  # raises a clear error for bits outside 2..8
+def _check_bits(bits, granularity="tensor"):
+    QuantScheme(bits=bits, granularity=granularity)  # raises a clear error for bits outside 2..16, a bad granularity
 
 
 def _check_wmax(w_max):
@@ -36,13 +40,14 @@ class _ClippedAtOne(Defense):
     preset = staticmethod(rquant_scheme)
     PAPER_W_MAX = 1.0
 
-    def __init__(self, bits: int = 8, w_max: float | None = 1.0):
-        _check_bits(bits)
+    def __init__(self, bits: int = 8, w_max: float | None = 1.0, granularity: str = "tensor"):
+        _check_bits(bits, granularity)
         self.bits = bits
         self.w_max = _check_optional_wmax(w_max)
+        self.granularity = granularity
 
     def scheme(self) -> QuantScheme:
-        return self.preset(self.bits)
+        return self.preset(self.bits, granularity=self.granularity)
 
     @property
     def storage_format(self) -> bool:
@@ -56,8 +61,10 @@ class Normal(_ClippedAtOne):
     weights clipped at 1 after each step (the paper's configs).
 
     Args:
-        bits: bits per weight (2..8, unsigned offset codes in uint8).
+        bits: bits per weight (2..16, unsigned offset codes: uint8 up to 8 bits, int16 words above).
         w_max: clip every parameter to [-w_max, w_max] after each step (the paper: 1; none: no clipping).
+        granularity: ranges per 'tensor', per output 'channel' or per 'group:g' of g weights (Normal's range is
+            fixed, the same for every segment).
     """
 
     preset = staticmethod(normal_scheme)
@@ -65,21 +72,23 @@ class Normal(_ClippedAtOne):
 
 @register_defense("rquant")
 class RQuant(_ClippedAtOne):
-    """Robust quantization: per-tensor, asymmetric, unsigned offset codes, round to nearest; weights clipped at 1
-    after each step (the paper's configs).
+    """Robust quantization: per-tensor (or per-channel, per-group) asymmetric ranges, unsigned offset codes, round
+    to nearest; weights clipped at 1 after each step (the paper's configs).
 
     Args:
-        bits: bits per weight (2..8, unsigned offset codes in uint8).
+        bits: bits per weight (2..16, unsigned offset codes: uint8 up to 8 bits, int16 words above).
         w_max: clip every parameter to [-w_max, w_max] after each step (the paper: 1; none: no clipping).
+        granularity: one range per 'tensor', per output 'channel' or per 'group:g' of g consecutive weights of a
+            row (group:128: the usual LLM int4 format; the last group of a row may be shorter).
     """
 
     def scheme(self) -> QuantScheme:
-        return rquant_scheme(self.bits, self.w_max)
+        return rquant_scheme(self.bits, self.w_max, self.granularity)
 
     def storage_scheme(self) -> QuantScheme:
-        """A model not trained (and clipped) here is stored with the tensors' own ranges (no cap at w_max): the
-        cap is the training clip's, and would silently clamp weights such as layer-norm scales above 1."""
-        return rquant_scheme(self.bits, None)
+        """A model not trained (and clipped) here is stored with its own ranges (no cap at w_max): the cap is the
+        training clip's, and would silently clamp weights such as layer-norm scales above 1."""
+        return rquant_scheme(self.bits, None, self.granularity)
 
 
 @register_defense("clip")
@@ -88,17 +97,19 @@ class Clip(Defense):
 
     Args:
         w_max: clipping bound (0.1 in the paper; 0.05 is stronger).
-        bits: bits per weight (2..8).
+        bits: bits per weight (2..16).
+        granularity: ranges per 'tensor', per output 'channel' or per 'group:g' of g weights.
     """
 
-    def __init__(self, w_max: float = 0.1, bits: int = 8):
-        _check_bits(bits)
+    def __init__(self, w_max: float = 0.1, bits: int = 8, granularity: str = "tensor"):
+        _check_bits(bits, granularity)
         _check_wmax(w_max)
         self.bits = bits
         self.w_max = float(w_max)
+        self.granularity = granularity
 
     def scheme(self) -> QuantScheme:
-        return rquant_scheme(self.bits, self.w_max)
+        return rquant_scheme(self.bits, self.w_max, self.granularity)
 
 
 def resolve_threshold(threshold, num_classes: int | None):
@@ -123,8 +134,9 @@ class BitErrorTraining(Defense):
 
     curriculum = "loss"
 
-    def _setup(self, w_max, bits, threshold, grad_clip, curriculum: str = "loss") -> None:
-        _check_bits(bits)
+    def _setup(self, w_max, bits, threshold, grad_clip, curriculum: str = "loss", granularity: str = "tensor") -> None:
+        _check_bits(bits, granularity)
+        self.granularity = granularity
         _check_wmax(w_max)
         resolve_threshold(threshold, 10)
         if not (isinstance(grad_clip, (int, float)) and not isinstance(grad_clip, bool) and grad_clip > 0):
@@ -148,7 +160,7 @@ class BitErrorTraining(Defense):
         return d
 
     def scheme(self) -> QuantScheme:
-        return rquant_scheme(self.bits, self.w_max)
+        return rquant_scheme(self.bits, self.w_max, self.granularity)
 
 
 @register_defense("randbet")
@@ -158,16 +170,18 @@ class RandBET(BitErrorTraining):
     Args:
         p: bit error rate of the training patterns (a fraction: 0.01 = 1%).
         w_max: clipping bound.
-        bits: bits per weight (2..8).
+        bits: bits per weight (2..16).
         threshold: curriculum loss threshold; 'auto' = 1.75 (10 classes) or 3.5 (100 classes); none = always on.
         grad_clip: the perturbed gradient is clipped elementwise to [-grad_clip, grad_clip].
         curriculum: 'loss' (the paper: on once the clean loss is low), 'step' (always on, p ramped up over the
             first half of training) or 'none' (always on).
+        granularity: ranges per 'tensor', per output 'channel' or per 'group:g' of g weights (training quantizes
+            with the same ranges).
     """
 
     def __init__(self, p: float = 0.01, w_max: float = 0.1, bits: int = 8, threshold: str = "auto",
-                 grad_clip: float = 0.05, curriculum: str = "loss"):
-        self._setup(w_max, bits, threshold, grad_clip, curriculum)
+                 grad_clip: float = 0.05, curriculum: str = "loss", granularity: str = "tensor"):
+        self._setup(w_max, bits, threshold, grad_clip, curriculum, granularity)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise SpecError(f"p must be a rate (fraction) in [0, 1], got {p!r}")
         self.p = float(p)
@@ -183,25 +197,27 @@ class Quant(Defense):
     """Quantization-aware training with any quantization scheme (the paper's ablations), optionally clipped.
 
     Args:
-        bits: bits per weight (unsigned offset codes: 2..8 in uint8; signed two's complement: 8, 16 or 32).
-        signed: two's complement codes (int8/int16/int32) instead of unsigned offset codes.
-        range: 'fixed' (q_max for every tensor), 'adaptive' (per tensor) or 'clipped' (per tensor, capped at w_max).
+        bits: bits per weight (2..16; signed codes also 32): uint8/int8 words up to 8 bits, int16 up to 16, int32.
+        signed: two's complement codes instead of unsigned offset codes.
+        range: 'fixed' (q_max for every tensor), 'adaptive' (per segment) or 'clipped' (per segment, capped at
+            w_max).
         q_max: the range of range='fixed' ([-q_max, q_max], or [q_min, q_max] when asymmetric).
         asymmetric: a [min, max] range mapped onto [-1, 1] instead of a symmetric one.
         rounding: 'round' (to nearest) or 'trunc' (toward zero).
         w_max: clip weights to [-w_max, w_max] after each step (none: no clipping); also the cap of 'clipped'.
         q_min: the lower end of an asymmetric fixed range (default -q_max).
+        granularity: segments with one range each: 'tensor', output 'channel' or 'group:g' of g weights.
     """
 
     def __init__(self, bits: int = 8, signed: bool = False, range: str = "adaptive", q_max: float = 1.0,
                  asymmetric: bool = True, rounding: str = "round", w_max: float | None = None,
-                 q_min: float | None = None):
+                 q_min: float | None = None, granularity: str = "tensor"):
         if w_max is not None:
             _check_wmax(w_max)
         self._scheme = QuantScheme(bits=bits, signed=bool(signed), range=range, q_max=float(q_max),
                                    w_max=None if w_max is None else float(w_max), asymmetric=bool(asymmetric),
                                    rounding=rounding, q_min=None if q_min is None else float(q_min),
-                                   label="quant")
+                                   granularity=granularity, label="quant")
         self.bits = bits
         self.w_max = None if w_max is None else float(w_max)
 
@@ -212,3 +228,71 @@ class Quant(Defense):
     def storage_format(self) -> bool:
         """Any scheme is a storage format; with ``w_max`` the defense is a clip recipe."""
         return self.w_max is None
+
+
+# -- float storage formats ---------------------------------------------------------------------------------------
+class FloatStorage(Defense):
+    """The normally trained float model (plain SGD, no quantization in the forward pass; clipped at w_max = 1 after
+    each step like every model of the paper) stored as the raw IEEE bits of a float format (subclasses set
+    ``kind``; :mod:`.float_formats`). Storing changes no training: every float format with the same ``w_max``
+    stores the one trained model, cached under one checkpoint (``float-<key>.pt``; the key holds the float recipe
+    and ``w_max``, not the format)."""
+
+    kind = "float32"
+    PAPER_W_MAX = 1.0
+    checkpoint_name = "float"
+
+    def __init__(self, bits: str = "all", w_max: float | None = 1.0):
+        self._format = FloatFormat(self.kind, bits)
+        self.w_max = _check_optional_wmax(w_max)
+
+    def scheme(self) -> FloatFormat:
+        return self._format
+
+    def training_scheme(self):
+        return None  # float training
+
+    @property
+    def storage_format(self) -> bool:
+        """A storage format unless ``w_max`` asks for a clip other than the paper's (then it is a clip recipe)."""
+        return self.w_max in (None, self.PAPER_W_MAX)
+
+    def identity(self) -> dict:
+        """The trained weights depend on the float recipe and w_max only (not on the format or its bits)."""
+        return {"defense": "float", "training": "float", "w_max": self.w_max, "numerics": NUMERICS}
+
+    def recipe(self) -> dict:
+        d = {"quantization": f"none (float training), stored as {self._format.name}", "clip": self.w_max,
+             "deviations": []}
+        if self.w_max is None:
+            d["deviations"].append("no weight clipping (the paper clips every model after each step, at w_max = 1 "
+                                   "for Normal and RQuant)")
+        return d
+
+
+_FLOAT_ARGS = """
+
+    Args:
+        bits: the bits that may flip: 'all', or fields joined by '|' (sign, exponent, mantissa; e.g. 'exponent',
+            'sign|mantissa'); the others are protected.
+        w_max: clip every parameter to [-w_max, w_max] after each training step (the paper: 1; none: no clipping).
+            Every float format with the same w_max stores the same trained model.
+    """
+
+
+def _float_defense(kind: str, cls_name: str, title: str):
+    cls = type(cls_name, (FloatStorage,), {"kind": kind, "__doc__": title + _FLOAT_ARGS, "__module__": __name__})
+    return register_defense(kind)(cls)
+
+
+assert set(FLOAT_KINDS) == {"float32", "float16", "bfloat16", "fp8e4m3", "fp8e5m2"}
+Float32 = _float_defense("float32", "Float32", "The normally trained float model stored as IEEE float32 words "
+                                               "(int32 words: 1 sign, 8 exponent, 23 mantissa bits).")
+Float16 = _float_defense("float16", "Float16", "The normally trained float model stored as IEEE float16 words "
+                                               "(int16 words: 1 sign, 5 exponent, 10 mantissa bits).")
+BFloat16 = _float_defense("bfloat16", "BFloat16", "The normally trained float model stored as bfloat16 words "
+                                                  "(int16 words: 1 sign, 8 exponent, 7 mantissa bits).")
+FP8E4M3 = _float_defense("fp8e4m3", "FP8E4M3", "The normally trained float model stored as fp8 e4m3 words (OCP "
+                                               "'fn': uint8 words, no inf, max 448).")
+FP8E5M2 = _float_defense("fp8e5m2", "FP8E5M2", "The normally trained float model stored as fp8 e5m2 words (uint8 "
+                                               "words: 1 sign, 5 exponent, 2 mantissa bits, IEEE inf/NaN).")

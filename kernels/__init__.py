@@ -1,5 +1,8 @@
 """Bit-level primitives on integer tensors (uint8, int8, int16, int32); knows nothing of models.
 
+Float tensors are words too: :func:`word_view` views float32 as int32, float16/bfloat16 as int16 and fp8 as uint8
+(their raw bits), and :func:`random_flip` / :func:`random_flip_mask` take float tensors directly.
+
 * Seeded random bit errors, exactly as shared/design/bit-error-patterns.md defines them:
   :func:`random_flip`, :func:`random_flip_mask`, :func:`threshold_flip_mask` (a threshold per cell: profiled
   chips), :func:`philox4x32_10`, :func:`threshold`.
@@ -11,7 +14,7 @@
   that may flip under direction constraints), :func:`first_per_group` (one per page), :func:`to_pattern` /
   :func:`from_pattern` (words as unsigned int64 bit patterns and back).
 """
-from ._common import DTYPE_WIDTH, threshold, thresholds
+from ._common import DTYPE_WIDTH, FLOAT_WORDS, threshold, thresholds, word_view
 from ._torch_backend import philox4x32_10
 from .bitops import (bit_and, bit_or, bit_xor, budget_projection, clear_bits, first_per_group, flip_bits, flip_deltas,
                      flip_one_bit, flippable, from_bits, from_pattern, hamming_distance, hamming_total, msb_projection,
@@ -24,7 +27,7 @@ from .flip import (BACKENDS, ENV_BACKEND, backends, random_flip, random_flip_mas
 SUPPORTED_DTYPES = tuple(DTYPE_WIDTH)
 
 __all__ = [
-    "fused_quant", "fused_available", "Rounding",
+    "fused_quant", "fused_available", "Rounding", "FLOAT_WORDS", "word_view",
     "SUPPORTED_DTYPES", "DTYPE_WIDTH", "BACKENDS", "ENV_BACKEND",
     "random_flip", "random_flip_mask", "threshold_flip_mask", "philox4x32_10", "threshold", "thresholds", "backends",
     "resolve_backend", "flip_deltas", "flip_one_bit", "flippable", "first_per_group", "to_pattern", "from_pattern",

@@ -19,6 +19,14 @@ DTYPE_WIDTH = {
     torch.int32: 32,
 }
 SIGNED = {torch.int8, torch.int16, torch.int32}
+#: Float dtypes flipped as raw bits: the integer dtype of the same width whose words they are viewed as.
+FLOAT_WORDS = {
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float8_e4m3fn: torch.uint8,
+    torch.float8_e5m2: torch.uint8,
+}
 _ALLOWED = "torch.uint8, torch.int8, torch.int16, torch.int32"
 
 
@@ -30,6 +38,14 @@ def check_tensor(x, name: str = "x") -> int:
     if width is None:
         raise TypeError(f"{name} has unsupported dtype {x.dtype}; allowed: {_ALLOWED}")
     return width
+
+
+def word_view(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself for an integer tensor; a float tensor (:data:`FLOAT_WORDS`) viewed as the integer words of its
+    raw bits (no copy: the same memory)."""
+    if isinstance(x, torch.Tensor) and x.dtype in FLOAT_WORDS:
+        return x.view(FLOAT_WORDS[x.dtype])
+    return x
 
 
 def check_dtype(dtype, name: str = "dtype") -> int:

@@ -16,7 +16,7 @@ import torch
 
 from . import _c_backend, _cupy_backend, _torch_backend
 from ._common import (check_bits, check_rate, check_same, check_tensor, check_uint, from_pattern, int_pattern,
-                      low_mask, mask_tensor, threshold, to_pattern)
+                      low_mask, mask_tensor, threshold, to_pattern, word_view)
 
 ENV_BACKEND = "BITBENCH_KERNEL_BACKEND"
 BACKENDS = ("torch", "c", "cupy")
@@ -98,6 +98,14 @@ def backends() -> dict:
 def _run(x, p01, p10, seed, bits, protected, offset, out, backend, mask_only):
     p01 = check_rate(p01, "p01")
     p10 = p01 if p10 is None else check_rate(p10, "p10")
+    xw = word_view(x)
+    if xw is not x:  # a float tensor: its raw bits, as the integer words of the same width
+        if out is not None and (not isinstance(out, torch.Tensor) or out.dtype != (x.dtype if not mask_only
+                                                                                   else xw.dtype)):
+            raise TypeError(f"out must be a tensor of dtype {x.dtype if not mask_only else xw.dtype}")
+        res = _flip(xw, threshold(p01), threshold(p10), seed, bits, protected, offset,
+                    None if out is None else word_view(out), backend, mask_only)
+        return res if mask_only else res.view(x.dtype)
     return _flip(x, threshold(p01), threshold(p10), seed, bits, protected, offset, out, backend, mask_only)
 
 
@@ -234,6 +242,10 @@ def random_flip(x: torch.Tensor, p01: float, p10: float | None = None, *, seed: 
                 backend: str | None = None) -> torch.Tensor:
     """Flip random bits of integer tensor ``x`` (uint8, int8, int16, int32); returns a new tensor (or ``out``).
 
+    A float tensor (float32, float16, bfloat16, float8_e4m3fn, float8_e5m2) is flipped as its raw bits: exactly
+    the flips of its integer view (``x.view(torch.int32)`` for float32, int16 for 16-bit floats, uint8 for fp8), so
+    a chip is the same chip for every format of one word width.
+
     Bit b of word i (i = offset + j for element j of x in C order) flips iff it is attackable (b < bits, not
     protected) and Philox4x32-10 number r(seed, i, b) < T(p01) if the bit is 0, < T(p10) if it is 1.
 
@@ -254,7 +266,8 @@ def random_flip(x: torch.Tensor, p01: float, p10: float | None = None, *, seed: 
 def random_flip_mask(x: torch.Tensor, p01: float, p10: float | None = None, *, seed: int, bits: int | None = None,
                      protected=None, offset: int = 0, out: torch.Tensor | None = None,
                      backend: str | None = None) -> torch.Tensor:
-    """The xor mask that :func:`random_flip` applies (x's dtype): ``x ^ mask == random_flip(x, ...)``.
+    """The xor mask that :func:`random_flip` applies (x's dtype; for a float tensor the integer dtype of its
+    words): ``x ^ mask == random_flip(x, ...)``.
 
     Same arguments as :func:`random_flip`; the mask depends on x's bits only when p01 != p10."""
     return _run(x, p01, p10, seed, bits, protected, offset, out, backend, True)

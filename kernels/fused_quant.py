@@ -3,7 +3,7 @@ per-segment min/max of flat float32 CPU memories, one vectorized pass each.
 
 It declares what it handles, :func:`supports`, checked on the scheme's fields: the formula family, the rounding
 mode (a :class:`Rounding`, passed to C as an enum value; a mode C does not know is refused, never replaced), the
-code dtype (uint8, int8, int16) and the compute dtype (float32). Every other scheme, device or dtype runs the
+code dtype (uint8, int8, int16, holding codes as their own values) and the compute dtype (float32). Every other scheme, device or dtype runs the
 scheme's torch path, which gives the same bits (tested). Segment ``s`` is ``[starts[s], starts[s+1])`` of the flat
 arrays; a context has per-segment ``lo``, ``hi``, ``step`` (float32 ``[S]``).
 """
@@ -45,11 +45,13 @@ def fused_available() -> bool:
 
 
 def supports(scheme) -> bool:
-    """Whether the C path computes ``scheme`` (fields used: ``family``, ``rounding_mode``, ``dtype``,
-    ``compute_dtype``, ``center``, ``code_min``, ``code_max``)."""
+    """Whether the C path computes ``scheme`` (fields used: ``family``, ``rounding_mode``, ``dtype``, ``native``
+    (codes stored as the container's own value), ``compute_dtype``, ``center``, ``code_min``, ``code_max``).
+    Any number of segments (per tensor, channel or group) is handled."""
     return (fused_available() and getattr(scheme, "family", None) in _FAMILIES
             and getattr(scheme, "rounding_mode", None) in _ROUNDINGS
             and getattr(scheme, "dtype", None) in _CODE_DTYPES
+            and getattr(scheme, "native", False) is True
             and getattr(scheme, "compute_dtype", None) == torch.float32)
 
 

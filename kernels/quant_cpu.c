@@ -138,6 +138,17 @@ static inline bb_seg bb_make_seg(float lo, float hi, float step, int center, int
     return p;
 }
 
+/* The segment holding word i (0 <= i < starts[nseg]; empty segments skipped): binary search, so memories of
+ * many short segments (per-channel, per-group ranges) split into chunks in O(chunks log segments). */
+static inline int bb_segment_at(const int64_t *starts, int nseg, int64_t i) {
+    int lo = 0, hi = nseg - 1; /* the last s with starts[s] <= i */
+    while (lo < hi) {
+        const int mid = lo + (hi - lo + 1) / 2;
+        if (starts[mid] <= i) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
 /* Runs CALL(s, a, b) for every piece [a, b) of segment s of a memory of n words: whole segments when the memory
  * fits one chunk, else the pieces of BB_CHUNK-word chunks, spread over OpenMP threads. */
 #ifdef _OPENMP
@@ -155,8 +166,7 @@ static inline bb_seg bb_make_seg(float lo, float hi, float step, int center, int
         BB_PAR_FOR                                                                                             \
         for (int64_t k = 0; k < nchunks_; ++k) {                                                               \
             const int64_t lo_ = k * BB_CHUNK, hi_ = lo_ + BB_CHUNK < n_ ? lo_ + BB_CHUNK : n_;                  \
-            int s = 0;                                                                                         \
-            while (starts[s + 1] <= lo_) ++s;                                                                  \
+            int s = bb_segment_at(starts, nseg, lo_);                                                          \
             for (; s < nseg && starts[s] < hi_; ++s) {                                                         \
                 const int64_t a = starts[s] > lo_ ? starts[s] : lo_;                                           \
                 const int64_t b = starts[s + 1] < hi_ ? starts[s + 1] : hi_;                                   \

@@ -112,3 +112,22 @@ def test_advbet_trains_on_the_gpu():
                    num_classes=10)
     assert hist[-1]["bet_on"] == 1.0 and hist[-1]["adv_flips"] > 0
     assert next(model.parameters()).is_cuda
+
+
+@pytest.mark.parametrize("spec", ["float32", "bfloat16", "fp8e4m3", "rquant:granularity=channel",
+                                  "rquant:bits=4,granularity=group:16"])
+def test_memory_formats_on_cuda_equal_the_cpu(spec):
+    """Issue 17's formats on the GPU: the same words, the same random patterns (float words flipped as their
+    integer views) and the same decoded weights and flip deltas as on the CPU."""
+    m = _module()
+    qm = create_defense(spec).quantize(m)
+    g = qm.to("cuda")
+    assert torch.equal(g.codes.cpu(), qm.codes)
+    a = create_attack("random_p0.01", patterns=2)
+    cpu = [p.codes.clone() for p in a.perturbations(qm)]
+    gpu = [p.codes.cpu() for p in a.perturbations(g)]
+    assert all(torch.equal(x, y) for x, y in zip(cpu, gpu))
+    assert torch.equal(g.dequantize(gpu[0].cuda()).cpu(), qm.dequantize(cpu[0]))
+    idx = torch.arange(qm.lengths[0])
+    d_cpu, d_gpu = qm.flip_deltas(0, idx), g.flip_deltas(0, idx.cuda()).cpu()
+    assert torch.equal(torch.nan_to_num(d_cpu, nan=7.0), torch.nan_to_num(d_gpu, nan=7.0))

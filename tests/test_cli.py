@@ -72,7 +72,7 @@ def test_run_end_to_end_and_second_run_reuses(tmp_path):
     (["run", "--defense", "randbat"], "did you mean: randbet"),
     (["run", "--defense", "randbet:q=0.1"], "valid parameters"),
     (["run", "--defense", "randbet:p=2"], "[0, 1]"),
-    (["run", "--defense", "clip:bits=16"], "bits"),
+    (["run", "--defense", "clip:bits=17"], "bits"),
     (["run", "--attack", "random_p1.5"], "[0, 1]"),
     (["run", "--attack", "rnadom_p0.01"], "unknown attack"),
     (["run", "--rates", "abc"], "invalid rate"),

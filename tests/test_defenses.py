@@ -50,10 +50,14 @@ def test_every_defense_trains_to_a_usable_quantized_model(ds, name):
     qm = d.quantize(model)
     assert qm.scheme == s and qm.codes.dtype == s.dtype
     c = qm.codes.to(torch.int64)
-    assert int(c.min()) >= s.code_min and int(c.max()) <= s.code_max
-    assert int((c - s.center).abs().max()) <= s.levels
-    if not s.signed:
-        assert int((c & s.protected).max()) == 0
+    if s.has_context:  # affine integer codes
+        assert int(c.min()) >= s.code_min and int(c.max()) <= s.code_max
+        assert int((c - s.center).abs().max()) <= s.levels
+        if not s.signed:
+            assert int((c & s.protected).max()) == 0
+    else:  # raw float bits: the trained weights in the float type
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        assert torch.equal(qm.dequantize(), flat.to(s.float_dtype).float())
     if d.w_max is not None:
         assert float(qm.dequantize().abs().max()) <= d.w_max * (1 + 1e-6)
     qm.load_into(model)
@@ -108,7 +112,7 @@ def test_spec_parsing_sets_parameters():
     assert (d.p, d.w_max, d.bits) == (0.02, 0.05, 4)
     assert isinstance(d.bits, int) and isinstance(d.p, float)
     assert d.params == {"p": 0.02, "w_max": 0.05, "bits": 4, "threshold": "auto", "grad_clip": 0.05,
-                        "curriculum": "loss"}
+                        "curriculum": "loss", "granularity": "tensor"}
     assert d.scheme() == rquant(4, 0.05)
     assert d.make_step(seed=0).p == 0.02
     # canonical spec: sorted, only non-default parameters
@@ -141,7 +145,8 @@ def test_unknown_parameter_lists_valid_ones():
         create_defense("randbet:q=0.1")
     msg = str(e.value)
     assert "has no parameter 'q'" in msg
-    assert msg.endswith("Valid parameters: p=0.01, w_max=0.1, bits=8, threshold=auto, grad_clip=0.05, curriculum=loss")
+    assert msg.endswith("Valid parameters: p=0.01, w_max=0.1, bits=8, threshold=auto, grad_clip=0.05, curriculum=loss, "
+                        "granularity=tensor")
     with pytest.raises(SpecError, match="Did you mean w_max"):
         create_defense("clip:wmax=0.1")
     with pytest.raises(SpecError, match="has no parameter 'zz'"):
@@ -153,9 +158,13 @@ def test_unknown_parameter_lists_valid_ones():
 @pytest.mark.parametrize("spec,match", [
     ("randbet:p=2", r"p must be a rate \(fraction\) in \[0, 1\], got 2"),
     ("randbet:p=-0.1", r"p must be a rate"),
-    ("randbet:bits=16", r"2 <= bits <= 8"),
-    ("rquant:bits=1", r"2 <= bits <= 8"),
-    ("normal:bits=9", r"2 <= bits <= 8"),
+    ("randbet:bits=17", r"bits must be in 2..16"),
+    ("rquant:bits=1", r"bits must be in 2..16"),
+    ("normal:bits=32", r"32-bit codes are signed"),
+    ("rquant:granularity=group:0", r"granularity must be 'tensor', 'channel' or 'group:g'"),
+    ("clip:granularity=rows", r"granularity must be"),
+    ("float32:bits=8", r"bits must be 'all' or fields of the float joined with '\|'"),
+    ("bfloat16:bits=sign|sign", r"bits must be 'all' or fields"),
     ("randbet:w_max=-1", r"w_max must be a finite number > 0, got -1"),
     ("clip:w_max=0", r"w_max must be a finite number > 0"),
     ("clip:w_max=inf", r"w_max must be a finite number > 0, got inf"),

@@ -358,7 +358,7 @@ def test_protected_and_extremes(backend, dtype):
 def test_errors_name_the_argument():
     x = torch.zeros(10, dtype=torch.uint8)
     cases = [
-        (dict(x=torch.zeros(3)), TypeError, "x"),
+        (dict(x=torch.zeros(3, dtype=torch.float64)), TypeError, "x"),  # float32/16/bf16/fp8: flipped as raw bits
         (dict(x=torch.zeros(3, dtype=torch.int64)), TypeError, "x has unsupported dtype"),
         (dict(x=[1, 2]), TypeError, "x must be a torch.Tensor"),
         (dict(p01=-0.1), ValueError, "p01"),

@@ -429,16 +429,19 @@ def test_float64_for_32_bit_codes():
 
 # ---------------------------------------------------------------------------------------------- scheme object
 
-@pytest.mark.parametrize("bits,signed,dtype", [(8, True, torch.int8), (16, True, torch.int16),
-                                                (32, True, torch.int32)] + [(b, False, torch.uint8)
-                                                                             for b in range(2, 9)])
+@pytest.mark.parametrize("bits,signed,dtype", [(b, True, torch.int8) for b in range(2, 9)]
+                         + [(b, True, torch.int16) for b in range(9, 17)] + [(32, True, torch.int32)]
+                         + [(b, False, torch.uint8) for b in range(2, 9)]
+                         + [(b, False, torch.int16) for b in range(9, 17)])
 def test_scheme_properties(bits, signed, dtype):
     s = QuantScheme(bits=bits, signed=signed)
-    assert s.dtype == dtype
+    width = {torch.uint8: 8, torch.int8: 8, torch.int16: 16, torch.int32: 32}[dtype]
+    assert s.dtype == dtype and s.width == width
     assert s.levels == 2 ** (bits - 1) - 1
     assert s.center == (0 if signed else 2 ** (bits - 1))
     assert (s.code_min, s.code_max) == ((-2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1))
-    assert s.protected == (0 if signed else (0xFF & ~(2 ** bits - 1)))
+    assert s.protected == (2 ** width - 1) & ~(2 ** bits - 1)  # the container bits above the m-bit word
+    assert s.native == (dtype == torch.uint8 or (signed and bits == width))
     assert s.compute_dtype == (torch.float64 if bits == 32 else torch.float32)
     assert scheme_from_dict(s.to_dict()) == s
 
@@ -477,11 +480,14 @@ def test_accelerator_declares_what_it_handles(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(bits=16, signed=False), ValueError, "uint8"),
-    (dict(bits=9, signed=False), ValueError, "2 <= bits <= 8"),
-    (dict(bits=1, signed=False), ValueError, "2 <= bits <= 8"),
-    (dict(bits=12, signed=True), ValueError, "int8/int16/int32"),
-    (dict(bits=4, signed=True), ValueError, "int8/int16/int32"),
+    (dict(bits=17, signed=False), ValueError, "2..16"),
+    (dict(bits=32, signed=False), ValueError, "32-bit codes are signed"),
+    (dict(bits=1, signed=False), ValueError, "2..16"),
+    (dict(bits=1, signed=True), ValueError, "2..16 .or 32"),
+    (dict(bits=24, signed=True), ValueError, "2..16 .or 32"),
+    (dict(granularity="row"), ValueError, "granularity must be"),
+    (dict(granularity="group:0"), ValueError, "granularity must be"),
+    (dict(granularity="group:x"), ValueError, "granularity must be"),
     (dict(bits=8.0), TypeError, "bits must be an int"),
     (dict(bits=True), TypeError, "bits must be an int"),
     (dict(range="clipped", w_max=0.0), ValueError, "w_max"),

@@ -138,7 +138,7 @@ def test_constructor_and_codes_validation():
         QuantizedModel(rquant(8), qm.names, qm.shapes, qm.codes.to(torch.int8), qm.context)
     with pytest.raises(ValueError, match="words"):
         QuantizedModel(rquant(8), qm.names, qm.shapes, qm.codes[:-1], qm.context)
-    with pytest.raises(ValueError, match="one entry per tensor"):
+    with pytest.raises(ValueError, match="one entry per segment"):
         QuantizedModel(rquant(8), qm.names, qm.shapes, qm.codes, qm.context[:-1])
     with pytest.raises(ValueError, match="words"):
         qm.dequantize(qm.codes.to(torch.int16))
