@@ -15,6 +15,12 @@ always guessing the most frequent evaluation class, ``1 - max_c share(c)`` (``1 
 collapse onto one class counts): 89% on a balanced 10-class split, the reference BFA's stop at 11% test accuracy
 on CIFAR-10.
 
+A protected memory (``rquant+secded``: a :class:`ProtectedModel`) is decoded after every perturbation, before it
+is loaded: the pattern's data and check words go through the decoder, whose counts are kept per pattern
+(:attr:`PatternResult.protection`); a pattern whose decoder fails the inference (policy ``fail``) counts every
+input as misclassified and is not evaluated. Decode and inference (load + predict) are timed per pattern. Curve
+states of an adversarial attack on a protected memory are measured after decoding too (a full forward each).
+
 Speed: the model is quantized once; each pattern is drawn into a preallocated buffer, dequantized straight into
 the model's parameters (no deep copy, no re-quantization) and the evaluation split stays on the device as tensors,
 evaluated under ``torch.inference_mode``.
@@ -31,6 +37,7 @@ from torch import nn
 from bitbench.attacks.partial_forward import PartialForward
 from bitbench.configs.progress import Progress
 from bitbench.configs.record import PatternResult, Summary
+from bitbench.defenses.protection import ProtectedModel
 
 __all__ = ["predict", "evaluate_attack", "AttackEvaluation", "summarize", "chance_error", "curve_points",
            "first_reaching", "CHANCE_MARGIN"]
@@ -68,6 +75,21 @@ class AttackEvaluation:
     traces: list = field(default_factory=list)
     seconds: float = 0.0
     target: dict | None = None      # curves: {'metric': 'err' | 'asr', 'value': fraction}
+    decode_seconds: list = field(default_factory=list)   # per pattern (protected memories)
+    infer_seconds: list = field(default_factory=list)    # per evaluated pattern: load + predict
+
+    @property
+    def decode_ms(self) -> float:
+        """Mean decode time per pattern in ms (0 when nothing was decoded)."""
+        return 1e3 * sum(self.decode_seconds) / len(self.decode_seconds) if self.decode_seconds else 0.0
+
+    @property
+    def time_overhead(self) -> float:
+        """Mean decode time / mean time of loading and evaluating one pattern (0 when nothing was decoded)."""
+        if not self.decode_seconds or not self.infer_seconds:
+            return 0.0
+        infer = sum(self.infer_seconds) / len(self.infer_seconds)
+        return (sum(self.decode_seconds) / len(self.decode_seconds)) / infer if infer > 0 else 0.0
 
     @property
     def per_pattern_rerr(self) -> list[float]:
@@ -152,6 +174,11 @@ def curve_points(states: list[dict], sweep: list[int]) -> list[dict]:
     return out
 
 
+def failed_predictions(y: torch.Tensor) -> torch.Tensor:
+    """Predictions of a failed inference (a protected memory's policy ``fail``): every one wrong."""
+    return (y + 1) % (int(y.max()) + 2) if y.numel() else y
+
+
 def first_reaching(states: list[dict], metric: str, target: float) -> int | None:
     """Flips of the first state whose ``metric`` reaches ``target`` (None: never)."""
     for st in states:
@@ -177,6 +204,8 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
     n = y.shape[0]
     ev = AttackEvaluation(clean_err=clean_wrong.sum().item() / n)
     buf = torch.empty_like(qm.codes)
+    recover = qm.recover if isinstance(qm, ProtectedModel) else None
+    decoded = torch.empty_like(qm.codes) if recover is not None else None
     kw = {"model": model, "data": attack_data, "out": buf}
     if indices is not None:
         kw["indices"] = list(indices)
@@ -200,9 +229,19 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
 
         incremental = IncrementalPredictor(model, qm.parameters_of(model), x, batch_size)
 
+        obs_buf = torch.empty_like(qm.codes) if recover is not None else None
+
         def observe(index: int, codes: torch.Tensor, point: dict) -> None:
-            qm.load_into(model, codes)
-            pred = incremental(point.get("tensors") if int(index) in states else None)
+            if recover is not None:  # the state as the accelerator computes with it: decoded (a full forward)
+                r = recover(codes, None, out=obs_buf)
+                if r.failed:
+                    pred = failed_predictions(y)
+                else:
+                    qm.load_into(model, r.codes)
+                    pred = incremental(None)
+            else:
+                qm.load_into(model, codes)
+                pred = incremental(point.get("tensors") if int(index) in states else None)
             states.setdefault(int(index), []).append(measure(pred, point))
 
         kw["observe"] = observe
@@ -210,11 +249,21 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
     bar = Progress(total, desc or "patterns", "patterns", enabled=progress)
     try:
         for pert in attack.perturbations(qm, **kw):
-            qm.load_into(model, pert.codes)
-            pred = predict(model, x, batch_size)
+            codes, counts, failed = pert.codes, None, False
+            if recover is not None:
+                rec = recover(pert.codes, pert.check, out=decoded)
+                codes, counts, failed = rec.codes, dict(rec.stats, failed=int(rec.failed)), rec.failed
+                ev.decode_seconds.append(rec.seconds)
+            if failed:  # the inference fails: every input counts as misclassified
+                pred = failed_predictions(y)
+            else:
+                t_inf = time.perf_counter()
+                qm.load_into(model, codes)
+                pred = predict(model, x, batch_size)
+                ev.infer_seconds.append(time.perf_counter() - t_inf)
             wrong = pred != y
             res = PatternResult(index=pert.index, seed=pert.seed, err=wrong.sum().item() / n,
-                                rerr=(wrong | clean_wrong).sum().item() / n, info=dict(pert.info))
+                                rerr=(wrong | clean_wrong).sum().item() / n, info=dict(pert.info), protection=counts)
             if sweep is not None:
                 st = states.pop(pert.index, [])
                 final = measure(pred, pert.info)
