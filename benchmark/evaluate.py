@@ -206,6 +206,8 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
     buf = torch.empty_like(qm.codes)
     recover = qm.recover if isinstance(qm, ProtectedModel) else None
     decoded = torch.empty_like(qm.codes) if recover is not None else None
+    if recover is not None:
+        recover(qm.codes, None, out=decoded)   # warm-up (lookup tables on the device, zero codes): not timed
     kw = {"model": model, "data": attack_data, "out": buf}
     if indices is not None:
         kw["indices"] = list(indices)

@@ -145,14 +145,21 @@ class SECDED:
     def data_syndromes(self, words: torch.Tensor) -> torch.Tensor:
         """int32 ``[codewords]``: the syndrome contribution of the data bits (bits 0..m-1 of every word of the 1-D
         tensor ``words``; missing words of the last codeword count as 0)."""
-        table = self._on(words.device)[0]
         n = words.numel()
-        cw = self.codewords(n)
-        u = to_pattern(words.reshape(-1))
+        full = n - n % self.g
+        if full != n:  # the last codeword holds the remainder: its missing words count as 0
+            tail = words.reshape(-1)[full:]
+            tail = torch.cat([tail, tail.new_zeros(self.g - tail.numel())])
+            return torch.cat([self._syndromes(words.reshape(-1)[:full]), self._syndromes(tail)])
+        return self._syndromes(words.reshape(-1))
+
+    def _syndromes(self, words: torch.Tensor) -> torch.Tensor:
+        """:meth:`data_syndromes` of a whole number of codewords."""
+        table = self._on(words.device)[0]
+        cw = words.numel() // self.g
+        u = to_pattern(words)
         if self.m < DTYPE_WIDTH[words.dtype]:
             u = u & low_mask(self.m)
-        if cw * self.g != n:
-            u = torch.cat([u, u.new_zeros(cw * self.g - n)])
         if self.chunks == 1:
             idx = u.view(cw, self.g)
         else:

@@ -81,10 +81,15 @@ class SECDEDStage(Stage):
             idx = (bad.unsqueeze(1) * g + torch.arange(g, device=bad.device)).view(-1)
             idx = idx[idx < n]
             cur[idx] = pm.zero_codes[idx]
-        wrong = torch.nonzero(kernels.bit_xor(cur, clean)).view(-1)
+        # codewords whose data may differ now: those with errors (a zero syndrome can hide >= 4) or a correction
+        touched = torch.unique(torch.cat([torch.div(torch.nonzero(err).view(-1), g, rounding_mode="floor"), hit]))
+        idx = (touched.unsqueeze(1) * g + torch.arange(g, device=cur.device)).view(-1)
+        ok = idx < n
+        differs = torch.zeros(idx.numel(), dtype=torch.bool, device=cur.device)
+        differs[ok] = cur[idx[ok]] != clean[idx[ok]]
+        cw_wrong = touched[differs.view(-1, g).any(1)]
         flagged = torch.zeros(code.codewords(n), dtype=torch.bool, device=cur.device)
         flagged[bad] = True
-        cw_wrong = torch.unique(torch.div(wrong, g, rounding_mode="floor"))
         stats["secded.corrected"] = int(words.numel()) + int((kind == CHECK_FIXED).sum())
         stats["secded.detected"] = int(bad.numel())
         stats["secded.silent"] = int((~flagged[cw_wrong]).sum())
