@@ -41,8 +41,8 @@ def checksum_stage(qm):
     return stages[0] if stages else None
 
 
-_DOC = ("Adaptive Bit-Flip Attack: BFA that keeps every checksum signature of the memory intact (uncovered bits "
-        "and cancelling pairs of covered bits inside a group); plain BFA on a memory without checksums.\n\nArgs:"
+_DOC = ("Adaptive Bit-Flip Attack: BFA that keeps the memory's checksum signatures intact.\n\nIt flips uncovered "
+        "bits and cancelling pairs of covered bits inside a group; on a memory without checksums it is BFA.\n\nArgs:"
         + inspect.getdoc(BFA).split("Args:", 1)[1])
 
 

@@ -36,8 +36,9 @@ def _positive_int(v, name: str, hi: int | None = None) -> int:
 
 @register_protection("radar")
 class RADAR(Protection):
-    """RADAR-style group checksums: a keyed signature of the MSBs per group of interleaved weights; flagged groups
-    are zeroed.
+    """RADAR-style group checksums: a keyed MSB signature per group of interleaved weights.
+
+    Groups whose signature mismatches before inference are zeroed (RADAR's recovery) under the default policy.
 
     Args:
         group: words per group (the memory overhead is bits / (group * m)).
