@@ -19,7 +19,8 @@ A protected memory (``rquant+secded``: a :class:`ProtectedModel`) is decoded aft
 is loaded: the pattern's data and check words go through the decoder, whose counts are kept per pattern
 (:attr:`PatternResult.protection`); a pattern whose decoder fails the inference (policy ``fail``) counts every
 input as misclassified and is not evaluated. Decode and inference (load + predict) are timed per pattern. Curve
-states of an adversarial attack on a protected memory are measured after decoding too (a full forward each).
+states of an adversarial attack on a protected memory are measured after decoding too (re-running the layers from
+the first tensor whose decoded words changed).
 
 Speed: the model is quantized once; each pattern is drawn into a preallocated buffer, dequantized straight into
 the model's parameters (no deep copy, no re-quantization) and the evaluation split stays on the device as tensors,
@@ -232,15 +233,23 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
         incremental = IncrementalPredictor(model, qm.parameters_of(model), x, batch_size)
 
         obs_buf = torch.empty_like(qm.codes) if recover is not None else None
+        loaded: dict = {}   # the decoded memory of the last evaluated state (protected memories)
+        starts = torch.tensor(qm.offsets, device=qm.codes.device)
 
         def observe(index: int, codes: torch.Tensor, point: dict) -> None:
-            if recover is not None:  # the state as the accelerator computes with it: decoded (a full forward)
+            if recover is not None:  # the state as the accelerator computes with it: decoded
                 r = recover(codes, None, out=obs_buf)
                 if r.failed:
                     pred = failed_predictions(y)
                 else:
+                    prev = loaded.get("codes") if int(index) in states else None
+                    changed = None   # the tensors whose decoded words changed since the last evaluation
+                    if prev is not None:
+                        diff = torch.nonzero(prev != r.codes).view(-1)
+                        changed = torch.unique(torch.searchsorted(starts, diff, right=True) - 1).tolist()
                     qm.load_into(model, r.codes)
-                    pred = incremental(None)
+                    pred = incremental(changed)
+                    loaded["codes"] = r.codes.clone()
             else:
                 qm.load_into(model, codes)
                 pred = incremental(point.get("tensors") if int(index) in states else None)
