@@ -161,12 +161,18 @@ def test_adaptive_bfa_keeps_signatures_intact_where_bfa_is_caught():
 def test_spec_grammar_and_errors():
     assert split_stages("rquant:bits=4+secded:word=32+radar") == ("rquant:bits=4", ["secded:word=32", "radar"])
     assert split_stages("quant:scale=1e+2") == ("quant:scale=1e+2", [])
-    d = create_defense("rquant+secded:word=32,policy=keep")
-    assert d.spec == "rquant+secded:policy=keep,word=32" and isinstance(d.quantize(net()), ProtectedModel)
+    d = create_defense("rquant+secded:word=32,policy=zero")
+    assert d.spec == "rquant+secded:policy=zero,word=32" and isinstance(d.quantize(net()), ProtectedModel)
     assert create_defense("randbet+secded:word=64").base.registry_name == "randbet"
+    both = create_defense("rquant+secded+radar").quantize(net())      # ECC corrects, then the checksums check
+    codes = both.codes.clone()
+    codes[:1] = kernels.flip_one_bit(codes[:1], torch.tensor([both.bits - 1]))
+    rec = both.recover(codes)
+    assert rec.stats["secded.corrected"] == 1 and rec.stats["radar.flagged"] == 0 and torch.equal(rec.codes, both.codes)
     for bad, what in [("rquant+", "must join"), ("+secded", "must join"), ("rquant+secded+secded", "twice"),
                       ("rquant+nosuch", "nosuch"), ("rquant+secded:policy=drop", "policy"),
-                      ("rquant+secded:word=4", "word"), ("rquant+radar:group=0", "group")]:
+                      ("rquant+secded:word=4", "word"), ("rquant+radar:group=0", "group"),
+                      ("rquant+radar+secded", "name it first")]:
         with pytest.raises(UsageError, match=what):
             create_defense(bad).quantize(net())
     assert isinstance(create_protection("radar"), object)

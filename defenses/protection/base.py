@@ -98,6 +98,7 @@ class Protection:
 
     registry_name: str = "protection"
     policy: str = "zero"
+    reads_raw: bool = False   # decodes the raw memory read (ECC): only as the first stage
 
     def bind(self, qm) -> Stage:
         """The stage for quantized memory ``qm`` (its clean check words computed)."""
@@ -139,6 +140,11 @@ class ProtectedModel:
             raise TypeError("the memory is already protected: give all protections at once")
         self.base = qm
         self.protections = list(protections)
+        for i, p in enumerate(self.protections):
+            if i and getattr(p, "reads_raw", False):
+                raise SpecError(f"{getattr(p, 'spec', p.registry_name)!r} decodes the raw memory read: name it first "
+                                f"(e.g. rquant+{getattr(p, 'spec', p.registry_name)}+"
+                                f"{getattr(self.protections[0], 'spec', '')})")
         self.stages = [p.bind(qm) for p in self.protections]
         offset = qm.n_words
         self.check_regions: list[CheckRegion] = []
@@ -199,7 +205,9 @@ class ProtectedModel:
     def recover(self, codes: torch.Tensor, check: list | None = None, out: torch.Tensor | None = None) -> Recovery:
         """Decode a perturbed image: ``codes`` the data words as read, ``check`` one tensor per stored check region
         (``check_regions`` order) as read, or None (check bits as stored: an attack that only flips data words).
-        Stages decode in reverse order (the last one named is the outermost). ``codes`` is not modified; the result
+        Stages decode in the order named (``rquant+secded+radar``: the memory's ECC corrects what it reads, then
+        the checksums check the corrected words; ECC decodes the raw read, so name it first). ``codes`` is not
+        modified; the result
         is written into ``out`` when given."""
         t0 = time.perf_counter()
         clean = self.base.codes
@@ -215,7 +223,7 @@ class ProtectedModel:
                        + sum(kernels.hamming_total(r.words, c, bits=r.bits) for r, c in
                              zip(self.check_regions, check or []))}
         failed = False
-        for st in reversed(self.stages):
+        for st in self.stages:
             failed |= bool(st.decode(out, by_region.get(id(st.region)), clean, self, stats))
         stats["residual"] = kernels.hamming_total(clean, out, bits=self.base.bits)
         if out.device.type == "cuda":

@@ -34,6 +34,8 @@ class SECDED(Protection):
             rate (zeroing all the words of a codeword costs more than two bit errors in it).
     """
 
+    reads_raw = True   # the syndromes are those of the raw read: the first stage
+
     def __init__(self, word: int = 64, policy: str = "keep"):
         if isinstance(word, bool) or not isinstance(word, int) or not 1 <= word <= 1024:
             raise SpecError(f"word must be the data bits per codeword, an integer in 1..1024 (64: the (72, 64) "
