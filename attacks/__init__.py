@@ -18,10 +18,11 @@ from bitbench.configs.spec import SpecError  # noqa: F401
 from .random_errors import RandomBitErrors, RandomMSBErrors  # noqa: F401
 from .error_map import ErrorMap, ErrorMapError, load_error_map, save_error_map  # noqa: F401
 from .bfa import BFA  # noqa: F401
+from .bfa_adaptive import AdaptiveBFA  # noqa: F401
 from .tbfa import TargetedBFA  # noqa: F401
 from .budget import BudgetAttack  # noqa: F401
 from .advbet import AdvBET, AdvBETStep  # noqa: F401
 
 __all__ = ["Attack", "Perturbation", "ATTACKS", "SpecError", "create_attack", "list_attacks", "register_attack",
            "RandomBitErrors", "RandomMSBErrors", "ErrorMap", "ErrorMapError", "load_error_map", "save_error_map",
-           "BFA", "TargetedBFA", "BudgetAttack", "AdvBET", "AdvBETStep"]
+           "BFA", "AdaptiveBFA", "TargetedBFA", "BudgetAttack", "AdvBET", "AdvBETStep"]

@@ -55,6 +55,9 @@ class Perturbation:
             into ``qm.names``; index: flat C-order index inside that tensor; bit: 0 = LSB; loss/acc: attacker loss
             and accuracy after the flip was committed).
         info: extra facts, e.g. ``{'flips': number of bits that differ from the clean codes}``.
+        check: for a protected memory (:class:`defenses.protection.ProtectedModel`), the perturbed check words, one
+            tensor per stored check region (``qm.check_regions``); None: the check bits are as stored (an attack
+            that flips only data words).
     """
 
     codes: torch.Tensor
@@ -62,6 +65,7 @@ class Perturbation:
     seed: int | None
     trace: list[dict] | None = None
     info: dict = field(default_factory=dict)
+    check: list | None = None
 
 
 class Attack:

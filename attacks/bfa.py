@@ -256,6 +256,12 @@ class BFA(Attack):
             return "collapse"
         return None
 
+    def candidates(self, mem: _Memory, gain: torch.Tensor, grads: list, jt: int, count: int, left: int) -> list:
+        """The flips of attacked tensor ``jt`` to try at this step, each ``(global words, bits)``: the ``count`` best
+        (``left``: flips left in the budget). The adaptive BFA (:mod:`.bfa_adaptive`) overrides it."""
+        cand = mem.best(gain, jt, count)
+        return [] if cand is None else [cand]
+
     # -- the search -----------------------------------------------------------------------------------------------
     def run(self, qm, model, data, out: torch.Tensor | None = None, *, trial: int = 0, observe=None,
             train_mode: bool = False) -> Perturbation:
@@ -286,18 +292,15 @@ class BFA(Attack):
                 while flips + j <= self.n:
                     tried = False
                     for jt, t in enumerate(tensors):
-                        cand = mem.best(gain, jt, j)
-                        if cand is None:
-                            continue
-                        tried = True
-                        words, bits = cand
-                        uniq, old = mem.apply(words, bits)
-                        victim.set_words(t, uniq - qm.offsets[t], cur[uniq])
-                        t_loss, t_acc, t_pred = victim.evaluate(t)
-                        cur[uniq] = old
-                        victim.set_words(t, uniq - qm.offsets[t], old)
-                        if best is None or t_loss > best[0]:
-                            best = (t_loss, t_acc, t_pred, jt, words, bits)
+                        for words, bits in self.candidates(mem, gain, grads, jt, j, self.n - flips):
+                            tried = True
+                            uniq, old = mem.apply(words, bits)
+                            victim.set_words(t, uniq - qm.offsets[t], cur[uniq])
+                            t_loss, t_acc, t_pred = victim.evaluate(t)
+                            cur[uniq] = old
+                            victim.set_words(t, uniq - qm.offsets[t], old)
+                            if best is None or t_loss > best[0]:
+                                best = (t_loss, t_acc, t_pred, jt, words, bits)
                     if not tried or best[0] > loss:
                         break
                     j += 1

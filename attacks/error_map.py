@@ -34,6 +34,10 @@ map covers a large model; otherwise a map that is too small for ``start + n_word
   probability ``p`` therefore gives bit for bit the pattern of ``random_p{p}`` with the same seeds.
 * Stuck-at maps: a cell stuck at ``v`` reads ``v`` whatever was stored (a flip iff the stored bit differs). They are
   deterministic: patterns differ only by their placement (``shift``) and the seed is not used.
+* A protected memory (``rquant+secded``) is stored as its whole image: its stored check word ``j`` of a region at
+  global index ``offset + j`` (docs/formats.md) sits in map word ``start + offset + j``, bit ``b`` in bit cell ``b``,
+  with the same rules (a map needs as many bit columns as the check words have bits). With ``layers`` only data
+  words are read from the map.
 
 ``patterns`` defaults to 50 for probabilistic maps; for stuck-at maps to 1 when ``shift=0`` (every placement is the
 same) and 50 otherwise. Spec example: ``errmap:file=chips/sram_0.5V.npz,shift=4096,tile=true`` (the path may not
@@ -268,39 +272,49 @@ class ErrorMap(Attack):
         return s % self.map.words if self.tile else s
 
     def check_fits(self, qm, ks=None) -> None:
-        """Refuse a map with too few bit columns or (without tile) too few words for the model."""
+        """Refuse a map with too few bit columns or (without tile) too few words for the model (for a protected
+        memory: for its whole image, data and stored check words)."""
         if self.map.bits < qm.bits:
             raise ErrorMapError(f"error map {self.file} has {self.map.bits} bit columns per word but the model's "
                                 f"words have {qm.bits} attackable bits")
+        for r in self._regions(qm):
+            if self.map.bits < r.bits:
+                raise ErrorMapError(f"error map {self.file} has {self.map.bits} bit columns per word but the "
+                                    f"{r.name} check words of the protected memory have {r.bits} bits")
         ks = range(self.patterns) if ks is None else ks
         if not self.tile and len(ks):
             k = max(ks)
-            need = self.start(k) + qm.n_words
+            words = getattr(qm, "image_words", qm.n_words) if self._regions(qm) else qm.n_words
+            need = self.start(k) + words
             if need > self.map.words:
                 raise ErrorMapError(
                     f"error map {self.file} holds {self.map.words} words ({self.map.rows} rows x "
-                    f"{self.map.words_per_row} words) but the model needs {qm.n_words} words"
+                    f"{self.map.words_per_row} words) but the model needs {words} words"
+                    + (" (data and check words)" if words != qm.n_words else "")
                     + (f" starting at word {self.start(k)} (pattern {k}, shift={self.shift})" if self.start(k) else "")
                     + "; use a larger map or tile=true to repeat it")
+
+    def _regions(self, qm) -> list:
+        """The stored check regions of a protected memory that this map perturbs (none with ``layers``)."""
+        return [] if self.layers is not None else list(getattr(qm, "check_regions", None) or [])
 
     # -- per-chunk perturbation ---------------------------------------------------------------------------------
     def _map_index(self, a: int, b: int, start: int) -> torch.Tensor:
         j = torch.arange(a, b, dtype=torch.int64) + start
         return j % self.map.words if self.tile else j
 
-    def _prob_chunk(self, qm, x: torch.Tensor, a: int, j: torch.Tensor, seed: int) -> torch.Tensor:
-        """Xor mask (int64 patterns) for clean words x = codes[a:a+n] stored in map words j: the kernels' flip
-        rule with each cell's own thresholds."""
-        m, dev = qm.bits, x.device
+    def _prob_chunk(self, m: int, prot: int, x: torch.Tensor, a: int, j: torch.Tensor, seed: int) -> torch.Tensor:
+        """Xor mask (int64 patterns) for clean words x of m attackable bits at global indices a.. stored in map
+        words j: the kernels' flip rule with each cell's own thresholds."""
+        dev = x.device
         mask = kernels.threshold_flip_mask(x, self._t01[j, :m].to(dev), self._t10[j, :m].to(dev), seed=seed, bits=m,
-                                           protected=int(qm.protected), offset=a)
+                                           protected=prot, offset=a)
         return kernels.to_pattern(mask)
 
-    def _stuck_chunk(self, qm, x: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """Perturbed int64 patterns of clean words x stored in map words j."""
-        m, dev = qm.bits, x.device
+    def _stuck_chunk(self, m: int, prot: int, x: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """Perturbed int64 patterns of clean words x (m attackable bits) stored in map words j."""
+        dev = x.device
         s = self._stuck[j, :m]
-        prot = int(qm.protected)
         smask = (_bits_to_mask(s >= 0) & ~prot).to(dev)
         vmask = (_bits_to_mask(s == 1) & ~prot).to(dev)
         u = kernels.to_pattern(x)
@@ -315,18 +329,36 @@ class ErrorMap(Attack):
         tensors = range(len(qm.names)) if self.layers is None else qm.select(self.layers)
         ranges = [(0, qm.n_words)] if self.layers is None else [(qm.offsets[t], qm.offsets[t] + qm.lengths[t])
                                                                  for t in tensors]
-        start, seed = self.start(k), self.seed(k)
         for lo, hi in ranges:
-            for a in range(lo, hi, _CHUNK):
-                b = min(hi, a + _CHUNK)
-                x = qm.codes[a:b]
-                j = self._map_index(a, b, start)
-                if self.map.kind == "prob":
-                    u = kernels.to_pattern(x) ^ self._prob_chunk(qm, x, a, j, seed)
-                else:
-                    u = self._stuck_chunk(qm, x, j)
-                out[a:b] = kernels.from_pattern(u, x.dtype)
+            self._perturb(qm.codes, out, lo, hi, 0, qm.bits, int(qm.protected), k)
         return out
+
+    def _perturb(self, words: torch.Tensor, out: torch.Tensor, lo: int, hi: int, offset: int, m: int, prot: int,
+                 k: int) -> None:
+        """out[lo:hi] = words[lo:hi] as read from the map (their global indices start at ``offset``)."""
+        start, seed = self.start(k), self.seed(k)
+        for a in range(lo, hi, _CHUNK):
+            b = min(hi, a + _CHUNK)
+            x = words[a:b]
+            j = self._map_index(offset + a, offset + b, start)
+            if self.map.kind == "prob":
+                u = kernels.to_pattern(x) ^ self._prob_chunk(m, prot, x, offset + a, j, seed)
+            else:
+                u = self._stuck_chunk(m, prot, x, j)
+            out[a:b] = kernels.from_pattern(u, x.dtype)
+
+    def check_pattern(self, qm, k: int) -> list | None:
+        """The stored check words of a protected memory as read from the map in pattern ``k`` (check word j of a
+        region sits in map word ``start + offset + j``, its bit b in bit cell b); None without check regions."""
+        regions = self._regions(qm)
+        if not regions:
+            return None
+        outs = []
+        for r in regions:
+            o = torch.empty_like(r.words)
+            self._perturb(r.words, o, 0, r.n_words, r.offset, r.bits, 0, k)
+            outs.append(o)
+        return outs
 
     def perturbations(self, qm, *, model=None, data=None, out=None, indices=None):
         out = check_out(qm, out)
@@ -336,6 +368,6 @@ class ErrorMap(Attack):
             qm.select(self.layers)
         for k in ks:
             codes = self.pattern(qm, k, out)
-            yield Perturbation(codes=codes, index=k, seed=self.seed(k),
+            yield Perturbation(codes=codes, index=k, seed=self.seed(k), check=self.check_pattern(qm, k),
                                info={"flips": kernels.hamming_total(qm.codes, codes, bits=qm.bits),
                                      "map": self.map.kind, "start": self.start(k)})

@@ -7,6 +7,11 @@ Pattern ``k`` (k = 0 .. patterns-1) uses seed ``base_seed + k`` and is exactly
 over the whole flat memory with global word offsets: every model with the same layout meets the same faulty cells
 (the same "chip"), and the bits flipped at a lower rate are a subset of those flipped at a higher rate.
 
+A protected memory (``rquant+secded``: :class:`defenses.protection.ProtectedModel`) is drawn over its whole image:
+the data words exactly as above, then every stored check region with the same rule and seed at its global offset
+(``kernels.random_flip(region.words, p, p10, seed=..., bits=region.bits, offset=region.offset)``). With ``layers``
+and for ``random_msb`` only data words flip (the check bits stay as stored).
+
 Spec forms::
 
     random_p0.01                 1% of the attackable bits flip (0->1 and 1->0)
@@ -103,15 +108,32 @@ class RandomBitErrors(Attack):
                                     offset=o, out=out[o:o + n])
         return out
 
+    def check_pattern(self, qm, k: int, outs: list | None = None) -> list | None:
+        """The perturbed check words of pattern ``k`` for a protected memory, one tensor per stored check region
+        (into ``outs`` if given); None when the memory has none or only data words flip (``layers``, MSB only)."""
+        regions = getattr(qm, "check_regions", None)
+        if not regions or self.layers is not None or self.msb_only:
+            return None
+        seed = self.seed(k)
+        outs = outs or [None] * len(regions)
+        return [kernels.random_flip(r.words, self.p, self.p10, seed=seed, bits=r.bits, offset=r.offset, out=o)
+                for r, o in zip(regions, outs)]
+
     def perturbations(self, qm, *, model=None, data=None, out=None, indices=None):
         out = check_out(qm, out)
         ks = check_indices(indices, self.patterns)
         if self.layers is not None:
             qm.select(self.layers)  # refuse patterns that match nothing before the first item
+        regions = getattr(qm, "check_regions", None) or []
+        check_out_ = [torch.empty_like(r.words) for r in regions] if out is not None else None
         for k in ks:
             codes = self.pattern(qm, k, out)
-            yield Perturbation(codes=codes, index=k, seed=self.seed(k),
-                               info={"flips": kernels.hamming_total(qm.codes, codes, bits=qm.bits)})
+            check = self.check_pattern(qm, k, check_out_)
+            info = {"flips": kernels.hamming_total(qm.codes, codes, bits=qm.bits)}
+            if check is not None:
+                info["check_flips"] = sum(kernels.hamming_total(r.words, c, bits=r.bits)
+                                          for r, c in zip(regions, check))
+            yield Perturbation(codes=codes, index=k, seed=self.seed(k), info=info, check=check)
 
 
 @register_attack("random_msb", pattern=r"random_msb_p" + _RATE,

@@ -3,6 +3,7 @@
     import bitbench
     bitbench.list_defenses("rand*")                  # registries of defenses, attacks, models, datasets (timm style)
     defense = bitbench.create_defense("randbet:p=0.02")
+    protected = bitbench.create_defense("rquant+secded")   # a defense whose memory is protected (ECC, checksums)
     attack = bitbench.create_attack("random_p0.01")
     rec = bitbench.evaluate_model(my_model, (x, y), format="rquant", attack="random_p0.01")   # any trained nn.Module
 
@@ -35,12 +36,15 @@ _API = {
     "list_defenses": "bitbench.configs.registries", "list_attacks": "bitbench.configs.registries",
     "create_defense": "bitbench.configs.registries", "create_attack": "bitbench.configs.registries",
     "MODELS": "bitbench.configs.registries", "DATASETS": "bitbench.configs.registries",
+    "PROTECTIONS": "bitbench.configs.registries", "register_protection": "bitbench.configs.registries",
+    "list_protections": "bitbench.configs.registries", "create_protection": "bitbench.configs.registries",
     "register_model": "bitbench.configs.registries", "register_dataset": "bitbench.configs.registries",
     "list_models": "bitbench.configs.registries", "list_datasets": "bitbench.configs.registries",
     "build_model": "bitbench.models", "load_dataset": "bitbench.data", "Dataset": "bitbench.data",
     "dataset_from_arrays": "bitbench.data",
     # contracts
-    "Defense": "bitbench.defenses.base",
+    "Defense": "bitbench.defenses.base", "Protection": "bitbench.defenses.protection",
+    "ProtectedModel": "bitbench.defenses.protection",
     "Attack": "bitbench.attacks.base", "Perturbation": "bitbench.attacks.base",
     "QuantScheme": "bitbench.defenses.quantization", "QuantizedModel": "bitbench.defenses.quantized_model",
     # formats

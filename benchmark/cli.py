@@ -123,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     _common(p)
 
-    p = sub.add_parser("list", help="list defenses, attacks, datasets, models and suites")
+    p = sub.add_parser("list", help="list defenses, protections (after '+' in a defense spec), attacks, datasets, "
+                                    "models and suites")
     p.add_argument("what", nargs="?", default="all",
-                   choices=("all", "defenses", "attacks", "datasets", "models", "suites"))
+                   choices=("all", "defenses", "protections", "attacks", "datasets", "models", "suites"))
     p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'rand*'")
     p.add_argument("--json", action="store_true")
 
@@ -387,13 +388,14 @@ def cmd_train(args) -> int:
 def _list_rows(what: str, pattern: str) -> dict:
     import fnmatch
 
-    from bitbench.configs.registries import ATTACKS, DATASETS, DEFENSES, MODELS
+    from bitbench.configs.registries import ATTACKS, DATASETS, DEFENSES, MODELS, PROTECTIONS
     from bitbench.configs.suite import list_suites, load_suite
 
     from .models import DATA_ARGS
 
     out = {}
-    for section, reg in (("defenses", DEFENSES), ("attacks", ATTACKS), ("datasets", DATASETS), ("models", MODELS)):
+    for section, reg in (("defenses", DEFENSES), ("protections", PROTECTIONS), ("attacks", ATTACKS),
+                         ("datasets", DATASETS), ("models", MODELS)):
         if what not in ("all", section):
             continue
         rows = [e for e in reg.describe() if fnmatch.fnmatchcase(e["name"], pattern)]

@@ -19,6 +19,13 @@ An input whose logits are not all finite (a bit error in a float format can make
 that the logits overflow) is predicted as :data:`NONFINITE` (-1, never a label): it counts as an error, and each
 pattern records how many such inputs it had (``PatternResult.nonfinite``; the record's ``nonfinite`` field).
 
+A protected memory (``rquant+secded``: a :class:`ProtectedModel`) is decoded after every perturbation, before it
+is loaded: the pattern's data and check words go through the decoder, whose counts are kept per pattern
+(:attr:`PatternResult.protection`); a pattern whose decoder fails the inference (policy ``fail``) counts every
+input as misclassified and is not evaluated. Decode and inference (load + predict) are timed per pattern. Curve
+states of an adversarial attack on a protected memory are measured after decoding too (re-running the layers from
+the first tensor whose decoded words changed).
+
 Speed: the model is quantized once; each pattern is drawn into a preallocated buffer, dequantized straight into
 the model's parameters (no deep copy, no re-quantization) and the evaluation split stays on the device as tensors,
 evaluated under ``torch.inference_mode``.
@@ -35,6 +42,7 @@ from torch import nn
 from bitbench.attacks.partial_forward import PartialForward
 from bitbench.configs.progress import Progress
 from bitbench.configs.record import PatternResult, Summary
+from bitbench.defenses.protection import ProtectedModel
 
 __all__ = ["predict", "evaluate_attack", "AttackEvaluation", "summarize", "chance_error", "curve_points",
            "first_reaching", "CHANCE_MARGIN", "NONFINITE"]
@@ -80,6 +88,21 @@ class AttackEvaluation:
     seconds: float = 0.0
     target: dict | None = None      # curves: {'metric': 'err' | 'asr', 'value': fraction}
     clean_nonfinite: int = 0  # evaluation inputs with non-finite logits under the clean memory
+    decode_seconds: list = field(default_factory=list)   # per pattern (protected memories)
+    infer_seconds: list = field(default_factory=list)    # per evaluated pattern: load + predict
+
+    @property
+    def decode_ms(self) -> float:
+        """Mean decode time per pattern in ms (0 when nothing was decoded)."""
+        return 1e3 * sum(self.decode_seconds) / len(self.decode_seconds) if self.decode_seconds else 0.0
+
+    @property
+    def time_overhead(self) -> float:
+        """Mean decode time / mean time of loading and evaluating one pattern (0 when nothing was decoded)."""
+        if not self.decode_seconds or not self.infer_seconds:
+            return 0.0
+        infer = sum(self.infer_seconds) / len(self.infer_seconds)
+        return (sum(self.decode_seconds) / len(self.decode_seconds)) / infer if infer > 0 else 0.0
 
     @property
     def per_pattern_rerr(self) -> list[float]:
@@ -164,6 +187,11 @@ def curve_points(states: list[dict], sweep: list[int]) -> list[dict]:
     return out
 
 
+def failed_predictions(y: torch.Tensor) -> torch.Tensor:
+    """Predictions of a failed inference (a protected memory's policy ``fail``): every one wrong."""
+    return (y + 1) % (int(y.max()) + 2) if y.numel() else y
+
+
 def first_reaching(states: list[dict], metric: str, target: float) -> int | None:
     """Flips of the first state whose ``metric`` reaches ``target`` (None: never)."""
     for st in states:
@@ -190,6 +218,10 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
     ev = AttackEvaluation(clean_err=clean_wrong.sum().item() / n,
                           clean_nonfinite=int((clean_pred == NONFINITE).sum().item()))
     buf = torch.empty_like(qm.codes)
+    recover = qm.recover if isinstance(qm, ProtectedModel) else None
+    decoded = torch.empty_like(qm.codes) if recover is not None else None
+    if recover is not None:
+        recover(qm.codes, None, out=decoded)   # warm-up (lookup tables on the device, zero codes): not timed
     kw = {"model": model, "data": attack_data, "out": buf}
     if indices is not None:
         kw["indices"] = list(indices)
@@ -213,9 +245,27 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
 
         incremental = IncrementalPredictor(model, qm.parameters_of(model), x, batch_size)
 
+        obs_buf = torch.empty_like(qm.codes) if recover is not None else None
+        loaded: dict = {}   # the decoded memory of the last evaluated state (protected memories)
+        starts = torch.tensor(qm.offsets, device=qm.codes.device)
+
         def observe(index: int, codes: torch.Tensor, point: dict) -> None:
-            qm.load_into(model, codes)
-            pred = incremental(point.get("tensors") if int(index) in states else None)
+            if recover is not None:  # the state as the accelerator computes with it: decoded
+                r = recover(codes, None, out=obs_buf)
+                if r.failed:
+                    pred = failed_predictions(y)
+                else:
+                    prev = loaded.get("codes") if int(index) in states else None
+                    changed = None   # the tensors whose decoded words changed since the last evaluation
+                    if prev is not None:
+                        diff = torch.nonzero(prev != r.codes).view(-1)
+                        changed = torch.unique(torch.searchsorted(starts, diff, right=True) - 1).tolist()
+                    qm.load_into(model, r.codes)
+                    pred = incremental(changed)
+                    loaded["codes"] = r.codes.clone()
+            else:
+                qm.load_into(model, codes)
+                pred = incremental(point.get("tensors") if int(index) in states else None)
             states.setdefault(int(index), []).append(measure(pred, point))
 
         kw["observe"] = observe
@@ -223,12 +273,22 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
     bar = Progress(total, desc or "patterns", "patterns", enabled=progress)
     try:
         for pert in attack.perturbations(qm, **kw):
-            qm.load_into(model, pert.codes)
-            pred = predict(model, x, batch_size)
+            codes, counts, failed = pert.codes, None, False
+            if recover is not None:
+                rec = recover(pert.codes, pert.check, out=decoded)
+                codes, counts, failed = rec.codes, dict(rec.stats, failed=int(rec.failed)), rec.failed
+                ev.decode_seconds.append(rec.seconds)
+            if failed:  # the inference fails: every input counts as misclassified
+                pred = failed_predictions(y)
+            else:
+                t_inf = time.perf_counter()
+                qm.load_into(model, codes)
+                pred = predict(model, x, batch_size)
+                ev.infer_seconds.append(time.perf_counter() - t_inf)
             wrong = pred != y
             res = PatternResult(index=pert.index, seed=pert.seed, err=wrong.sum().item() / n,
                                 rerr=(wrong | clean_wrong).sum().item() / n, info=dict(pert.info),
-                                nonfinite=int((pred == NONFINITE).sum().item()))
+                                protection=counts, nonfinite=int((pred == NONFINITE).sum().item()))
             if sweep is not None:
                 st = states.pop(pert.index, [])
                 final = measure(pred, pert.info)

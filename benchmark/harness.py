@@ -37,11 +37,12 @@ from bitbench.configs.errors import UsageError
 from bitbench.configs.fileio import atomic_write_json, check_writable, sha256_file
 from bitbench.configs.lock import FileLock
 from bitbench.configs.record import RECORD_FORMAT, RecordError, ResultRecord
-from bitbench.configs.registries import ATTACKS, DEFENSES, create_attack, create_defense
-from bitbench.configs.spec import format_spec, parse_spec
+from bitbench.configs.registries import ATTACKS, DEFENSES, PROTECTIONS, create_attack, create_defense
+from bitbench.configs.spec import format_spec, join_stages, parse_spec, split_stages
 from bitbench.configs.suite import Suite, stable_hash
 from bitbench.defenses import TrainConfig
 from bitbench.defenses.io import CheckpointError, load_checkpoint, payload_digest
+from bitbench.defenses.protection import ProtectedModel
 from bitbench.defenses.quantized_model import QuantizedModel, flatten_parameters
 from bitbench.defenses.training import CHECKPOINT_FORMAT
 
@@ -127,6 +128,7 @@ def is_storage_format(defense) -> bool:
     not train, stored with :meth:`Defense.storage_scheme`."""
     from bitbench.defenses.base import Defense
 
+    defense = getattr(defense, "base", defense)  # a protected defense is stored as its base
     cls = type(defense)
     return (bool(getattr(defense, "storage_format", False)) and cls.make_step is Defense.make_step
             and cls.train is Defense.train and cls.trainer is Defense.trainer)
@@ -160,6 +162,8 @@ def merge_evaluations(parts: list) -> "AttackEvaluation":
     out.patterns = sorted((p for ev in parts for p in ev.patterns), key=lambda p: p.index)
     for ev in parts:
         out.traces += ev.traces
+        out.decode_seconds += ev.decode_seconds
+        out.infer_seconds += ev.infer_seconds
     out.seconds = max(ev.seconds for ev in parts)
     return out
 
@@ -335,13 +339,15 @@ class Harness:
     # -- defenses ----------------------------------------------------------------------------------------------
     def canonical_defense(self, spec: str) -> str:
         """Canonical spec; the suite's ``bits`` applies unless the spec sets bits itself (or the defense's ``bits``
-        is not a width: the float formats' ``bits`` names the fields that may flip)."""
+        is not a width: the float formats' ``bits`` names the fields that may flip). Protections after ``+`` keep
+        their order (``rquant+secded:word=32``)."""
         entry, params = DEFENSES.resolve(spec)
-        _, kv = parse_spec(spec)
+        base, stages = split_stages(spec)
+        _, kv = parse_spec(base)
         default = entry.params.get("bits")
         if isinstance(default, int) and not isinstance(default, bool) and "bits" not in kv:
             params["bits"] = self.suite.bits
-        return format_spec(entry.name, params, entry.params)
+        return join_stages(format_spec(entry.name, params, entry.params), [PROTECTIONS.canonical(s) for s in stages])
 
     @property
     def model_name(self) -> str:
@@ -402,6 +408,15 @@ class Harness:
         if spec in self._deployed:
             return self._deployed[spec]
         defense = create_defense(spec)
+        if hasattr(defense, "protect_memory"):  # trained (or supplied) as its base; only the memory is protected
+            base = self.deploy(defense.base.spec)
+            qm = defense.protect_memory(base.qm)
+            self.log(f"[{spec}] {qm.spec}: {qm.check_bits} check bits for {qm.data_bits} data bits "
+                     f"(+{100 * qm.memory_overhead:.2f}% memory)")
+            dep = DeployedModel(defense, base.model, qm, base.key, base.train_seconds, base.trained_now,
+                                base.history, base.weights_digest, base.weights, base.weights_sha256)
+            self._deployed[spec] = dep
+            return dep
         if self.supplied is not None:
             return self._deploy_supplied(spec, defense)
         ds = self.dataset
@@ -539,11 +554,13 @@ class Harness:
         (a retrained model that differs never reuses old records), the attack with its input files by content,
         the evaluation split and data by content, the code version."""
         digests = self.input_digests("cell", attack)
-        return stable_hash({"model_key": dep.key, "weights": dep.weights_digest,
-                            "attack": attack.registry_name, "attack_params": self._hashed_params(attack, digests,
-                                                                                                "attack"),
-                            "inputs": digests, "eval_split": self.eval_split(),
-                            "n_eval": int(self.dataset.test_y.shape[0]), "version": __version__})
+        ident = {"model_key": dep.key, "weights": dep.weights_digest,
+                 "attack": attack.registry_name, "attack_params": self._hashed_params(attack, digests, "attack"),
+                 "inputs": digests, "eval_split": self.eval_split(),
+                 "n_eval": int(self.dataset.test_y.shape[0]), "version": __version__}
+        if isinstance(dep.qm, ProtectedModel):  # its stages and their parameters
+            ident["protection"] = dep.qm.describe()
+        return stable_hash(ident)
 
     def _read_record(self, path: str, chash: str) -> ResultRecord | None:
         """The record at ``path`` if it is intact and was computed with configuration hash ``chash``. A damaged or
@@ -630,6 +647,7 @@ class Harness:
         d = dep.defense
         rate = getattr(attack, "rate", None)
         sm = self.supplied
+        protected = isinstance(dep.qm, ProtectedModel)
         return ResultRecord(
             suite=self.suite.name, dataset=self.suite.dataset, eval_split=self.eval_split(),
             eval_split_rule=ds.info.get("eval_split"), n_eval=int(ds.test_y.shape[0]), model=self.model_name,
@@ -649,7 +667,9 @@ class Harness:
             timings={"train": dep.train_seconds, "trained_now": dep.trained_now, "attack_eval": ev.seconds,
                      "total": total_s}, recipe=self.recipe(d),
             date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            trace=(ev.traces[0] if len(ev.traces) == 1 else ev.traces) if ev.traces else None, target=ev.target)
+            trace=(ev.traces[0] if len(ev.traces) == 1 else ev.traces) if ev.traces else None, target=ev.target,
+            memory_overhead=dep.qm.memory_overhead if protected else 0.0, decode_ms=ev.decode_ms,
+            time_overhead=ev.time_overhead, protection=dep.qm.describe() if protected else None)
 
     def clean_error(self, defense_spec: str) -> float:
         dep = self.deploy(defense_spec)

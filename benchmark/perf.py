@@ -4,7 +4,8 @@
 * ``harness``: seconds per bit-error pattern of our evaluation loop for each memory format (8-bit RQuant per tensor,
   per channel, group-wise 4-bit; float32, float16, bfloat16, fp8), against the original code's loop (deep copy
   of the model, re-quantization, one float uniform per bit, a DataLoader) and against the floor (pure inference of
-  the clean model on the same split).
+  the clean model on the same split); and the loop on protected memories (SEC-DED (72, 64), RADAR checksums:
+  patterns over data and check bits, then decoded) against the unprotected loop, measured interleaved.
 * ``train``: one plain forward+backward step, one quantization-aware step, one RandBET step, and their ratios.
 * ``attacks``: milliseconds per flip of BFA (every weight a candidate, predicted labels) against a straightforward
   per-layer implementation of the same search in the same run (the reference's structure: a top-k sort of every
@@ -162,6 +163,40 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
         rows.append(row)
     rows.append(dict(base, loop="original (deepcopy+requant+uniform/bit+DataLoader)", words=words[formats[0]],
                      ms_per_pattern=1e3 * t_orig, ratio_to_floor=t_orig / t_floor))
+    qm0.load_into(model)
+    rows += _perf_protected(model, qm0, attack, x, y, predict(model, x), patterns, sync,
+                            dict(base, words=qm0.n_words), t_floor)
+    return rows
+
+
+def _perf_protected(model, qm, attack, x, y, clean_pred, patterns, sync, base, floor) -> list[dict]:
+    """The evaluation loop on protected memories against the unprotected one (interleaved rounds, same patterns)."""
+    from bitbench.configs.registries import create_protection
+    from bitbench.defenses.protection import ProtectedModel
+
+    from .evaluate import evaluate_attack
+
+    loops = {"unprotected": qm}  # the same patterns: data bits flip as in the unprotected memory
+    for spec in ("secded", "radar"):
+        loops[spec] = ProtectedModel(qm, [create_protection(spec)])
+    decode = {}
+
+    def run(m, name):
+        def f():
+            ev = evaluate_attack(model, m, attack, x, y, clean_pred=clean_pred)
+            decode[name] = ev.decode_ms
+        return f
+
+    t = _timeit_interleaved({k: run(m, k) for k, m in loops.items()}, 3, warmup=1, sync=sync)
+    t0 = t["unprotected"] / patterns
+    rows = []
+    labels = {"secded": "bitbench + secded (72, 64) ECC", "radar": "bitbench + radar (group 16 checksums)"}
+    for k, label in labels.items():
+        pm = loops[k]
+        tk = t[k] / patterns
+        rows.append(dict(base, loop=label, ms_per_pattern=1e3 * tk, ratio_to_floor=tk / floor,
+                         ratio_to_unprotected=tk / t0, decode_ms=decode.get(k), memory_overhead=pm.memory_overhead,
+                         target="<= 1.3x unprotected" if k == "secded" else ""))
     return rows
 
 

@@ -4,6 +4,11 @@ Adversarial results with curves (BFA, T-BFA, the budgeted attack) have their own
 attack) with the metric after each flip budget of the sweep as mean ± std over trials, flips to the target as
 median [min, max] over trials (``(k/T)`` when only k trials reached it), the flips used and why the searches
 stopped. Errors are stored as fractions and shown in percent.
+
+Protected defenses (``rquant+secded``, ``clip+radar``): wherever a table holds one, every row gains its costs and
+what the decoder saw (:func:`cost_cells`): memory overhead (check bits / data bits, %), decode time per pattern
+(ms, and as % of the time to load and evaluate one pattern), and per pattern the mean of data bits still wrong
+after decoding, words or groups flagged, and for checksums the share of flipped bits inside flagged groups.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ import json
 
 import pandas as pd
 
-from bitbench.configs.record import ResultRecord, Summary, flips_summary, format_flips
+from bitbench.configs.record import ResultRecord, Summary, flips_summary, format_flips, protection_summary
 
 __all__ = ["FORMATS", "run_table", "suite_table", "adversarial_tables", "suite_adversarial_table", "run_tables",
-           "suite_tables", "render"]
+           "suite_tables", "render", "cost_cells"]
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -34,13 +39,45 @@ def _rerr_cell(rec: ResultRecord) -> str:
     return f"{100 * r.mean:.2f} ± {100 * r.std:.2f} [{100 * r.min:.2f}, {100 * r.max:.2f}]"
 
 
+def cost_cells(r: ResultRecord, detail: bool = True) -> dict:
+    """The costs of a record's protection as table cells (``–`` for an unprotected one); ``detail``: also the
+    decoder's per-pattern counts."""
+    s = protection_summary(r)
+    row = {"mem +%": f"{100 * r.memory_overhead:.2f}" if s is not None else "–",
+           "decode ms": f"{r.decode_ms:.2f} (+{100 * r.time_overhead:.0f}%)" if s is not None else "–"}
+    if not detail:
+        return row
+    flagged = None if s is None else sum(v for k, v in s.items() if k.endswith((".detected", ".flagged")))
+    det = _detection(r)
+    row["residual bits"] = "–" if s is None else f"{s['residual']:.1f}"
+    row["flagged"] = "–" if flagged is None else f"{flagged:.1f}"
+    row["detected %"] = "–" if det is None else f"{100 * det:.1f}"
+    if s is not None and s["failed"]:
+        row["flagged"] += f" ({s['failed']} failed)"
+    return row
+
+
+def _detection(r: ResultRecord) -> float | None:
+    """Share of the flipped data bits that fell into flagged checksum groups (None: no checksum stage)."""
+    s = protection_summary(r) or {}
+    return next((v for k, v in s.items() if k.endswith(".detection")), None)
+
+
+def _protected(records) -> bool:
+    return any(r.protection is not None for r in records)
+
+
 def run_table(records: list[ResultRecord]) -> pd.DataFrame:
     rows = []
+    costs = _protected(records)
     for r in records:
-        rows.append({"defense": r.defense, "bits": r.bits, "attack": r.attack,
-                     "patterns": r.n_patterns, "clean Err %": _pct(r.clean_err),
-                     "RErr % mean ± std [min, max]": _rerr_cell(r),
-                     "time s": "cached" if r.cached else f"{r.timings['total']:.1f}"})
+        row = {"defense": r.defense, "bits": r.bits, "attack": r.attack,
+               "patterns": r.n_patterns, "clean Err %": _pct(r.clean_err),
+               "RErr % mean ± std [min, max]": _rerr_cell(r)}
+        if costs:
+            row.update(cost_cells(r))
+        row["time s"] = "cached" if r.cached else f"{r.timings['total']:.1f}"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -52,7 +89,7 @@ def _attack_col(r: ResultRecord) -> str:
 
 def suite_table(records: list[ResultRecord], show_std: bool = False) -> pd.DataFrame:
     """Rows = defenses, columns = clean Err and RErr (mean %) per rate or attack, like the paper's figure."""
-    defenses, cols, cells, clean = [], [], {}, {}
+    defenses, cols, cells, clean, mem = [], [], {}, {}, {}
     for r in records:
         if r.has_curve:
             continue
@@ -65,9 +102,13 @@ def suite_table(records: list[ResultRecord], show_std: bool = False) -> pd.DataF
         cells[(d, c)] = "–" if m is None else (f"{100 * m:.2f} ± {100 * r.rerr.std:.2f}" if show_std
                                                else f"{100 * m:.2f}")
         clean[d] = r.clean_err
+        mem[d] = cost_cells(r, detail=False)["mem +%"]
     rows = []
+    costs = _protected(records)
     for d in defenses:
         row = {"defense": d, "clean Err %": _pct(clean.get(d))}
+        if costs:
+            row["mem +%"] = mem[d]
         for c in cols:
             row[c] = cells.get((d, c), "–")
         rows.append(row)
@@ -147,6 +188,8 @@ def adversarial_tables(records: list[ResultRecord]) -> list[pd.DataFrame]:
             row["flips used"] = f"{sum(p.flips_used for p in r.patterns) / r.n_patterns:g}"
             row["stop"] = _stops(r)
             row["RErr %"] = _mean_std(r.per_pattern_rerr)
+            if _protected(recs):
+                row.update(cost_cells(r))
             row["time s"] = "cached" if r.cached else f"{r.timings['total']:.1f}"
             rows.append(row)
         out.append(pd.DataFrame(rows))
@@ -171,8 +214,12 @@ def suite_adversarial_table(records: list[ResultRecord], show_std: bool = False)
         return f"{100 * s.mean:.2f} ± {100 * s.std:.2f}" if show_std else f"{100 * s.mean:.2f}"
 
     rows = []
+    costs = _protected(recs)
+    detecting = {r.attack for r in recs if _detection(r) is not None}
     for d in defenses:
         row = {"defense": d}
+        if costs:
+            row["mem +%"] = cost_cells(next(r for r in recs if r.defense == d), detail=False)["mem +%"]
         for a in attacks:
             r = by.get((d, a))
             if a in curved:
@@ -184,6 +231,9 @@ def suite_adversarial_table(records: list[ResultRecord], show_std: bool = False)
                 row[f"{lab}flips to target"] = "–" if r is None else _flips_cell(r)
             else:
                 row[f"RErr {a}"] = "–" if r is None else cell(r.per_pattern_rerr)
+            if a in detecting:
+                det = None if r is None else _detection(r)
+                row[f"{a} detected %"] = "–" if det is None else f"{100 * det:.1f}"
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -46,6 +46,8 @@ field              type                    meaning
                                            tables)
 ``notes``          [str]                   optional remarks shown under the table (e.g. a ">12%" value that is not
                                            a number and was left missing)
+``memory_overhead`` number >= 0 (optional) protected defenses (``rquant+secded``): check bits / data bits of
+                                           the memory; absent: 0 (no protection)
 =================  ======================  =====================================================================
 
 Each item of ``results``:
@@ -70,6 +72,9 @@ Each item of ``results``:
                                               the metric reached the target; null = never (needs ``target``)
 ``curve``             object (optional)       ``{flips: [n, ...] increasing, err: [[per trial] per n], asr: ...}``:
                                               the evaluation metric under each flip budget n, per trial
+``decode_ms``         number >= 0 (optional)  protected defenses: mean decode time per pattern (ms)
+``detection``         number in [0, 1] / null checksum stages: share of the flipped data bits inside flagged groups
+                                              over all patterns (optional; null: nothing flipped)
 ====================  ======================  ==================================================================
 
 Rules: rates are unique; a result either has a ``rate`` from the protocol's rates or an ``attack`` listed in the
@@ -102,14 +107,14 @@ PROTOCOL_FIELDS = ("dataset", "eval_split", "bits", "rates", "patterns", "base_s
 ENTRY_FIELDS = ("format", "suite", "name", "model", "model_options", "n_params", "model_source", "checkpoint",
                 "defense", "defense_name",
                 "defense_params", "bits", "protocol", "clean_err", "results", "version", "git_rev", "config_hash",
-                "seeds", "device", "date", "citation", "link", "reported_by", "notes")
+                "seeds", "device", "date", "citation", "link", "reported_by", "notes", "memory_overhead")
 # fields that may be absent (the rest must be present, possibly null where the type allows)
-_OPTIONAL_FIELDS = {"git_rev", "notes", "defense_name", "model_source", "checkpoint"}
+_OPTIONAL_FIELDS = {"git_rev", "notes", "defense_name", "model_source", "checkpoint", "memory_overhead"}
 MODEL_SOURCES = ("trained", "user")
 CHECKPOINT_FIELDS = ("path", "sha256")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 RESULT_FIELDS = ("attack", "rate", "flips", "rerr", "per_pattern_rerr", "n_patterns", "config_hash", "note", "target",
-                 "flips_to_target", "curve")
+                 "flips_to_target", "curve", "decode_ms", "detection")
 CURVE_RESULT_FIELDS = ("target", "flips_to_target", "curve")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOL = 1e-6  # tolerance of consistency checks between stored floats
@@ -284,6 +289,9 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
         if paper:
             raise EntryError("checkpoint", "rows reported by a paper were not measured here: no checkpoint")
     c.str_(entry, "defense", "defense")
+    if "memory_overhead" in entry and not (_is_num(entry["memory_overhead"]) and entry["memory_overhead"] >= 0):
+        raise EntryError("memory_overhead", f"expected a number >= 0 (check bits / data bits), got "
+                                            f"{show_value(entry['memory_overhead'])}")
     if "defense_name" in entry:
         c.str_(entry, "defense_name", "defense_name")
     c.obj(entry["defense_params"], "defense_params")
@@ -374,6 +382,10 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
             c.str_(r, "config_hash", f"{p}.config_hash")
         if "note" in r:
             c.str_(r, "note", f"{p}.note")
+        if "decode_ms" in r and not (_is_num(r["decode_ms"]) and r["decode_ms"] >= 0):
+            raise EntryError(f"{p}.decode_ms", f"expected a number >= 0 (ms), got {show_value(r['decode_ms'])}")
+        if "detection" in r:
+            c.frac(r["detection"], f"{p}.detection", nullable=True)
         if any(k in r for k in CURVE_RESULT_FIELDS):
             _check_curve_result(c, r, p)
         rerr = r["rerr"]

@@ -12,6 +12,11 @@ Adversarial attacks with a flip-count sweep (BFA, T-BFA, the budgeted attack) ha
 per trial, ``flips_used``, ``stop_reason``, ``flips_to_target`` and the ``curve`` (evaluation error after each flip
 budget), plus the record's ``target``; :func:`_curve_from_json` checks them against each other and the
 per-pattern errors. Records without them (random attacks) do not carry these fields.
+Costs (every record): ``memory_overhead`` (check bits / data bits of the protected memory; 0 without protection),
+``decode_ms`` (mean time to decode one pattern's memory, ms) and ``time_overhead`` (decode time / the time of
+loading and evaluating one pattern). A protected defense (``rquant+secded``) adds ``protection`` (the stages and
+their check bits) and ``per_pattern_protection`` (per pattern: the decoder's counts, :data:`PROTECTION_COUNTS`);
+:func:`protection_summary` aggregates them. Older records without these fields read as unprotected.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from .errors import UsageError
 from .fileio import canonical_json, sha256_bytes
 
 __all__ = ["RECORD_FORMAT", "MODEL_SOURCES", "RecordError", "Summary", "PatternResult", "ResultRecord",
-           "record_digest", "CURVE_FIELDS", "STOP_REASONS", "CURVE_METRICS", "flips_summary", "format_flips"]
+           "record_digest", "CURVE_FIELDS", "STOP_REASONS", "CURVE_METRICS", "flips_summary", "format_flips",
+           "PROTECTION_COUNTS", "protection_summary"]
 
 RECORD_FORMAT = "bitbench.result/2"
 # where the evaluated weights came from: trained by this benchmark with the defense's recipe (now, from its cache,
@@ -80,7 +86,9 @@ class PatternResult:
     and the attack's own metrics, e.g. ``asr``; the state with at most n flips) and ``flips_to_target`` (the first
     flip count at which the evaluation metric reached the record's target; None: not reached).
 
-    ``nonfinite``: evaluation inputs whose logits held NaN or inf under this pattern (counted as errors)."""
+    ``nonfinite``: evaluation inputs whose logits held NaN or inf under this pattern (counted as errors);
+    for a protected memory ``protection``, the decoder's counts (``flips``, ``residual``, ``failed``,
+    ``<stage>.<count>``)."""
 
     index: int
     seed: int | None
@@ -92,6 +100,7 @@ class PatternResult:
     curve: list | None = None
     flips_to_target: int | None = None
     nonfinite: int = 0
+    protection: dict | None = None
 
 
 def _is_num(v) -> bool:
@@ -106,6 +115,7 @@ def _is_int(v) -> bool:
 # are written by to_json and checked by from_json.
 _STR, _OPT_STR, _INT, _OPT_INT, _FRAC, _OPT_NUM, _DICT, _ANY = "str", "str?", "int", "int?", "frac", "num?", \
     "dict", "any"
+_NONNEG, _OPT_DICT = "num>=0", "dict?"
 _FIELDS = (
     ("suite", _STR), ("dataset", _STR), ("eval_split", _STR), ("eval_split_rule", _OPT_STR), ("n_eval", _INT),
     ("model", _STR), ("model_options", _DICT), ("n_params", _INT), ("model_source", _STR), ("checkpoint", _OPT_STR),
@@ -114,13 +124,20 @@ _FIELDS = (
     ("attack_params", _DICT), ("attack_kind", _OPT_STR), ("rate", _OPT_NUM), ("flips", _OPT_INT),
     ("clean_err", _FRAC), ("train_seed", _OPT_INT), ("version", _STR), ("git_rev", _OPT_STR),
     ("config_hash", _STR), ("inputs", _DICT), ("device", _OPT_STR), ("timings", _DICT), ("date", _STR),
-    ("recipe", _DICT),
+    ("recipe", _DICT), ("memory_overhead", _NONNEG), ("decode_ms", _NONNEG), ("time_overhead", _NONNEG),
+    ("protection", _OPT_DICT),
 )
 _OPTIONAL = {"eval_split_rule", "scheme", "attack_kind", "rate", "flips", "train_seed", "git_rev", "device",
              "defense_name", "attack_name", "attack_params", "timings", "inputs", "model_source", "checkpoint",
-             "checkpoint_sha256", "weights_sha256", "recipe"}
+             "checkpoint_sha256", "weights_sha256", "recipe", "memory_overhead", "decode_ms", "time_overhead",
+             "protection"}
 _DEFAULTS = {"defense_name": "", "attack_name": "", "attack_params": {}, "timings": {}, "inputs": {},
-             "model_source": "trained", "recipe": {}}
+             "model_source": "trained", "recipe": {}, "memory_overhead": 0.0, "decode_ms": 0.0,
+             "time_overhead": 0.0}
+# per-pattern counts of a protected memory: bits flipped in the image, data bits wrong after decoding, 1 if the
+# inference failed (policy 'fail'); stages add '<stage>.<count>' (e.g. secded.corrected, radar.detected_flips)
+PROTECTION_COUNTS = ("flips", "residual", "failed")
+_PROTECTION_KEYS = ("spec", "data_bits", "check_bits", "image_bits", "memory_overhead", "stages")
 
 
 def record_digest(d: dict) -> str:
@@ -172,6 +189,10 @@ class ResultRecord:
     weights_sha256: str | None = None     # digest of the evaluated float weights (state dict; docs/formats.md)
     target: dict | None = None      # curves: {'metric': 'err' | 'asr', 'value': fraction} of flips_to_target
     clean_nonfinite: int | None = None    # inputs with non-finite logits under the clean memory (None: not measured)
+    memory_overhead: float = 0.0          # check bits / data bits (0: no protection)
+    decode_ms: float = 0.0                # mean decode time per pattern, ms (0: nothing to decode)
+    time_overhead: float = 0.0            # decode time / time to load and evaluate one pattern
+    protection: dict | None = None        # the protection stages (docs/formats.md); None: unprotected
     # where it came from (not part of the file)
     cached: bool = field(default=False, compare=False)
     path: str | None = field(default=None, compare=False)
@@ -242,6 +263,8 @@ class ResultRecord:
             d.update(_curve_to_json(self))
         if self.clean_nonfinite is not None:
             d["nonfinite"] = self.nonfinite
+        if self.protection is not None:
+            d["per_pattern_protection"] = [p.protection for p in self.patterns]
         if self.world_size is not None:
             d["world_size"] = self.world_size
         if self.trace is not None:
@@ -276,11 +299,13 @@ class ResultRecord:
                   _INT: lambda: _is_int(v), _OPT_INT: lambda: v is None or _is_int(v),
                   _FRAC: lambda: _is_num(v) and 0 <= v <= 1,
                   _OPT_NUM: lambda: v is None or (_is_num(v) and 0 <= v <= 1),
+                  _NONNEG: lambda: _is_num(v) and v >= 0, _OPT_DICT: lambda: v is None or isinstance(v, dict),
                   _DICT: lambda: isinstance(v, dict), _ANY: lambda: True}[kind]()
             if not ok:
                 want = {_STR: "a non-empty string", _OPT_STR: "a string or null", _INT: "an integer",
                         _OPT_INT: "an integer or null", _FRAC: "a number in [0, 1]",
-                        _OPT_NUM: "a number in [0, 1] or null", _DICT: "an object", _ANY: "a value"}[kind]
+                        _OPT_NUM: "a number in [0, 1] or null", _NONNEG: "a number >= 0",
+                        _OPT_DICT: "an object or null", _DICT: "an object", _ANY: "a value"}[kind]
                 raise RecordError(name, f"expected {want}, got {v!r}"[:200])
             kw[name] = v
         if kw["model_source"] not in MODEL_SOURCES:
@@ -321,6 +346,7 @@ class ResultRecord:
             for p, v in zip(kw["patterns"], pp):
                 p.nonfinite = v
             kw["clean_nonfinite"] = nf["clean"]
+        _protection_from_json(d, kw)
         rec = cls(**kw)
         if d.get("n_patterns") != rec.n_patterns:
             raise RecordError("n_patterns", f"{d.get('n_patterns')!r} but {rec.n_patterns} per-pattern values")
@@ -338,7 +364,8 @@ class ResultRecord:
         _curve_from_json(d, rec)
         extra = set(d) - {n for n, _ in _FIELDS} - {"format", "per_pattern_err", "per_pattern_rerr", "rerr",
                                                      "seeds", "n_patterns", "trace", "world_size", "digest",
-                                                     "nonfinite"} - set(CURVE_FIELDS)
+                                                     "nonfinite",
+                                                     "per_pattern_protection"} - set(CURVE_FIELDS)
         if extra:
             raise RecordError(sorted(extra)[0], "unknown field")
         digest = d.get("digest")
@@ -475,3 +502,61 @@ def format_flips(s: dict) -> str:
     if s["trials"] > 1 and s["reached"]:
         out += f" [{v(s['min'])}, {v(s['max'])}]"
     return out if s["reached"] == s["trials"] else f"{out} ({s['reached']}/{s['trials']})"
+
+def _protection_from_json(d: dict, kw: dict) -> None:
+    """Check ``protection`` / ``per_pattern_protection`` against each other and the per-pattern errors, and attach
+    the counts to ``kw['patterns']``."""
+    prot, counts = kw.get("protection"), d.get("per_pattern_protection")
+    if prot is None:
+        if counts is not None:
+            raise RecordError("per_pattern_protection", "present but the record has no protection")
+        if kw["memory_overhead"] != 0:
+            raise RecordError("memory_overhead", f"{kw['memory_overhead']!r} but the record has no protection")
+        return
+    missing = [k for k in _PROTECTION_KEYS if k not in prot]
+    if missing:
+        raise RecordError(f"protection.{missing[0]}", "missing")
+    if not isinstance(prot["spec"], str) or not prot["spec"]:
+        raise RecordError("protection.spec", f"expected a non-empty string, got {prot['spec']!r}"[:200])
+    for k in ("data_bits", "check_bits", "image_bits"):
+        if not (_is_int(prot[k]) and prot[k] >= 0):
+            raise RecordError(f"protection.{k}", f"expected an integer >= 0, got {prot[k]!r}"[:200])
+    if not isinstance(prot["stages"], list) or not prot["stages"] or not all(isinstance(s, dict) for s in
+                                                                               prot["stages"]):
+        raise RecordError("protection.stages", "expected a non-empty list of objects")
+    want = prot["check_bits"] / prot["data_bits"] if prot["data_bits"] else 0.0
+    for key, v in (("protection.memory_overhead", prot["memory_overhead"]), ("memory_overhead",
+                                                                               kw["memory_overhead"])):
+        if not _is_num(v) or abs(v - want) > _TOL:
+            raise RecordError(key, f"{v!r} is not check_bits / data_bits ({want!r})")
+    pats = kw["patterns"]
+    if not isinstance(counts, list) or len(counts) != len(pats):
+        raise RecordError("per_pattern_protection", f"expected a list with one object per pattern ({len(pats)})")
+    for k, (c, p) in enumerate(zip(counts, pats)):
+        if not isinstance(c, dict) or not set(PROTECTION_COUNTS) <= set(c) or not all(
+                isinstance(key, str) and _is_int(v) and v >= 0 for key, v in c.items()):
+            raise RecordError(f"per_pattern_protection[{k}]", "expected {flips, residual, failed, ...} with integer "
+                                                              "counts >= 0")
+        if c["failed"] not in (0, 1):
+            raise RecordError(f"per_pattern_protection[{k}].failed", f"expected 0 or 1, got {c['failed']!r}")
+        if c["failed"] and (p.err != 1 or p.rerr != 1):
+            raise RecordError(f"per_pattern_protection[{k}].failed", "a failed inference counts every input as "
+                                                                     "misclassified (err = rerr = 1)")
+        p.protection = dict(c)
+
+
+def protection_summary(rec: "ResultRecord") -> dict | None:
+    """Per-pattern means of every count of a protected record, plus ``failed`` (patterns whose inference failed)
+    and, with RADAR-style counts, ``detection`` (detected flips / flips over all patterns); None if unprotected."""
+    if rec.protection is None:
+        return None
+    counts = [p.protection or {} for p in rec.patterns]
+    keys = sorted({k for c in counts for k in c})
+    n = max(1, len(counts))
+    out = {k: sum(c.get(k, 0) for c in counts) / n for k in keys}
+    out["failed"] = sum(c.get("failed", 0) for c in counts)
+    for stage in {k.split(".", 1)[0] for k in keys if k.endswith(".detected_flips")}:
+        flips = sum(c.get(f"{stage}.flips", 0) for c in counts)
+        out[f"{stage}.detection"] = (sum(c.get(f"{stage}.detected_flips", 0) for c in counts) / flips) if flips \
+            else None
+    return out

@@ -1,9 +1,13 @@
-"""The registries of named entries: defenses, attacks, models and datasets.
+"""The registries of named entries: defenses, protections, attacks, models and datasets.
 
     from bitbench import register_defense, list_defenses, create_defense
     list_attacks("random*")                 # shell-style wildcards
     create_attack("random_p0.01:patterns=10")
     list_models(), list_datasets()          # architectures (bitbench.models), datasets (bitbench.data)
+
+A defense spec may add protections of the memory after ``+`` (``rquant+secded``, ``clip+radar:group=16``):
+``create_defense`` builds the defense, then each protection (:data:`PROTECTIONS`, entry points
+``bitbench.protections``), and returns the protected defense (``Defense.protect``).
 
 Each registry imports the modules of its built-in entries on first lookup (``advbet``, a defense that lives with
 the attack it trains against, is therefore always found) and then its entry-point group (``bitbench.defenses``,
@@ -17,19 +21,23 @@ passes ``data_dir`` and ``n_eval`` where the entry accepts them; load one with :
 
 from __future__ import annotations
 
-from .registry import Registry
+from .registry import Registry, StagedRegistry
 
-__all__ = ["DEFENSES", "ATTACKS", "MODELS", "DATASETS", "register_defense", "register_attack", "register_model",
-           "register_dataset", "list_defenses", "list_attacks", "list_models", "list_datasets", "create_defense",
-           "create_attack"]
+__all__ = ["DEFENSES", "PROTECTIONS", "ATTACKS", "MODELS", "DATASETS", "register_defense", "register_protection",
+           "register_attack", "register_model", "register_dataset", "list_defenses", "list_protections",
+           "list_attacks", "list_models", "list_datasets", "create_defense", "create_protection", "create_attack"]
 
-DEFENSES = Registry("defense", entry_point_group="bitbench.defenses",
-                    builtins=("bitbench.defenses.zoo", "bitbench.attacks.advbet"))
+PROTECTIONS = Registry("protection", entry_point_group="bitbench.protections",
+                       builtins=("bitbench.defenses.protection",))
+DEFENSES = StagedRegistry("defense", entry_point_group="bitbench.defenses",
+                          builtins=("bitbench.defenses.zoo", "bitbench.attacks.advbet"), stages=PROTECTIONS,
+                          compose="protect")
 ATTACKS = Registry("attack", entry_point_group="bitbench.attacks", builtins=("bitbench.attacks",))
 MODELS = Registry("model", entry_point_group="bitbench.models", builtins=("bitbench.models",))
 DATASETS = Registry("dataset", entry_point_group="bitbench.datasets", builtins=("bitbench.data.loaders",))
 
 register_defense = DEFENSES.register
+register_protection = PROTECTIONS.register
 register_attack = ATTACKS.register
 register_model = MODELS.register
 register_dataset = DATASETS.register
@@ -38,6 +46,11 @@ register_dataset = DATASETS.register
 def list_defenses(pattern: str = "*") -> list[str]:
     """Registered defense names matching a wildcard, e.g. ``list_defenses('rand*')``."""
     return DEFENSES.list(pattern)
+
+
+def list_protections(pattern: str = "*") -> list[str]:
+    """Registered protection names (the stages after ``+`` in a defense spec), e.g. ``list_protections()``."""
+    return PROTECTIONS.list(pattern)
 
 
 def list_attacks(pattern: str = "*") -> list[str]:
@@ -56,8 +69,14 @@ def list_datasets(pattern: str = "*") -> list[str]:
 
 
 def create_defense(spec: str, **overrides):
-    """Instantiate a defense from ``'name'`` or ``'name:key=value,...'``."""
+    """Instantiate a defense from ``'name'`` or ``'name:key=value,...'``, protected by the stages after ``+``
+    (``'rquant+secded:word=32'``); ``overrides`` apply to the defense itself."""
     return DEFENSES.create(spec, **overrides)
+
+
+def create_protection(spec: str, **overrides):
+    """Instantiate a protection (``'secded'``, ``'radar:group=16'``)."""
+    return PROTECTIONS.create(spec, **overrides)
 
 
 def create_attack(spec: str, **overrides):

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .errors import UsageError
-from .spec import SpecError, format_spec, format_value, parse_spec, parse_value
+from .spec import SpecError, format_spec, format_value, join_stages, parse_spec, parse_value, split_stages
 
-__all__ = ["Registry", "RegistryEntry"]
+__all__ = ["Registry", "RegistryEntry", "StagedRegistry"]
 
 
 @dataclass
@@ -254,3 +254,51 @@ class Registry:
                         "param_docs": dict(e.param_docs), "form": e.pattern_help, "source": e.source,
                         "aliases": list(e.aliases)})
         return out
+
+
+class StagedRegistry(Registry):
+    """A registry whose specs may name stages of a second registry after ``+`` (:func:`~.spec.split_stages`): the
+    defense registry, whose stages are protections (``rquant+secded:word=32``).
+
+    :meth:`create` builds the base entry, then each stage, and passes them to the base object's ``compose`` method
+    (``defense.protect([protection, ...])``), which returns the composed object; :meth:`canonical` is the base's
+    canonical spec joined with each stage's; :meth:`resolve` resolves the base (its entry and parameters) after
+    checking every stage. A stage named twice is refused.
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None = None, builtins: Iterable[str] = (), *,
+                 stages: Registry, compose: str):
+        super().__init__(kind, entry_point_group, builtins)
+        self.stages = stages
+        self.compose = compose
+
+    def _split(self, spec: str) -> tuple[str, list[str]]:
+        base, stages = split_stages(spec)
+        seen = {}
+        for s in stages:
+            entry, _ = self.stages.resolve(s)
+            if entry.name in seen:
+                raise SpecError(f"{spec!r} names {self.stages.kind} {entry.name!r} twice ({seen[entry.name]!r} and "
+                                f"{s!r})")
+            seen[entry.name] = s
+        return base, stages
+
+    def resolve(self, spec: str) -> tuple[RegistryEntry, dict]:
+        """The base entry and its parameters (every ``+`` stage is checked, not returned; see :meth:`canonical`)."""
+        base, _ = self._split(spec)
+        return super().resolve(base)
+
+    def create(self, spec: str, **overrides):
+        """The base object (``overrides`` apply to it), composed with the stages when the spec has any."""
+        base, stages = self._split(spec)
+        obj = super().create(base, **overrides)
+        if not stages:
+            return obj
+        compose = getattr(obj, self.compose, None)
+        if compose is None:
+            raise SpecError(f"{self.kind} {obj.spec!r} cannot be combined with {self.stages.kind}s ({spec!r})")
+        return compose([self.stages.create(s) for s in stages])
+
+    def canonical(self, spec: str) -> str:
+        base, stages = self._split(spec)
+        return join_stages(super().canonical(base), [self.stages.canonical(s) for s in stages])

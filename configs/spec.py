@@ -2,7 +2,10 @@
 
 * ``name`` -- the entry with its defaults;
 * ``name:key=value,key=value`` -- overrides (values parsed by the type of the default; each key at most once);
-* parametric names declared by a regular expression, e.g. ``random_p0.01`` -> ``random`` with ``p=0.01``.
+* parametric names declared by a regular expression, e.g. ``random_p0.01`` -> ``random`` with ``p=0.01``;
+* stages after ``+`` (defense specs only): ``rquant:bits=4+secded:word=32`` is the defense ``rquant:bits=4`` whose
+  memory is protected by the protection ``secded:word=32`` (:func:`split_stages`). A ``+`` followed by a letter
+  starts a stage, so a number such as ``1e+2`` stays one value.
 
 Rates are fractions (``0.01`` = 1%); ``parse_rate`` also reads percentages (``1%``) and :func:`canonical_rate`
 rounds away binary noise so that ``0.7%`` and ``0.007`` name the same attack.
@@ -17,7 +20,7 @@ from typing import Any
 from .errors import UsageError
 
 __all__ = ["SpecError", "parse_value", "parse_spec", "format_spec", "format_value", "spec_template",
-           "canonical_rate", "parse_rate"]
+           "canonical_rate", "parse_rate", "split_stages", "join_stages"]
 
 
 class SpecError(UsageError):
@@ -103,6 +106,27 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
                 raise SpecError(f"in {spec!r}: {k!r} is given twice ({k}={kv[k]} and {k}={v.strip()})")
             kv[k] = v.strip()
     return name.strip(), kv
+
+
+_STAGE = re.compile(r"\+(?=\s*[A-Za-z])")
+
+
+def split_stages(spec: str) -> tuple[str, list[str]]:
+    """``'rquant:bits=4+secded:word=32+radar'`` -> ``('rquant:bits=4', ['secded:word=32', 'radar'])``.
+
+    Every part must be non-empty (:class:`SpecError` otherwise); parts are stripped but not parsed."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"a spec must be a non-empty string like 'name' or 'name:key=value', got {spec!r}")
+    parts = [p.strip() for p in _STAGE.split(spec.strip())]
+    if any(not p or p.endswith("+") for p in parts) or parts[0].startswith("+"):
+        raise SpecError(f"in {spec!r}: a '+' must join two specs, as in 'rquant+secded' (a defense, then "
+                        "protections)")
+    return parts[0], parts[1:]
+
+
+def join_stages(base: str, stages) -> str:
+    """Inverse of :func:`split_stages`."""
+    return "+".join([base, *stages])
 
 
 def format_value(v) -> str:

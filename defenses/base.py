@@ -89,5 +89,12 @@ class Defense:
         """The deployed model: integer codes of the trained weights."""
         return QuantizedModel.from_module(model, self.scheme(), include=include, exclude=exclude)
 
+    def protect(self, protections) -> "Defense":
+        """This defense with its deployed memory protected by ``protections`` (the stages after ``+`` in a spec:
+        ``rquant+secded``): trained and stored as this one, see :class:`.protection.ProtectedDefense`."""
+        from .protection.base import ProtectedDefense
+
+        return ProtectedDefense(self, protections)
+
     def __repr__(self) -> str:
         return f"<defense {getattr(self, 'spec', type(self).__name__)}>"

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from bitbench.configs.entry import ENTRY_FIELDS, FORMAT, NAME_RE, EntryError, show_value, validate_entry
 from bitbench.configs.fileio import atomic_write_text, sha256_file
-from bitbench.configs.record import RecordError, ResultRecord
+from bitbench.configs.record import RecordError, ResultRecord, protection_summary
 from bitbench.configs.suite import Suite, SuiteError, load_suite, same_rate
 
 __all__ = ["DEFAULT_ENTRIES_DIR", "load_entry", "load_entries", "load_record", "entry_from_records", "submit",
@@ -157,6 +157,16 @@ def curve_result(rec: dict) -> dict:
     return out
 
 
+def protection_result(rec: ResultRecord) -> dict:
+    """The protection fields of an entry's result from a protected record: ``decode_ms`` and, for checksum
+    stages, ``detection`` (flipped data bits inside flagged groups / flipped data bits, over all patterns)."""
+    out = {"decode_ms": rec.decode_ms}
+    det = [v for k, v in (protection_summary(rec) or {}).items() if k.endswith(".detection")]
+    if det:
+        out["detection"] = det[0]
+    return out
+
+
 def default_entry_name(model: str, defense: str) -> str:
     """A file-safe row name: ``lenet`` + ``randbet:p=0.05`` -> ``lenet-randbet-p0.05``."""
     s = f"{model}-{defense}".replace("=", "")
@@ -179,6 +189,7 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
     """Build (and validate against ``suite``) one entry from result records of the same suite/model/defense."""
     if not records:
         raise EntryError("results", "no result records given")
+    objs = list(records)
     records = [r.to_json() for r in records]  # the validated file view of each record
     paths = [str(p) for p in (paths or [f"record {i}" for i in range(len(records))])]
     for key in ("suite", "dataset", "eval_split", "model", "model_options", "defense", "bits", "n_params"):
@@ -202,7 +213,7 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
                                        f"{show_value(suite.name)} ({show_value(suite.eval_split)}): results are not "
                                        "comparable")
     results, pattern_seeds, by_rate = [], None, {}
-    for rec, p in zip(records, paths):
+    for rec, obj, p in zip(records, objs, paths):
         rate = rec.get("rate")
         if rate is not None:
             if rec["n_patterns"] != suite.patterns:
@@ -237,6 +248,8 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
         res["config_hash"] = rec["config_hash"]
         if "curve" in rec:
             res.update(curve_result(rec))
+        if rec.get("protection") is not None:
+            res.update(protection_result(obj))
         results.append(res)
     missing = [x for x in suite.rates if not any(same_rate(x, y) for y in by_rate)]
     if missing:
@@ -278,6 +291,8 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
         "link": link,
         "reported_by": "benchmark",
     }
+    if any(r.get("protection") is not None for r in records):
+        entry["memory_overhead"] = _same_everywhere(records, paths, "memory_overhead", approx=True)
     validate_entry(entry, suite)
     return entry
 

@@ -83,6 +83,21 @@ def _rate_header(rate: float, suite: Suite) -> str:
     return f"**{h}**" if suite.headline_rate is not None and same_rate(rate, suite.headline_rate) else h
 
 
+_COST_COLS = ("Mem +%", "Decode ms")
+
+
+def _any_protected(entries: list[dict]) -> bool:
+    return any("memory_overhead" in e for e in entries)
+
+
+def _cost_cells(e: dict) -> dict:
+    """Memory overhead (check bits / data bits, %) and the mean decode time per pattern over the entry's random
+    bit error results (ms); 0 and – for an unprotected entry."""
+    ms = [r["decode_ms"] for r in e["results"] if r.get("rate") is not None and "decode_ms" in r]
+    return {"Mem +%": f"{100 * e.get('memory_overhead', 0.0):.2f}",
+            "Decode ms": f"{sum(ms) / len(ms):.1f}" if ms else MISSING}
+
+
 def suite_table(entries: list[dict], suite: Suite):
     """The ranked table of one suite as a pandas DataFrame of strings (plus the footnote list)."""
     import pandas as pd
@@ -91,6 +106,7 @@ def suite_table(entries: list[dict], suite: Suite):
     curved = {r["attack"] for e in entries for r in e["results"] if "curve" in r}
     plain = [a for a in suite.attacks if a not in curved]   # attacks with curves: the adversarial table
     rows, notes = [], []  # notes: distinct footnote texts, numbered in order of first appearance
+    costs = _any_protected(entries)
     for rank, e in ranked_entries(entries, suite):
         marks = []
         if e["reported_by"] == "paper":
@@ -113,14 +129,16 @@ def suite_table(entries: list[dict], suite: Suite):
             "Bits": str(e["bits"]),
             "Clean Err": _pct(e["clean_err"]),
         }
+        if costs:
+            row.update(_cost_cells(e))
         for r in rates:
             row[_rate_header(r, suite)] = _pct(_rerr_at(e, r))
         for a in plain:
             row[f"RErr {a}"] = _pct(_attack_rerr(e, a))
         row["Marks"] = " ".join(marks)
         rows.append(row)
-    columns = (["Rank", "Entry", "Defense", "Model", "Bits", "Clean Err"] + [_rate_header(r, suite) for r in rates]
-               + [f"RErr {a}" for a in plain] + ["Marks"])
+    columns = (["Rank", "Entry", "Defense", "Model", "Bits", "Clean Err"] + (list(_COST_COLS) if costs else [])
+               + [_rate_header(r, suite) for r in rates] + [f"RErr {a}" for a in plain] + ["Marks"])
     return pd.DataFrame(rows, columns=columns), notes
 
 
@@ -204,16 +222,24 @@ def adversarial_table(entries: list[dict], suite: Suite):
     sweep = sorted({n for e in entries for r in [_result(e, flips)] if r for n in r["curve"]["flips"]}) \
         if flips else []
     rows = []
+    costs = _any_protected(entries)
+    detecting = [a for a in ([flips] if flips else []) + list(budgets) + list(others)
+                 if any((_result(e, a) or {}).get("detection") is not None for e in entries)]
     for fr, br, e in ranked:
         row = {"Rank": MISSING if fr is None else str(fr),
                "Entry": f"[{e['name']}]({e['link']})" if e.get("link") else e["name"],
                "Defense": f"`{e['defense']}`", "Clean Err": _pct(e["clean_err"])}
+        if costs:
+            row["Mem +%"] = _cost_cells(e)["Mem +%"]
         r = _result(e, flips) if flips else None
         for n in sweep:
             i = r["curve"]["flips"].index(n) if r is not None and n in r["curve"]["flips"] else None
             row[f"Err {n} flips"] = MISSING if i is None else _ms(r["curve"]["err"][i])
         if flips:
             row["Flips to chance"] = MISSING if r is None else format_flips(flips_summary(r["flips_to_target"]))
+        for a in detecting:
+            d = _result(e, a)
+            row[f"Detected {a}"] = MISSING if d is None or d.get("detection") is None else _pct(d["detection"])
         for a in budgets:
             b = _result(e, a)
             row[f"RErr {a}"] = MISSING if b is None else _ms(b["per_pattern_rerr"]) if b.get("per_pattern_rerr") \
@@ -249,6 +275,9 @@ def _adversarial_section(suite: Suite, entries: list[dict], plot_link: str | Non
         words.append("RErr budget_e{eps}: robust test error under the budgeted attack (at most eps flipped bits, "
                      f"one per weight), mean ± std over trials; Rank {budgets[-1]}: ranked by that column (lower is "
                      "better)")
+    if _any_protected(entries):
+        words.append("Mem +%: check bits per data bit of a protected memory; Detected: share of the attack's flipped "
+                     "bits that fell into groups whose checksum mismatched (they are then recovered)")
     if others:
         words.append("other attacks: their metric (ASR: attack success rate of a targeted attack) after the whole "
                      "search and their flips to target, as above")
@@ -285,7 +314,9 @@ def _suite_section(suite: Suite, entries: list[dict], plot_link: str | None = No
     out += [df.to_markdown(index=False, disable_numparse=True, colalign=aligns), ""]
     out += ["Errors in %. Clean Err: test error of the clean quantized model; RErr p: robust test error (wrong on "
             "the clean OR the bit-error-perturbed model) at bit error rate p, mean over patterns; "
-            f"{MISSING}: not available.", ""]
+            + ("Mem +%: check bits of a protected memory (`+secded`, `+radar`) per data bit; Decode ms: its decode "
+               "time per pattern, mean over the rates; " if _any_protected(entries) else "")
+            + f"{MISSING}: not available.", ""]
     papers = sorted({(e.get("citation") or "", e.get("link") or "") for e in entries if e["reported_by"] == "paper"})
     if papers:
         cites = "; ".join(f"{c} ({l})" if l else c for c, l in papers)

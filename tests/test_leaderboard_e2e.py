@@ -113,3 +113,42 @@ def test_third_party_defense_end_to_end(tmp_path):
     row = next(ln for ln in adv.splitlines() if "thirdparty" in ln and ln.startswith("|"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "1" and len(cells) == 4 + 3 + 1 + 1 + 1   # Err 1, 2, 5 flips; to chance; budget RErr, rank
+
+
+def test_protected_defense_end_to_end(tmp_path):
+    """`run --defense rquant+secded` -> records with the cost fields -> submit -> LEADERBOARD.md shows Mem +% and
+    the decode time beside RErr."""
+    configs = tmp_path / "configs"
+    suite_file = _reduced_default_suite(configs)
+    env = dict(os.environ, PYTHONPATH=str(REPO), BITBENCH_CACHE=str(tmp_path / "cache"))
+    results = tmp_path / "results"
+    r = _run(["benchmark", "run", "--suite", str(suite_file), "--defense", "rquant+secded", "--rates", "0.01,0.1",
+              "--results-dir", str(results), "--device", "cpu", "--no-progress"], env, tmp_path)
+    assert "mem +%" in r.stdout and "12.5" in r.stdout
+    records = sorted(results.rglob("*.json"))
+    assert len(records) == 2
+    for p in records:
+        d = json.loads(p.read_text())
+        assert d["defense"] == "rquant+secded" and 0.125 <= d["memory_overhead"] < 0.126
+        assert d["decode_ms"] > 0 and d["protection"]["stages"][0]["code"] == [72, 64]
+        assert len(d["per_pattern_protection"]) == 2
+    r = _run(["benchmark", "run", "--suite", str(suite_file), "--defense", "rquant+secded", "--attack",
+              "bfa_n5:trials=2", "--attack", "budget_e5:iterations=2,trials=2", "--results-dir", str(results),
+              "--device", "cpu", "--no-progress"], env, tmp_path)
+    records = sorted(results.rglob("*.json"))
+    entries = tmp_path / "entries"
+    _run(["benchmark", "submit", *map(str, records), "--entries", str(entries), "--suite-file", str(suite_file),
+          "--name", "secded"], env, tmp_path)
+    entry = json.loads((entries / "default" / "secded.json").read_text())
+    assert 0.125 <= entry["memory_overhead"] < 0.126 and all("decode_ms" in x for x in entry["results"])
+    out = tmp_path / "LEADERBOARD.md"
+    _run(["benchmark", "leaderboard", "--entries", str(entries), "--configs", str(configs), "--out", str(out)],
+         env, tmp_path)
+    md = out.read_text()
+    header = next(ln for ln in md.splitlines() if ln.startswith("|") and "Rank" in ln)
+    assert "Mem +%" in header and "Decode ms" in header
+    row = next(ln for ln in md.splitlines() if "secded" in ln and ln.startswith("|"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[6] == "12.50" and re.fullmatch(r"\d+\.\d", cells[7]), cells   # LeNet: 61,706 words, 7,714 codewords
+    adv = md.split("### Adversarial bit flips", 1)[1]
+    assert "Mem +%" in next(ln for ln in adv.splitlines() if ln.startswith("|") and "Rank" in ln)
