@@ -259,8 +259,10 @@ def test_training_recipes_are_refused_for_a_user_checkpoint(user, tmp_path, caps
     # without --defense: the suite's storage formats, with a note on the recipes left out
     assert cli.main(args + ["--format", "json"]) == 0
     out = capsys.readouterr()
-    assert [r["defense"] for r in json.loads(out.out)] == ["normal", "rquant"]
-    assert "clip, randbet:p=0.1 of suite 'default' are training recipes" in out.err
+    assert [r["defense"] for r in json.loads(out.out)] == [
+        "normal", "rquant", "float32", "bfloat16", "rquant:granularity=channel", "rquant:bits=4,granularity=group:32",
+        "rquant+secded"]
+    assert "clip, randbet:p=0.1, clip+radar of suite 'default' are training recipes" in out.err
 
 
 def test_rerun_a_leaderboard_entry_on_its_checkpoint(tmp_path, capsys):
