@@ -224,3 +224,29 @@ def rquant_qm(model):
     from bitbench.defenses.quantized_model import QuantizedModel
 
     return QuantizedModel.from_module(model, rquant(8))
+
+
+def test_curves_on_a_protected_memory_are_measured_after_decoding():
+    """evaluate_attack with BFA on clip+radar: every curve point is the error of the decoded state with that many
+    flips (rebuilt here from the trace, decoded, a full forward), so the zeroing recovery is in the numbers."""
+    from bitbench.evaluate import evaluate_attack, predict
+
+    model, (xa, ya) = net(), _data()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(300, 20, generator=g), torch.randint(0, 5, (300,), generator=g)
+    pm = create_defense("rquant+radar:group=8").quantize(model)
+    attack = create_attack("bfa_n8:trials=2,stop=budget,sweep=1|2|4|8")
+    ev = evaluate_attack(model, pm, attack, x, y, attack_data=(xa, ya))
+    pm.load_into(model)
+    clean_wrong = predict(model, x) != y
+    for res, trace in zip(ev.patterns, ev.traces):
+        assert res.protection["radar.flagged"] > 0
+        for pt in res.curve:
+            codes = pm.codes.clone()
+            for t in trace[:pt["flips_used"]]:
+                w = pm.offsets[t["tensor"]] + t["index"]
+                codes[w:w + 1] = kernels.flip_one_bit(codes[w:w + 1], torch.tensor([t["bit"]]))
+            pm.load_into(model, pm.recover(codes).codes)
+            wrong = predict(model, x) != y
+            assert pt["err"] == wrong.sum().item() / 300 and pt["rerr"] == (wrong | clean_wrong).sum().item() / 300
+    pm.load_into(model)
