@@ -216,3 +216,25 @@ def test_patterns_cover_data_then_check_bits_with_the_same_rule():
         assert torch.equal(pp.check[0], want) and not torch.equal(want, r.words)
     msb = create_attack("random_msb_p0.05", patterns=1)
     assert next(msb.perturbations(pm)).check is None
+
+
+def test_uniform_error_map_over_the_protected_image_equals_random_errors(tmp_path):
+    """An error map of probability p everywhere gives, over data and check words (map word start + offset + j),
+    bit for bit the pattern of random_p{p}; a map too small for the whole image is refused without tile."""
+    import numpy as np
+
+    from bitbench.attacks.error_map import ErrorMapError, save_error_map
+
+    torch.manual_seed(0)
+    pm = create_defense("rquant+secded:word=32").quantize(nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 3)))
+    rows = -(-pm.image_words // 16)
+    f = tmp_path / "u.npz"
+    save_error_map(f, p=np.full((rows, 16, 8), 0.05))
+    a = create_attack(f"errmap:file={f},patterns=2")
+    r = create_attack("random_p0.05", patterns=2)
+    for p, q in zip(a.perturbations(pm), r.perturbations(pm)):
+        assert torch.equal(p.codes, q.codes) and torch.equal(p.check[0], q.check[0])
+    small = tmp_path / "s.npz"
+    save_error_map(small, p=np.full((-(-pm.n_words // 16), 16, 8), 0.05))
+    with pytest.raises(ErrorMapError, match="check words"):
+        create_attack(f"errmap:file={small}").check_fits(pm)
