@@ -238,3 +238,20 @@ def test_uniform_error_map_over_the_protected_image_equals_random_errors(tmp_pat
     save_error_map(small, p=np.full((-(-pm.n_words // 16), 16, 8), 0.05))
     with pytest.raises(ErrorMapError, match="check words"):
         create_attack(f"errmap:file={small}").check_fits(pm)
+
+
+def test_policy_fail_counts_every_input_of_a_detected_pattern_as_misclassified():
+    from bitbench.evaluate import evaluate_attack
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 3))
+    x, y = torch.randn(50, 30), torch.randint(0, 3, (50,))
+    pm = create_defense("rquant+secded:policy=fail").quantize(net)
+    ev = evaluate_attack(net, pm, create_attack("random_p0.02", patterns=3), x, y)
+    for p in ev.patterns:
+        assert p.protection["failed"] == int(p.protection["secded.detected"] > 0)
+        if p.protection["failed"]:
+            assert p.err == 1.0 and p.rerr == 1.0
+    assert any(p.protection["failed"] for p in ev.patterns)
+    ok = evaluate_attack(net, pm, create_attack("random_p0.0", patterns=1), x, y)
+    assert ok.patterns[0].protection["failed"] == 0 and ok.patterns[0].err == ok.clean_err
