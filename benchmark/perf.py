@@ -142,7 +142,7 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
     def floor():
         for _ in range(patterns):
             predict(model, x)
-    t = _timeit_interleaved({"floor": floor, **loops}, 3, warmup=1, sync=sync)
+    t = _timeit_interleaved({"floor": floor, **loops}, 5, warmup=1, sync=sync)  # 5 rounds: 10 loops on a shared machine
     t_floor = t["floor"] / patterns
     n_orig = max(2, patterns // 4)
 
