@@ -315,6 +315,11 @@ def test_float_attack_pattern_flips_the_raw_words():
     diff = kernels.to_pattern(p.codes ^ qm.codes)
     assert int(diff.count_nonzero()) > 0
     assert int((diff & int(qm.protected)).max()) == 0 and int(qm.protected) == 0x807F
+    # MSB-only errors flip bit m-1: the sign of a float word, bit 3 of a 4-bit code in its uint8 container
+    for spec, msb in (("bfloat16", 1 << 15), ("rquant:bits=4,granularity=group:32", 1 << 3), ("fp8e5m2", 1 << 7)):
+        q = create_defense(spec).quantize(model)
+        d = kernels.to_pattern(next(create_attack("random_msb_p0.1", patterns=1).perturbations(q)).codes ^ q.codes)
+        assert set(d.unique().tolist()) == {0, msb}, spec
 
 
 # ---------------------------------------------------------------------------------------- training and storing
