@@ -409,3 +409,16 @@ def test_bfa_and_budget_on_bf16_and_per_channel(trained, spec):
     assert int((kernels.to_pattern(b.codes ^ clean) & int(qm.protected)).max()) == 0
     assert b.info["flips"] >= 1
     assert _err(trained, qm, b.codes) > clean_err
+
+
+def test_error_maps_on_float_and_group_formats(tmp_path):
+    """An error map (per-cell rates) attacks the raw words of every format; protected bits never flip."""
+    from bitbench.attacks.error_map import save_error_map
+    model = _small_model()
+    for spec, cols in (("float32", 32), ("bfloat16:bits=mantissa", 16), ("rquant:bits=4,granularity=group:32", 4)):
+        qm = create_defense(spec).quantize(model)
+        path = tmp_path / f"{cols}.npz"
+        save_error_map(path, p=np.full((qm.n_words // 64 + 1, 64, cols), 0.02))
+        p = next(create_attack(f"errmap:file={path}", patterns=1).perturbations(qm))
+        d = kernels.to_pattern(p.codes ^ qm.codes)
+        assert int(d.count_nonzero()) > 0 and int((d & int(qm.protected)).max()) == 0, spec
