@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-$(mktemp -d)}
+mkdir -p "$work"
 python -m benchmark suite default --std --no-progress --cache-dir "$work/cache" --results-dir "$work/results" \
     | tee "$work/suite.txt"
 cite="Stutz et al., Bit Error Robustness for Energy-Efficient DNN Accelerators, MLSys 2021 (arXiv 2006.13977); reproduced by bitbench"
