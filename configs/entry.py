@@ -27,7 +27,8 @@ field              type                    meaning
 ``defense``        str                     canonical defense spec (``randbet:p=0.05``)
 ``defense_name``   str                     registry name (``randbet``)
 ``defense_params`` object                  every defense parameter, defaults filled in
-``bits``           int in [1, 32]          bits per weight; must equal ``protocol.bits``
+``bits``           int in [1, 32]          bits per weight (the memory's word width); must equal ``protocol.bits`` unless
+                                           the defense sets its own width (``width_follows_suite``)
 ``protocol``       object                  ``{dataset, eval_split, bits, rates, patterns, base_seed}``: the
                                            suite's protocol; must equal it (every suite on the leaderboard pins
                                            its ``eval_split``: only results on the same images are ranked)
@@ -96,9 +97,10 @@ from typing import Any
 
 from .errors import UsageError
 from .record import RECORD_FORMAT, Summary
+from .spec import SpecError, parse_spec, split_stages
 from .suite import Suite, same_rate
 
-__all__ = ["FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "ENTRY_FIELDS", "RESULT_FIELDS", "NAME_RE",
+__all__ = ["width_follows_suite", "FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "ENTRY_FIELDS", "RESULT_FIELDS", "NAME_RE",
            "MODEL_SOURCES", "CHECKPOINT_FIELDS", "CURVE_RESULT_FIELDS", "EntryError", "validate_entry", "show_value"]
 
 FORMAT = "bitbench.leaderboard_entry/1"
@@ -247,6 +249,18 @@ def _check_curve_result(c: _Checker, r: dict, p: str) -> None:
         raise EntryError(f"{p}.curve.{target['metric']}", "missing: the target's metric")
 
 
+def width_follows_suite(defense: str, defense_params: dict) -> bool:
+    """True when a defense's word width is the suite's ``bits`` (the protocol's): False when its spec sets ``bits``
+    itself (``rquant:bits=4``) or its ``bits`` parameter is not a width (the float formats: ``bits`` names the fields
+    that may flip; the width is the format's, 32 for ``float32``, 16 for ``bfloat16``)."""
+    try:
+        _, kv = parse_spec(split_stages(defense)[0])
+    except SpecError:
+        return True
+    given = defense_params.get("bits") if isinstance(defense_params, dict) else None
+    return "bits" not in kv and (given is None or (isinstance(given, int) and not isinstance(given, bool)))
+
+
 def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
     """Check one entry (a parsed JSON object); with ``suite``, also that it follows the suite's protocol.
 
@@ -302,7 +316,7 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
     c.str_(proto, "dataset", "protocol.dataset")
     c.str_(proto, "eval_split", "protocol.eval_split", nullable=True)
     c.int_(proto["bits"], "protocol.bits", 1, 32)
-    if proto["bits"] != bits:
+    if proto["bits"] != bits and width_follows_suite(entry["defense"], entry["defense_params"]):
         raise EntryError("bits", f"{bits} differs from protocol.bits ({proto['bits']})")
     rates = proto["rates"]
     if not isinstance(rates, list):

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from bitbench.configs.entry import ENTRY_FIELDS, FORMAT, NAME_RE, EntryError, show_value, validate_entry
+from bitbench.configs.entry import (ENTRY_FIELDS, FORMAT, NAME_RE, EntryError, show_value, validate_entry,
+                                    width_follows_suite)
 from bitbench.configs.fileio import atomic_write_text, sha256_file
 from bitbench.configs.record import RecordError, ResultRecord, protection_summary
 from bitbench.configs.suite import Suite, SuiteError, load_suite, same_rate
@@ -204,7 +205,10 @@ def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list
                                   f"{suite.path or ''} is {show_value(suite.name)}")
 
     # protocol of the records, checked against the suite's
-    for key, mine, theirs in (("dataset", r0["dataset"], suite.dataset), ("bits", r0["bits"], suite.bits)):
+    checks = [("dataset", r0["dataset"], suite.dataset)]
+    if width_follows_suite(r0["defense"], r0.get("defense_params", {})):
+        checks.append(("bits", r0["bits"], suite.bits))  # else the defense sets its own width (rquant:bits=4, bfloat16)
+    for key, mine, theirs in checks:
         if mine != theirs:
             raise EntryError(key, f"{show_value(mine)} in {paths[0]} differs from suite {show_value(suite.name)} "
                                   f"({show_value(theirs)}): results are not comparable")

@@ -295,7 +295,8 @@ def _protocol_line(suite: Suite) -> str:
     seeds = f"seeds {suite.base_seed}..{suite.base_seed + suite.patterns - 1}"
     rates = ", ".join(format_rate(r) for r in suite.rates) or "none"
     head = format_rate(suite.headline_rate) if suite.headline_rate is not None else "–"
-    return (f"Protocol: dataset `{p['dataset']}`, evaluation images {split}, {p['bits']} bit, {p['patterns']} "
+    return (f"Protocol: dataset `{p['dataset']}`, evaluation images {split}, {p['bits']} bit (unless "
+            f"the defense sets its own width: column Bits), {p['patterns']} "
             f"random bit error patterns per rate ({seeds}), rates {rates}. Ranked by RErr at p = {head} "
             "(lower is better).")
 

@@ -540,3 +540,18 @@ def test_leaderboard_md_is_generated_from_the_entries():
     assert md.read_text(encoding="utf-8") == generate_markdown(DEFAULT_ENTRIES_DIR, plot_links=links), (
         "LEADERBOARD.md is stale: run `python -m benchmark leaderboard --plots leaderboard/plots` in the "
         "repository root")
+
+
+@pytest.mark.parametrize("defense, params, follows", [
+    ("rquant", {"bits": 8, "w_max": 1.0}, True),
+    ("randbet:p=0.1", {"p": 0.1, "bits": 8}, True),
+    ("rquant:bits=4,granularity=group:32", {"bits": 4, "granularity": "group:32"}, False),
+    ("rquant:bits=4+secded", {"bits": 4}, False),
+    ("rquant+secded", {"bits": 8}, True),
+    ("bfloat16", {"bits": "all", "w_max": 1.0}, False),   # the width is the format's (16)
+    ("mydefense", {}, True),
+])
+def test_width_follows_suite(defense, params, follows):
+    from bitbench.configs.entry import width_follows_suite
+
+    assert width_follows_suite(defense, params) is follows
