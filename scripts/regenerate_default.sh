@@ -14,8 +14,8 @@ python -m benchmark suite default --std --no-progress --cache-dir "$work/cache" 
 cite="Stutz et al., Bit Error Robustness for Energy-Efficient DNN Accelerators, MLSys 2021 (arXiv 2006.13977); reproduced by bitbench"
 link=https://arxiv.org/abs/2006.13977
 # One entry per (model, defense) of the records; the entry name is "<model>-<defense spec>" with the spec's
-# separators as dashes ("randbet:p=0.1" -> lenet-randbet-p0.1, "rquant:granularity=group:32,bits=4" ->
-# lenet-rquant-group-32-bits4, "rquant+secded" -> lenet-rquant-secded).
+# separators as dashes ("randbet:p=0.1" -> lenet-randbet-p0.1, "rquant:bits=4,granularity=group:32" ->
+# lenet-rquant-bits4-group-32, "rquant+secded" -> lenet-rquant-secded).
 python - "$work/results/default" > "$work/entries.txt" <<'PY'
 import collections, glob, json, os, re, sys
 groups = collections.defaultdict(list)
