@@ -19,13 +19,8 @@ def _mlp():
     return build_model("mlp", num_classes=10, in_channels=1, image_size=28, width=32, depth=1, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: one intra-op thread is as fast and far more robust on a loaded 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread is as fast and far more robust on a loaded 2-core machine (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -131,3 +131,22 @@ def test_memory_formats_on_cuda_equal_the_cpu(spec):
     idx = torch.arange(qm.lengths[0])
     d_cpu, d_gpu = qm.flip_deltas(0, idx), g.flip_deltas(0, idx.cuda()).cpu()
     assert torch.equal(torch.nan_to_num(d_cpu, nan=7.0), torch.nan_to_num(d_gpu, nan=7.0))
+
+
+@pytest.mark.parametrize("protection", ["secded", "secded:word=32,policy=zero", "radar"])
+def test_protected_memory_on_cuda_equals_the_cpu(protection):
+    """A protected memory on the GPU: the same image pattern (data and check words) and the same decoded words and
+    decoder counts as on the CPU."""
+    from bitbench.configs.registries import create_protection
+    from bitbench.defenses.protection import ProtectedModel
+
+    qm = QuantizedModel.from_module(_module(), rquant(8))
+    pm_cpu = ProtectedModel(qm, [create_protection(protection)])
+    pm_gpu = pm_cpu.to("cuda")
+    attack = create_attack("random_p0.01", patterns=3)
+    for pc, pg in zip(attack.perturbations(pm_cpu), attack.perturbations(pm_gpu)):
+        assert torch.equal(pc.codes, pg.codes.cpu())
+        assert all(torch.equal(a, b.cpu()) for a, b in zip(pc.check or [], pg.check or []))
+        rc, rg = pm_cpu.recover(pc.codes, pc.check), pm_gpu.recover(pg.codes, pg.check)
+        assert torch.equal(rc.codes, rg.codes.cpu())
+        assert rc.stats == rg.stats and rc.failed == rg.failed

@@ -30,12 +30,8 @@ from bitbench.models import build_model
 KINDS = list(FLOAT_KINDS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny models: one intra-op thread is as fast and far more robust on a loaded 2-core machine (conftest)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------- float references
