@@ -67,13 +67,28 @@ def _protected(records) -> bool:
     return any(r.protection is not None for r in records)
 
 
+def _nonfinite_cell(r: ResultRecord) -> str:
+    """Patterns whose logits held NaN or inf for some input (those inputs count as errors), of all patterns; a
+    clean memory with such inputs is marked too. ``–``: not measured."""
+    nf = r.nonfinite
+    if nf is None:
+        return "–"
+    return f"{nf['patterns']}/{r.n_patterns}" + (f" (clean: {nf['clean']})" if nf["clean"] else "")
+
+
+def _any_nonfinite(records) -> bool:
+    return any(r.nonfinite is not None and (r.nonfinite["patterns"] or r.nonfinite["clean"]) for r in records)
+
+
 def run_table(records: list[ResultRecord]) -> pd.DataFrame:
     rows = []
-    costs = _protected(records)
+    costs, nonfinite = _protected(records), _any_nonfinite(records)
     for r in records:
         row = {"defense": r.defense, "bits": r.bits, "attack": r.attack,
                "patterns": r.n_patterns, "clean Err %": _pct(r.clean_err),
                "RErr % mean ± std [min, max]": _rerr_cell(r)}
+        if nonfinite:
+            row["non-finite patterns"] = _nonfinite_cell(r)
         if costs:
             row.update(cost_cells(r))
         row["time s"] = "cached" if r.cached else f"{r.timings['total']:.1f}"

@@ -8,6 +8,7 @@ encoded by brute-force nearest search, and the affine formulas of shared/design/
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 from types import SimpleNamespace
@@ -365,6 +366,12 @@ def test_record_nonfinite_field_roundtrip_and_validation(tmp_path):
     bad = dict(d, nonfinite={"clean": 0, "per_pattern": [3, 0], "patterns": 2})
     with pytest.raises(RecordError, match="nonfinite"):
         ResultRecord.from_json(bad)
+    # the run table says how many patterns had inputs with non-finite logits (only when some had)
+    from bitbench.tables import run_table
+    back.cached = True
+    assert run_table([back])["non-finite patterns"].tolist() == ["1/2"]
+    assert "non-finite patterns" not in run_table([dataclasses.replace(back, patterns=[
+        dataclasses.replace(p, nonfinite=0) for p in back.patterns])]).columns
 
 
 # ----------------------------------------------------------------------------------- attacks on every format
