@@ -73,27 +73,25 @@ static inline float bb_decode_asym(float cf, const bb_seg *p) {
         }                                                                                                      \
     }
 
+/* Decoding loop of one segment: the code clamped in its own type (vectorizes), then DECODE(float code, params). */
+#define BB_DEFINE_DEC(CODE_T, SUFFIX, NAME, DECODE)                                                            \
+    static void NAME##_##SUFFIX(const CODE_T *restrict cd, float *restrict out, int64_t a, int64_t b,           \
+                                const bb_seg *p_) {                                                             \
+        const bb_seg p = *p_;                                                                                   \
+        const CODE_T lo_c = (CODE_T)p.icmin, hi_c = (CODE_T)p.icmax;                                           \
+        for (int64_t i = a; i < b; ++i) {                                                                      \
+            const CODE_T c = BB_CLAMP(cd[i], lo_c, hi_c);                                                      \
+            out[i] = DECODE((float)c, p);                                                                      \
+        }                                                                                                      \
+    }
+
+#define BB_DECODE_ASYM_P(c, p) bb_decode_asym((c), &(p))
+
 #define BB_DEFINE(CODE_T, SUFFIX)                                                                              \
     BB_DEFINE_ENC(CODE_T, SUFFIX, bb_enc_round, BB_RINT)                                                       \
     BB_DEFINE_ENC(CODE_T, SUFFIX, bb_enc_trunc, BB_TRUNC)                                                      \
-    static void bb_dec_sym_##SUFFIX(const CODE_T *restrict cd, float *restrict out, int64_t a, int64_t b,      \
-                                    const bb_seg *p_) {                                                         \
-        const bb_seg p = *p_;                                                                                   \
-        const CODE_T lo_c = (CODE_T)p.icmin, hi_c = (CODE_T)p.icmax;                                           \
-        for (int64_t i = a; i < b; ++i) {                                                                      \
-            const CODE_T c = BB_CLAMP(cd[i], lo_c, hi_c);                                                      \
-            out[i] = BB_DECODE_SYM((float)c, p);                                                               \
-        }                                                                                                      \
-    }                                                                                                          \
-    static void bb_dec_asym_##SUFFIX(const CODE_T *restrict cd, float *restrict out, int64_t a, int64_t b,     \
-                                     const bb_seg *p_) {                                                        \
-        const bb_seg p = *p_;                                                                                   \
-        const CODE_T lo_c = (CODE_T)p.icmin, hi_c = (CODE_T)p.icmax;                                           \
-        for (int64_t i = a; i < b; ++i) {                                                                      \
-            const CODE_T c = BB_CLAMP(cd[i], lo_c, hi_c);                                                      \
-            out[i] = bb_decode_asym((float)c, &p);                                                             \
-        }                                                                                                      \
-    }
+    BB_DEFINE_DEC(CODE_T, SUFFIX, bb_dec_sym, BB_DECODE_SYM)                                                   \
+    BB_DEFINE_DEC(CODE_T, SUFFIX, bb_dec_asym, BB_DECODE_ASYM_P)
 
 BB_DEFINE(uint8_t, u8)
 BB_DEFINE(int8_t, i8)
