@@ -135,11 +135,17 @@ def clear_bits(x: torch.Tensor, mask) -> torch.Tensor:
 _LUT: dict = {}
 
 
-def _popcount_patterns(u: torch.Tensor, width: int) -> torch.Tensor:
-    lut = _LUT.get(u.device)
+def _lut(device) -> torch.Tensor:
+    """int64 [256]: the number of set bits of each byte value (one table per device)."""
+    lut = _LUT.get(device)
     if lut is None:
-        lut = torch.tensor([bin(v).count("1") for v in range(256)], dtype=torch.int64, device=u.device)
-        _LUT[u.device] = lut
+        lut = torch.tensor([bin(v).count("1") for v in range(256)], dtype=torch.int64, device=device)
+        _LUT[device] = lut
+    return lut
+
+
+def _popcount_patterns(u: torch.Tensor, width: int) -> torch.Tensor:
+    lut = _lut(u.device)
     count = lut[u & 0xFF]
     for k in range(1, width // 8):
         count = count + lut[(u >> (8 * k)) & 0xFF]
@@ -168,8 +174,17 @@ def hamming_distance(a: torch.Tensor, b: torch.Tensor, bits: int | None = None) 
 
 
 def hamming_total(a: torch.Tensor, b: torch.Tensor, bits: int | None = None) -> int:
-    """Total number of differing bits (among the m low bits of every element)."""
-    return int(hamming_distance(a, b, bits).sum())
+    """Total number of differing bits (among the m low bits of every element). One pass in the words' own dtype
+    (xor, mask, a byte histogram): no int64 patterns, as it runs on the whole memory once per pattern."""
+    width = check_tensor(a, "a")
+    check_tensor(b, "b")
+    check_same(a, b, "a", "b")
+    m = check_bits(bits, width)
+    d = torch.bitwise_xor(a, b)
+    if m < width:  # low_mask(m) < 2^(width-1): the same value in the signed dtypes
+        d = torch.bitwise_and(d, low_mask(m))
+    counts = torch.bincount(d.contiguous().view(-1).view(torch.uint8), minlength=256)
+    return int((counts * _lut(counts.device)).sum())
 
 
 def msb_value(u: torch.Tensor) -> torch.Tensor:

@@ -99,8 +99,10 @@ def test_hamming_popcount(dtype):
     assert h.tolist() == want and h.shape == x.shape
     assert kernels.hamming_total(x, y) == sum(want)
     m = w - 3
-    assert kernels.hamming_distance(x, y, bits=m).tolist() == \
-        [bin((pat(a, w) ^ pat(b, w)) & ((1 << m) - 1)).count("1") for a, b in zip(x.tolist(), y.tolist())]
+    want_m = [bin((pat(a, w) ^ pat(b, w)) & ((1 << m) - 1)).count("1") for a, b in zip(x.tolist(), y.tolist())]
+    assert kernels.hamming_distance(x, y, bits=m).tolist() == want_m
+    assert kernels.hamming_total(x, y, bits=m) == sum(want_m)
+    assert kernels.hamming_total(x[:0], y[:0]) == 0
     assert kernels.popcount(x).tolist() == [bin(pat(a, w)).count("1") for a in x.tolist()]
 
 
