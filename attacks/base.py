@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitbench.configs.spec import SpecError
+from bitbench.defenses.tasks import task_for
 
 from .partial_forward import PartialForward
 
-__all__ = ["Perturbation", "Attack", "Victim", "check_rate", "check_int", "check_indices", "attack_batch",
+__all__ = ["Perturbation", "Attack", "Victim", "check_rate", "check_int", "SEED_MAX", "check_indices", "attack_batch",
            "guard_module", "cross_entropy_objective", "parse_sweep"]
 
 
@@ -58,6 +59,12 @@ class Perturbation:
         check: for a protected memory (:class:`defenses.protection.ProtectedModel`), the perturbed check words, one
             tensor per stored check region (``qm.check_regions``); None: the check bits are as stored (an attack
             that flips only data words).
+        context: the per-segment ranges the memory decodes with when its metadata words took bit errors (a
+            :class:`~bitbench.defenses.quantization.QuantContext`, :mod:`bitbench.defenses.metadata`); None: the
+            stored ranges. The evaluator loads ``qm.load_into(model, codes, context=context)``.
+        runtime: faults outside the weight memory while the model runs (activations, buffers): a
+            :class:`~.runtime.Runtime` the evaluator enters around the pattern's forward passes and tells the global
+            index of every batch's first input (contract: :mod:`.runtime`); None: none.
     """
 
     codes: torch.Tensor
@@ -66,6 +73,8 @@ class Perturbation:
     trace: list[dict] | None = None
     info: dict = field(default_factory=dict)
     check: list | None = None
+    context: object | None = None
+    runtime: object | None = None
 
 
 class Attack:
@@ -97,16 +106,36 @@ class Attack:
             data: ``(x, y)`` of the attacker split only, on the model's device (adversarial attacks).
             out: optional preallocated buffer (``qm.codes``' dtype and size), reused for every item.
             indices: only these pattern indices (sharding); default ``range(num_perturbations())``.
-            observe: only where :attr:`observes` is set: see the module docstring (curves).
+
+        Attacks whose :attr:`observes` is set also take ``observe=`` (see the module docstring: curves).
         """
         raise NotImplementedError
 
     def check(self, qm) -> None:
         """Refuse (:class:`SpecError`) a model this attack cannot run on, e.g. ``layers`` patterns that match no
-        tensor; the harness calls it on the untrained model, before any training or attacking."""
+        tensor; the harness calls it on the untrained model, before any training or attacking, then
+        :meth:`check_model` where :attr:`checks_model` is set."""
         layers = getattr(self, "layers", None)
         if layers is not None:
             qm.select(layers)
+
+    checks_model: bool = False   # check_model() has something to check (module names: activations, buffers)
+
+    def check_model(self, qm, model: nn.Module) -> None:
+        """Refuse (:class:`SpecError`) a module this attack cannot run on (e.g. activation ``layers`` patterns that
+        match no module); called after :meth:`check` where :attr:`checks_model` is set."""
+
+    @property
+    def clean_baseline(self) -> dict | None:
+        """What the clean error of this attack's results is measured on: None for the clean quantized model (every
+        weight attack), or a description (JSON values) of another fault-free deployment, e.g. activations quantized
+        without errors (``{"activations": {...}}``)."""
+        return None
+
+    def clean_runtime(self, qm, *, model=None, data=None):
+        """The :class:`~.runtime.Runtime` of the clean baseline (:attr:`clean_baseline`), entered around the clean
+        predictions; None: the clean quantized model as loaded."""
+        return None
 
     def input_digests(self) -> dict:
         """``{parameter: "sha256:..."}`` for parameters that name input files (e.g. an error map's ``file``): the
@@ -130,6 +159,9 @@ def check_rate(p, name: str = "p", allow_none: bool = False) -> float | None:
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(float(p)) or not 0.0 <= float(p) <= 1.0:
         raise SpecError(f"{name} must be a bit error rate as a fraction in [0, 1] (0.01 = 1%), got {p!r}")
     return float(p)
+
+
+SEED_MAX = (1 << 62) - 1  # the largest seed of an attacker batch (torch generators take 64-bit seeds)
 
 
 def check_int(v, name: str, lo: int = 0, hi: int | None = None) -> int:
@@ -234,11 +266,14 @@ NONFINITE_LOSS = 1e39  # the loss of an input whose logits (or cross-entropy) ar
 
 
 def cross_entropy_objective(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The untargeted objective: the mean cross-entropy on labels ``y`` (to maximise) and the accuracy on them.
+    """The untargeted objective: the mean cross-entropy on labels ``y`` (to maximise) and the accuracy on them,
+    over the task's units (examples; the tokens of a language model: logits ``[B, T, V]`` and labels ``[B, T]`` are
+    flattened, :mod:`bitbench.defenses.tasks`).
 
     An input whose logits hold NaN/inf or overflow the cross-entropy (a float format's exponent flip) counts as
     wrong with the loss :data:`NONFINITE_LOSS` (the mean then in float64, finite); its gradient is 0 (see
     :meth:`Victim.loss_grad`). Finite inputs give exactly the plain cross-entropy."""
+    logits, y = task_for(y).flatten(logits, y)
     loss = F.cross_entropy(logits, y)
     if bool(torch.isfinite(loss)):
         return loss, (logits.detach().argmax(1) == y).float().mean().item()
@@ -273,6 +308,7 @@ class Victim:
                 x, y = x.clone(), y.clone()
         self.x = x
         self.y = y
+        self.task = task_for(y)
         self.dtype = self.params[0].dtype
         self.tensors = list(range(len(self.params))) if tensors is None else list(tensors)
         self.objective = objective or cross_entropy_objective
@@ -305,7 +341,7 @@ class Victim:
         else:
             logits = self.model(self.x)
         loss, acc = self.objective(logits, self.y)
-        return loss.item(), acc, logits.argmax(1)
+        return loss.item(), acc, logits.argmax(-1)
 
     def loss_acc(self) -> tuple[float, float]:
         loss, acc, _ = self.evaluate()
@@ -327,9 +363,15 @@ class Victim:
 
     @torch.no_grad()
     def predictions(self) -> torch.Tensor:
-        return self.model(self.x).argmax(1)
+        """Predicted labels on the batch (shape: the labels', e.g. ``[B]`` or ``[B, T]``)."""
+        return self.task.predictions(self.model(self.x))
 
     @property
     def num_classes(self) -> int:
+        """Classes of the output (the vocabulary of a language model): the logits' last dimension."""
         with torch.no_grad():
-            return int(self.model(self.x[:1]).shape[1])
+            return int(self.model(self.x[:1]).shape[-1])
+
+    def chance_accuracy(self) -> float:
+        """The batch accuracy of a destroyed model under the current labels (:meth:`Task.chance_accuracy`)."""
+        return self.task.chance_accuracy(self.y, self.num_classes)

@@ -1,5 +1,5 @@
 """BFA: the progressive bit search of Rakin, He and Fan (ICCV 2019, "Bit-Flip Attack"), as its reference
-implementation runs it, re-implemented from the facts in shared/design/adversarial.md.
+implementation runs it, re-implemented from its published description; the protocol: docs/adversarial.md.
 
 Threat model: the attacker knows the integer codes and has a batch of the attacker split; it flips as few bits as
 possible to destroy accuracy. Defaults follow the reference's main script: every weight of a layer is a candidate
@@ -23,7 +23,8 @@ labels). Each step:
    stops (``no_gain``).
 
 Ties go to the lower index: within a tensor the lower (word, bit), across tensors the earlier tensor. The search
-stops after ``n`` flipped bits, at chance (batch accuracy <= 1 / classes), when the model collapses onto one class
+stops after ``n`` flipped bits, at chance (batch accuracy <= 1 / classes; for a language model, whose units are
+tokens, the share of the batch's most frequent label: :meth:`Task.chance_accuracy`), when the model collapses onto one class
 (every batch prediction the same class: its accuracy is then that class's share, which can stay above 1 / classes),
 or when no candidate is left. The model runs in eval mode.
 
@@ -44,8 +45,8 @@ from bitbench.configs.errors import UsageError
 from bitbench.configs.registries import register_attack
 from bitbench.configs.spec import SpecError
 
-from .base import (Attack, Perturbation, Victim, attack_batch, check_indices, check_int, check_out, guard_module,
-                   parse_sweep)
+from .base import (SEED_MAX, Attack, Perturbation, Victim, attack_batch, check_indices, check_int, check_out,
+                   guard_module, parse_sweep)
 from .constraints import FlipConstraints
 from .random_errors import layer_patterns
 
@@ -60,17 +61,25 @@ def flip_deltas(codes: torch.Tensor, bits: int, protected: int = 0) -> torch.Ten
     return kernels.flip_deltas(codes, bits, protected)
 
 
+def _is_linear_map(mod: nn.Module) -> bool:
+    """Conv and linear layers, and transformers' ``Conv1D`` (GPT-2's linear layer with a transposed weight)."""
+    return isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)) or type(mod).__name__ == "Conv1D"
+
+
 def attacked_tensors(qm, model: nn.Module, layers=None, biases: bool = False) -> list[int]:
     """Indices (into ``qm.names``) of the weights of conv and linear modules (their biases too with ``biases``)
-    whose names match ``layers`` (fnmatch patterns; None: all). Normalization parameters are never attacked."""
-    kinds = {}
-    for mname, mod in model.named_modules():
-        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
-            for pname, _ in mod.named_parameters(recurse=False):
+    whose names match ``layers`` (fnmatch patterns; None: all). Normalization parameters are never attacked. A
+    weight shared by several modules (an embedding tied to a linear output head) counts when any of them is a
+    linear map; it is named as the memory names it (its first name)."""
+    kinds = set()
+    for mod in model.modules():
+        if _is_linear_map(mod):
+            for pname, p in mod.named_parameters(recurse=False):
                 if pname == "weight" or (biases and pname == "bias"):
-                    kinds[f"{mname}.{pname}" if mname else pname] = pname
+                    kinds.add(id(p))
     pats = layer_patterns(layers)
-    out = [t for t, name in enumerate(qm.names) if name in kinds
+    params = qm.parameters_of(model)
+    out = [t for t, name in enumerate(qm.names) if id(params[t]) in kinds
            and (pats is None or any(fnmatch.fnmatchcase(name, p) for p in pats))]
     if not out:
         raise UsageError(f"no quantized tensor to attack: conv/linear weights{' and biases' if biases else ''}"
@@ -181,7 +190,7 @@ class BFA(Attack):
     the flips needed to reach chance, over trials on attacker batches.
 
     Args:
-        n: budget: the most bits to flip (the search stops earlier at chance or a collapse onto one class).
+        n: budget: the most bits to flip.
         k: candidate weights per tensor (largest |gradient|); none = every weight (the reference as run).
         biases: also attack the biases of conv/linear layers (the reference: weights only).
         layers: only tensors whose names match these fnmatch patterns, separated by '|' (none = all).
@@ -191,7 +200,11 @@ class BFA(Attack):
         seed: seed of trial 0's batch.
         sweep: flip counts at which the evaluation error is recorded, separated by '|' (n is always included).
         target_err: evaluation error that counts as reached for flips_to_target (none = chance - 0.01, 0.89 for 10).
-        stop: 'chance' (stop at chance accuracy or a collapse onto one class) or 'budget' (spend the budget).
+        stop: when a trial ends before the budget: 'target' (the evaluator says the test error reached the target --
+            the attacker never sees the evaluation data --; without an evaluator, as 'budget'), 'chance' (the
+            attacker's own batch reaches chance accuracy or collapses onto one class: such a trial may end before
+            the test error reaches the target) or 'budget' (no stop before the budget; the search still ends when
+            no flip raises the loss, 'no_gain').
         direction: flips the memory cells allow: 'any', '0to1' or '1to0'.
         page: at most one flipped bit per page of this many bytes of the memory image (0 = no limit; 4096).
         errmap: error-map file of the cells the attacker can flip (see attacks.constraints); none = every cell.
@@ -201,11 +214,12 @@ class BFA(Attack):
     kind = "adversarial"
     observes = True
     curve_metric = "err"
-    stops = ("budget", "chance", "collapse", "no_candidate", "no_gain")
+    stops = ("budget", "target", "chance", "collapse", "no_candidate", "no_gain")
+    stop_modes = ("target", "chance", "budget")
 
     def __init__(self, n: int = 100, k: int | None = None, biases: bool = False, layers: str | None = None,
                  labels: str = "pred", batch: int = 128, trials: int = 5, seed: int = 0, sweep: str = DEFAULT_SWEEP,
-                 target_err: float | None = None, stop: str = "chance", direction: str = "any", page: int = 0,
+                 target_err: float | None = None, stop: str = "target", direction: str = "any", page: int = 0,
                  errmap: str | None = None, tile: bool = False):
         self.n = check_int(n, "n", 0)
         self.k = None if k is None else check_int(k, "k", 1)
@@ -216,14 +230,15 @@ class BFA(Attack):
         self.labels = labels
         self.batch = check_int(batch, "batch", 1)
         self.trials = check_int(trials, "trials", 1)
-        self.seed = check_int(seed, "seed", 0)
+        self.seed = check_int(seed, "seed", 0, SEED_MAX - self.trials)  # trial t's batch: seed + t
         self.sweep = parse_sweep(sweep, self.n)
         if target_err is not None and (isinstance(target_err, bool) or not isinstance(target_err, (int, float))
                                        or not 0 < target_err <= 1):
             raise SpecError(f"target_err must be an error fraction in (0, 1] or none (chance), got {target_err!r}")
         self.curve_target = None if target_err is None else float(target_err)
-        if stop not in ("chance", "budget"):
-            raise SpecError(f"stop must be 'chance' or 'budget' (spend the whole budget), got {stop!r}")
+        if stop not in self.stop_modes:
+            raise SpecError(f"stop must be one of {', '.join(self.stop_modes)} (target: the evaluator's target ends "
+                            f"a trial; budget: no stop before the budget), got {stop!r}")
         self.stop = stop
         self.constraints = FlipConstraints(direction, page, errmap, tile)
         self.flips = self.n
@@ -247,12 +262,13 @@ class BFA(Attack):
             victim.y = victim.predictions()
 
     def reached(self, acc: float, pred: torch.Tensor, victim: Victim, chance: float) -> str | None:
-        """Why the search stops at this state (None: go on)."""
-        if self.stop == "budget":
+        """Why the search stops at this state on the attacker's side (None: go on)."""
+        if self.stop != "chance":
             return None
         if acc <= chance:
             return "chance"
-        if pred.numel() and bool((pred == pred[0]).all()):
+        flat = pred.reshape(-1)   # every unit (example, or token of a language model) one class
+        if flat.numel() and bool((flat == flat[0]).all()):
             return "collapse"
         return None
 
@@ -279,12 +295,12 @@ class BFA(Attack):
             victim = Victim(qm, model, x, y, tensors=tensors, partial=True)
             victim.load(cur)
             self.setup(victim, y)
-            chance = 1.0 / victim.num_classes
+            chance, classes = victim.chance_accuracy(), victim.num_classes
             mem = _Memory(qm, tensors, cur, self.constraints.bind(qm))
             loss, acc, pred = victim.evaluate()
-            if observe is not None:
-                observe(trial, cur, {"flips": 0, "loss": loss, "acc": acc})
-            stop = self.reached(acc, pred, victim, chance) or "budget"
+            done = observe(trial, cur, {"flips": 0, "loss": loss, "acc": acc}) if observe is not None else False
+            stop = ("target" if done and self.stop == "target" else None) or self.reached(acc, pred, victim, chance) \
+                or "budget"
             while stop == "budget" and flips < self.n:
                 loss, acc, grads = victim.loss_grad()
                 gain = mem.gains(grads, self.k)
@@ -320,14 +336,15 @@ class BFA(Attack):
                     trace.append({"tensor": t, "name": qm.names[t], "index": int(w - qm.offsets[t]), "bit": int(b),
                                   "loss": float(loss), "acc": float(acc), "step": steps})
                 steps += 1
-                if observe is not None:
-                    observe(trial, cur, {"flips": flips, "loss": loss, "acc": acc, "tensors": [t]})
-                stop = self.reached(acc, pred, victim, chance) or "budget"
+                done = observe(trial, cur, {"flips": flips, "loss": loss, "acc": acc, "tensors": [t]}) \
+                    if observe is not None else False
+                stop = ("target" if done and self.stop == "target" else None) or \
+                    self.reached(acc, pred, victim, chance) or "budget"
         if out is not None:
             out.copy_(cur)
             cur = out
         info = {"flips": flips, "loss": float(loss), "acc": float(acc), "stop": stop, "steps": steps,
-                "batch": int(x.shape[0]), "seed": seed, "trial": int(trial), "classes": int(1 / chance + 0.5)}
+                "batch": int(x.shape[0]), "seed": seed, "trial": int(trial), "classes": int(classes)}
         return Perturbation(codes=cur, index=int(trial), seed=seed, trace=trace, info=info)
 
     def perturbations(self, qm, *, model=None, data=None, out=None, indices=None, observe=None):

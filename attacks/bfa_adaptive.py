@@ -34,10 +34,9 @@ def checksum_stage(qm):
     """The RADAR-style stage of a protected memory (None if it has none); more than one is refused."""
     from bitbench.defenses.protection.radar import RADARStage
 
-    stages = [st for st in getattr(qm, "stages", None) or [] if isinstance(st, RADARStage)]
+    stages = [st for st in qm.stages if isinstance(st, RADARStage)]
     if len(stages) > 1:
-        raise UsageError("bfa_adaptive knows one checksum stage; the memory has "
-                         f"{len(stages)} ({getattr(qm, 'spec', '')})")
+        raise UsageError(f"bfa_adaptive knows one checksum stage; the memory has {len(stages)}")
     return stages[0] if stages else None
 
 

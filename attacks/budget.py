@@ -1,4 +1,4 @@
-"""Budgeted bit attack (Stutz et al., TPAMI 2022), re-implemented from the facts in shared/design/adversarial.md.
+"""Budgeted bit attack (Stutz et al., TPAMI 2022), re-implemented from its published description; the protocol: docs/adversarial.md.
 
 Maximise the cross-entropy on the attacker's batch over perturbed codes that differ from the clean codes in at most
 ``eps`` bits, at most one bit per word. Projected gradient ascent, run in code space (the gradient w.r.t. the codes
@@ -33,7 +33,8 @@ from bitbench import kernels
 from bitbench.configs.registries import register_attack
 from bitbench.configs.spec import SpecError
 
-from .base import Attack, Perturbation, Victim, attack_batch, check_indices, check_int, check_out, guard_module
+from .base import (SEED_MAX, Attack, Perturbation, Victim, attack_batch, check_indices, check_int, check_out,
+                   guard_module)
 from .constraints import FlipConstraints
 
 __all__ = ["BudgetAttack"]
@@ -75,7 +76,7 @@ class BudgetAttack(Attack):
             raise SpecError(f"momentum must be in [0, 1), got {momentum!r}")
         self.step = float(step)
         self.momentum = float(momentum)
-        self.seed = check_int(seed, "seed", 0)
+        self.seed = check_int(seed, "seed", 0, SEED_MAX - 1024)  # restarts and trials add to it
         self.batch = None if batch is None else check_int(batch, "batch", 1)
         if labels not in ("true", "pred"):
             raise SpecError(f"labels must be 'true' or 'pred', got {labels!r}")

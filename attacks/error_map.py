@@ -22,7 +22,7 @@ columns than the model's ``m`` bits are ignored (those storage bits are never at
 
 Mapping onto the model
 ----------------------
-Word ``i`` of the model's flat memory (global index, see the bit-error-pattern design note) is stored in map word
+Word ``i`` of the model's flat memory (global index, see docs/patterns.md) is stored in map word
 ``j = start + i`` (row ``j // words_per_row``, column ``j % words_per_row``), its bit ``b`` in bit cell ``b``.
 Pattern ``k`` places the model at ``start = k * shift`` (a different region of the chip per pattern; ``shift=0``:
 always the start of the array). With ``tile=true`` the map repeats (``j`` is taken modulo the map's words) so a small
@@ -54,6 +54,7 @@ import torch
 
 from bitbench import kernels
 from bitbench.configs.registries import register_attack
+from bitbench.configs.errors import load_failure_text
 from bitbench.configs.fileio import sha256_bytes
 from bitbench.configs.spec import SpecError
 from bitbench.configs.suite import MAX_PATTERNS
@@ -159,7 +160,7 @@ def _parse_error_map(raw: bytes, source: str) -> ErrorMapData:
     try:
         loaded = np.load(io.BytesIO(raw), allow_pickle=False)
     except Exception as e:  # not a NumPy file, pickled objects, truncated archive
-        raise ErrorMapError(f"error map {source}: cannot read it as a .npy/.npz file ({type(e).__name__}: {e})") \
+        raise ErrorMapError(f"error map {source}: cannot read it as a .npy/.npz file ({load_failure_text(e)})") \
             from None
     if isinstance(loaded, np.ndarray):
         return _from_array(loaded, source)
@@ -192,7 +193,7 @@ def _parse_error_map(raw: bytes, source: str) -> ErrorMapData:
         except ErrorMapError:
             raise
         except Exception as e:
-            raise ErrorMapError(f"error map {source}: cannot read the archive ({type(e).__name__}: {e})") from None
+            raise ErrorMapError(f"error map {source}: cannot read the archive ({load_failure_text(e)})") from None
     raise ErrorMapError(f"error map {source}: an .npz map holds exactly one of 'p', 'p01'+'p10' or 'stuck' "
                         f"(or a single unnamed array); found keys {sorted(keys)}")
 
@@ -284,7 +285,7 @@ class ErrorMap(Attack):
         ks = range(self.patterns) if ks is None else ks
         if not self.tile and len(ks):
             k = max(ks)
-            words = getattr(qm, "image_words", qm.n_words) if self._regions(qm) else qm.n_words
+            words = qm.image_words if self._regions(qm) else qm.n_words
             need = self.start(k) + words
             if need > self.map.words:
                 raise ErrorMapError(
@@ -296,7 +297,7 @@ class ErrorMap(Attack):
 
     def _regions(self, qm) -> list:
         """The stored check regions of a protected memory that this map perturbs (none with ``layers``)."""
-        return [] if self.layers is not None else list(getattr(qm, "check_regions", None) or [])
+        return [] if self.layers is not None else list(qm.check_regions)
 
     # -- per-chunk perturbation ---------------------------------------------------------------------------------
     def _map_index(self, a: int, b: int, start: int) -> torch.Tensor:

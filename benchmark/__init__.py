@@ -24,32 +24,30 @@ try:
 
     __version__ = _version("bitbench")
 except Exception:  # not installed (run from a checkout with PYTHONPATH)
-    __version__ = "0.1.0+src"
+    __version__ = "0.2.0+src"
 
 # public name -> module that defines it (absolute, so that the same objects come back under either import name)
+_REG = "bitbench.builtin_entries"   # the registries, with the package's built-in entries declared
 _API = {
     # registries and their error type
     "SpecError": "bitbench.configs.spec",
     "Registry": "bitbench.configs.registry",
-    "DEFENSES": "bitbench.configs.registries", "ATTACKS": "bitbench.configs.registries",
-    "register_defense": "bitbench.configs.registries", "register_attack": "bitbench.configs.registries",
-    "list_defenses": "bitbench.configs.registries", "list_attacks": "bitbench.configs.registries",
-    "create_defense": "bitbench.configs.registries", "create_attack": "bitbench.configs.registries",
-    "MODELS": "bitbench.configs.registries", "DATASETS": "bitbench.configs.registries",
-    "PROTECTIONS": "bitbench.configs.registries", "register_protection": "bitbench.configs.registries",
-    "list_protections": "bitbench.configs.registries", "create_protection": "bitbench.configs.registries",
-    "register_model": "bitbench.configs.registries", "register_dataset": "bitbench.configs.registries",
-    "list_models": "bitbench.configs.registries", "list_datasets": "bitbench.configs.registries",
+    **{name: _REG for name in (
+        "DEFENSES", "ATTACKS", "MODELS", "DATASETS", "PROTECTIONS", "METRICS",
+        "register_defense", "register_attack", "register_model", "register_dataset", "register_protection",
+        "register_metric", "list_defenses", "list_attacks", "list_models", "list_datasets", "list_protections",
+        "list_metrics", "create_defense", "create_attack", "create_protection", "create_metric")},
     "build_model": "bitbench.models", "load_dataset": "bitbench.data", "Dataset": "bitbench.data",
     "dataset_from_arrays": "bitbench.data",
     # contracts
     "Defense": "bitbench.defenses.base", "Protection": "bitbench.defenses.protection",
-    "ProtectedModel": "bitbench.defenses.protection",
-    "Attack": "bitbench.attacks.base", "Perturbation": "bitbench.attacks.base",
+    "ProtectedModel": "bitbench.defenses.protection", "MemoryFormat": "bitbench.defenses.memory",
+    "Attack": "bitbench.attacks.base", "Perturbation": "bitbench.attacks.base", "Runtime": "bitbench.attacks.runtime",
+    "Metric": "bitbench.configs.metrics", "MetricOutputs": "bitbench.configs.metrics",
     "QuantScheme": "bitbench.defenses.quantization", "QuantizedModel": "bitbench.defenses.quantized_model",
     # formats
     "Suite": "bitbench.configs.suite", "load_suite": "bitbench.configs.suite", "list_suites": "bitbench.configs.suite",
-    "ResultRecord": "bitbench.configs.record",
+    "ResultRecord": "bitbench.configs.record", "Cell": "bitbench.configs.cells", "Field": "bitbench.configs.schema",
     # running
     "Harness": "bitbench.harness", "RunOptions": "bitbench.harness",
     "evaluate_model": "bitbench.api", "load_checkpoint": "bitbench.user_model",
@@ -62,6 +60,7 @@ def __getattr__(name):
     module = _API.get(name)
     if module is None:
         raise AttributeError(f"module 'bitbench' has no attribute {name!r}")
+    importlib.import_module(_REG)  # every public name sees the built-in entries
     return getattr(importlib.import_module(module), name)
 
 

@@ -23,6 +23,8 @@ from torch import nn
 from bitbench.configs.errors import UsageError
 from bitbench.configs.record import ResultRecord
 from bitbench.configs.registries import ATTACKS
+
+from . import builtin_entries  # noqa: F401  (the built-in entries)
 from bitbench.configs.suite import Suite, load_suite
 
 from .data import Dataset
@@ -53,8 +55,10 @@ def _pair(obj, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _check(x: torch.Tensor, y: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     if x.dim() < 1 or x.shape[0] < 1:
         raise UsageError(f"{what}: no examples (inputs of shape {list(x.shape)})")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise UsageError(f"{what}: labels of shape {list(y.shape)} for {x.shape[0]} inputs (expected [N])")
+    tokens = y.dim() == 2 and tuple(y.shape) == tuple(x.shape)   # next-token labels of token windows [N, T]
+    if not tokens and (y.dim() != 1 or y.shape[0] != x.shape[0]):
+        raise UsageError(f"{what}: labels of shape {list(y.shape)} for inputs of shape {list(x.shape)} (expected "
+                         "[N], or [N, T] next tokens for token windows [N, T])")
     if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
         raise UsageError(f"{what}: labels must be integer class indices, got {y.dtype}")
     if int(y.min()) < 0:
@@ -87,13 +91,15 @@ def as_dataset(data, attack_data=None, *, name: str | None = None) -> Dataset:
 def evaluate_model(model: nn.Module, data, *, format: str = "rquant", attack: str = "random_p0.01", attack_data=None,
              checkpoint: str | os.PathLike | None = None, suite: str | Suite = "default", patterns: int | None = None,
              base_seed: int | None = None, bits: int | None = None, device: str = "auto", name: str | None = None,
-             dataset: str | None = None, progress: bool = False, results_dir: str | None = None) -> ResultRecord:
+             dataset: str | None = None, progress: bool = False, results_dir: str | None = None,
+             metrics=()) -> ResultRecord:
     """Quantize ``model`` in ``format``, run ``attack`` on it and return the :class:`ResultRecord`.
 
     Args:
         model: the trained module (not modified); with ``checkpoint``, a state dict file loaded into a copy of it.
         data: the evaluation examples: a :class:`~bitbench.data.Dataset` (its evaluation split), an
-            ``(inputs, labels)`` pair of tensors, or an iterable of such batches (a ``DataLoader``).
+            ``(inputs, labels)`` pair of tensors, or an iterable of such batches (a ``DataLoader``); for a causal
+            language model, token windows ``[N, T]`` with their next tokens ``[N, T]`` (the ``text`` dataset).
         format: the storage format, a defense spec that is only a quantization scheme (``normal``, ``rquant``,
             ``quant:bits=4,signed=true``, ...; training recipes such as ``clip`` or ``randbet`` are refused).
         attack: an attack spec (``random_p0.01``, ``random_msb_p0.001``, ``bfa_n20``, ...).
@@ -105,6 +111,9 @@ def evaluate_model(model: nn.Module, data, *, format: str = "rquant", attack: st
         name: the model's name in the record (default: its class, ``module.QualName``).
         dataset: the dataset's name in the record (default: the Dataset's name, else 'tensors').
         results_dir: also write the record there, as the command line does (and reuse a matching one).
+        metrics: plug-in metric specs measured besides the built-ins (``["changed", "topk_err:k=5"]``; see
+            :func:`bitbench.register_metric`); their values are in ``rec.per_pattern(name)`` and
+            ``rec.clean_value(name)``.
     """
     s = suite if isinstance(suite, Suite) else load_suite(suite)
     ds = as_dataset(data, attack_data, name=dataset)
@@ -120,4 +129,4 @@ def evaluate_model(model: nn.Module, data, *, format: str = "rquant", attack: st
                          "from the evaluation data) or a Dataset with an attacker split")
     opt = RunOptions(results_dir=results_dir or "results", device=device, progress=progress,
                      write_results=results_dir is not None)
-    return Harness(s, opt, supplied=sm, dataset=ds).run_cell(format, attack)
+    return Harness(s, opt, supplied=sm, dataset=ds, metrics=list(metrics)).run_cell(format, attack)

@@ -1,7 +1,8 @@
 """Command line: ``python -m benchmark {run,suite,list,train,info,perf,submit,leaderboard}``.
 
-Exit codes: 0 success, 2 bad usage (unknown names, invalid values, missing data files, incompatible options),
-1 an unexpected failure, 130 interrupted (finished cells are kept; a rerun resumes).
+Exit codes: 0 success, 2 bad usage (unknown names, invalid values, missing data files, incompatible options, a
+full disk), 1 an unexpected failure (a bug: the traceback), 3 ``run --entry`` ran but did not reproduce every result
+of the entry (the verdict says which differ), 130 interrupted (finished cells are kept; a rerun resumes).
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import os
 import re
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "EXIT_NOT_REPRODUCED"]
+
+EXIT_NOT_REPRODUCED = 3  # run --entry: some result of the entry differs (or none was compared)
 
 
 from bitbench.configs.errors import UsageError
+from bitbench.configs.fileio import DiskFullError, check_writable, safe_name
 from bitbench.configs.spec import SpecError, parse_rate
+
+from . import builtin_entries  # noqa: F401  (the built-in defenses, attacks, ... are found by every lookup)
 
 
 def _rates(text: str) -> list[float]:
@@ -34,15 +40,16 @@ def _rates(text: str) -> list[float]:
     return out
 
 
-def _int_at_least(lo: int):
-    """argparse type: an integer >= lo."""
+def _int_at_least(lo: int, hi: int | None = None):
+    """argparse type: an integer >= lo (and <= hi)."""
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             v = None
-        if v is None or v < lo:
+        if v is None or v < lo or (hi is not None and v > hi):
             what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+            what += f" of at most {hi}" if hi is not None else ""
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return v
 
@@ -51,6 +58,19 @@ def _int_at_least(lo: int):
 
 _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
+
+
+def _seed_list(text: str) -> list[int]:
+    """argparse type: comma-separated distinct training seeds >= 0."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        out.append(_nonneg_int(part))
+    if not out or len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"expected distinct integers >= 0 separated by commas, got {text!r}")
+    return out
 
 
 def _common(p: argparse.ArgumentParser, *, suite_positional: bool = False) -> None:
@@ -72,6 +92,22 @@ def _common(p: argparse.ArgumentParser, *, suite_positional: bool = False) -> No
     p.add_argument("--no-progress", action="store_true", help="no progress bars or messages on stderr")
     p.add_argument("--retrain", action="store_true", help="ignore cached checkpoints and train again")
     p.add_argument("--rerun", action="store_true", help="recompute results even if matching records exist")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_int_at_least(1, 1000), default=None, metavar="N",
+                       help="train N models per defense (training seeds 0..N-1) instead of the suite's train_seeds")
+    seeds.add_argument("--train-seeds", type=_seed_list, default=None, metavar="LIST",
+                       help="the training seeds of the models, e.g. 0,3,7 (instead of the suite's)")
+
+
+def _metrics_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", action="append", default=None, metavar="SPEC",
+                   help="also measure this metric on every pattern (repeatable; see `list metrics`; e.g. changed, "
+                        "topk_err:k=5, perplexity, or a plug-in's)")
+    p.add_argument("--std", action="store_true",
+                   help="show mean ± sd (spread over chips) and the model and chip spreads instead of mean [95% CI]")
+    p.add_argument("--outcomes", action="store_true",
+                   help="also show the outcome classes per pattern: masked, silent data corruption (SDC), detected or "
+                        "unrecoverable (DUE)")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -84,8 +120,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     ap = argparse.ArgumentParser(prog="python -m benchmark",
                                  description="Bit-error robustness benchmark for quantized neural networks.")
+    ap.add_argument("--version", action="version", version=f"bitbench {__version__}",
+                    help="print the package version and exit")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="train/load defended models, attack them, print the robust-error table",
@@ -103,14 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the weights in this state-dict file (torch.save(model.state_dict(), FILE)) on the "
                         "model instead of training it; --defense then names only the storage format (normal, "
                         "rquant, quant:...)")
+    p.add_argument("--checkpoint-sha256", default=None, metavar="HEX",
+                   help="refuse the --checkpoint file unless its SHA-256 is this (64 hex digits): pins the exact "
+                        "bytes")
     p.add_argument("--entry", default=None, metavar="FILE",
-                   help="re-run the attacks of a leaderboard entry on the checkpoint it names (suite, model and "
-                        "defense come from the entry; --checkpoint gives another location of the same file)")
+                   help="re-run the attacks of a leaderboard entry on the checkpoints it names (suite, model and "
+                        "defense come from the entry; --checkpoint gives another location of the file of an entry "
+                        "of one model) and compare every number; prints the verdict after the table and exits with "
+                        "3 when a result was not reproduced")
+    _metrics_option(p)
     _common(p)
 
     p = sub.add_parser("suite", help="run the full grid of a suite and print the comparison table")
     p.add_argument("suite", help="packaged suite name (default, mnist, cifar10, cifar100) or configs/<name>.toml")
-    p.add_argument("--std", action="store_true", help="show mean ± std in the comparison table")
+    _metrics_option(p)
     _common(p, suite_positional=True)
 
     p = sub.add_parser("train", help="train (or load) defended models and report their clean error")
@@ -120,13 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-weights", default=None, metavar="DIR",
                    help="also save each trained model's float weights (a state dict, for --checkpoint and "
                         "`submit --checkpoint`) into DIR")
+    p.add_argument("--seed", type=_nonneg_int, default=None, metavar="S",
+                   help="train only the model of training seed S")
     _model_options(p)
     _common(p)
 
-    p = sub.add_parser("list", help="list defenses, protections (after '+' in a defense spec), attacks, datasets, "
-                                    "models and suites")
+    p = sub.add_parser("list", help="list defenses, protections (after '+' in a defense spec), attacks, metrics, "
+                                    "datasets, models and suites")
     p.add_argument("what", nargs="?", default="all",
-                   choices=("all", "defenses", "protections", "attacks", "datasets", "models", "suites"))
+                   choices=("all", "defenses", "protections", "attacks", "metrics", "datasets", "models", "suites"))
     p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'rand*'")
     p.add_argument("--json", action="store_true")
 
@@ -143,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="turn result records into a validated leaderboard entry")
     lcli.add_submit_arguments(p)
-    p = sub.add_parser("leaderboard", help="generate LEADERBOARD.md (and plots) from the entries")
+    p = sub.add_parser("leaderboard", help="generate LEADERBOARD.md (and plots), or the website (--html DIR), "
+                                           "from the entries")
     lcli.add_leaderboard_arguments(p)
     return ap
 
@@ -165,12 +214,63 @@ def _harness(args, suite):
         suite = suite.replace(train=dict(suite.train, epochs=args.epochs))
     if args.patterns is not None:
         suite = suite.replace(patterns=args.patterns)
+    suite = _apply_size_caps(suite, dist.is_main)
     if args.n_eval is not None:
         suite = suite.replace(n_eval=args.n_eval)
+    if getattr(args, "seeds", None) is not None:
+        suite = suite.replace(train_seeds=list(range(args.seeds)))
+    if getattr(args, "train_seeds", None) is not None:
+        suite = suite.replace(train_seeds=list(args.train_seeds))
+    if getattr(args, "metric", None):
+        suite = suite.replace(metrics=list(dict.fromkeys(suite.metrics + args.metric)))
     opt = RunOptions(cache_dir=args.cache_dir or default_cache_dir(), results_dir=args.results_dir,
                      device=args.device, progress=not args.no_progress, retrain=args.retrain, rerun=args.rerun,
                      data_dir=args.data_dir)
     return Harness(suite, opt, dist=dist)
+
+
+#: Environment variables that cap the size of a run (the documentation examples run under them, see
+#: docs/extending.md): when set, the smaller of the variable and the suite's (or the option's) value is used.
+SIZE_CAPS = {"BITBENCH_DOCS_EPOCHS": ("epochs", 0), "BITBENCH_DOCS_PATTERNS": ("patterns", 1),
+             "BITBENCH_DOCS_MODELS": ("models", 1)}
+
+
+def _env_cap(var: str, lo: int) -> int | None:
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < lo:
+        raise UsageError(f"environment variable {var}={text!r} must be an integer >= {lo} (or unset)")
+    return value
+
+
+def _apply_size_caps(suite, announce: bool = True):
+    """The suite with its training epochs and patterns capped by :data:`SIZE_CAPS` (a note on stderr says so)."""
+    from bitbench.defenses.training import TrainConfig
+
+    for var, (what, lo) in SIZE_CAPS.items():
+        cap = _env_cap(var, lo)
+        if cap is None:
+            continue
+        if what == "epochs":
+            value = suite.train.get("epochs", TrainConfig.epochs)
+            if cap < value:
+                suite = suite.replace(train=dict(suite.train, epochs=cap))
+        elif what == "models":
+            value = len(suite.train_seeds)
+            if cap < value:
+                suite = suite.replace(train_seeds=suite.train_seeds[:cap])
+        else:
+            value = suite.patterns
+            if cap < value:
+                suite = suite.replace(patterns=cap)
+        if cap < value and announce:
+            print(f"note: {var}={cap} caps the {what} of this run ({value} without it)", file=sys.stderr)
+    return suite
 
 
 def _override_model_dataset(args, suite):
@@ -233,6 +333,8 @@ def cmd_run(args) -> int:
     from bitbench.configs.suite import load_suite
     from .tables import run_tables
 
+    if args.checkpoint_sha256 is not None:
+        _check_pinned(args.checkpoint, args.checkpoint_sha256)
     if args.entry:
         return _run_entry(args)
     suite = _override_model_dataset(args, load_suite(args.suite))
@@ -246,8 +348,14 @@ def cmd_run(args) -> int:
         attacks = suite.rate_attacks() + list(suite.attacks)
     if not defenses:
         raise UsageError(f"suite {suite.name!r} names no defenses; pass --defense")
+    if not attacks:
+        raise UsageError(f"suite {suite.name!r} names no rates and no attacks, so there is nothing to run; pass "
+                         "--attack or --rates")
     _validate_specs(defenses, attacks)  # fail fast, before any training
     h = _harness(args, suite)
+    if args.checkpoint and (args.seeds is not None or args.train_seeds is not None):
+        raise UsageError("--seeds/--train-seeds train several models; --checkpoint evaluates the one model in the "
+                         "file (give one of them)")
     if args.checkpoint:
         from bitbench.configs.registries import create_defense
 
@@ -257,75 +365,109 @@ def cmd_run(args) -> int:
         if note and _is_main(args):
             print(note, file=sys.stderr)
     h.preflight(defenses, attacks)
-    records = []
-    for d in defenses:
-        for a in attacks:
-            records.append(h.run_cell(d, a))
-    _emit(run_tables(records), args.format, records, args)
+    records = [r for d in defenses for a in attacks for r in h.run_cells(d, a)]
+    _emit(run_tables(records, "sd" if args.std else "ci", args.outcomes), args.format, records, args)
     return 0
 
 
+def _check_pinned(path: str | None, want: str) -> None:
+    """``--checkpoint-sha256``: the checkpoint file must have exactly this SHA-256."""
+    from bitbench.configs.fileio import sha256_file
+
+    if not path:
+        raise UsageError("--checkpoint-sha256 pins the file given with --checkpoint; give --checkpoint FILE too")
+    want = want.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", want):
+        raise UsageError(f"--checkpoint-sha256: expected 64 hex digits (a SHA-256), got {want!r}")
+    try:
+        got = sha256_file(path)
+    except OSError as e:
+        raise UsageError(f"--checkpoint {path}: cannot read it ({e.strerror or e})") from None
+    if got != want:
+        raise UsageError(f"--checkpoint {path}: its SHA-256 is {got}, not the {want} given with --checkpoint-sha256 "
+                         "(another or a damaged file)")
+
+
 def _run_entry(args) -> int:
-    """``run --entry FILE``: the entry's attacks on the checkpoint it names, compared with its numbers."""
+    """``run --entry FILE``: the entry's attacks on each checkpoint it names, every number compared with the
+    entry's; the verdict goes to stdout, and the exit code is :data:`REPRODUCTION_FAILED` when one differs."""
     from bitbench.configs.fileio import sha256_file
     from bitbench.configs.suite import load_suite
     from bitbench.leaderboard.entries import load_entry
 
-    from .tables import run_table
+    from .tables import run_tables
 
     clash = [f for f, v in (("--model", args.model), ("--dataset", args.dataset), ("--defense", args.defense),
-                            ("--rates", args.rates)) if v]
+                            ("--rates", args.rates), ("--seeds", args.seeds), ("--train-seeds", args.train_seeds),
+                            ("--metric", args.metric)) if v]
     if clash:
-        raise UsageError(f"--entry names the model, dataset and defense; it cannot be combined with "
-                         f"{', '.join(clash)} (only --attack, --checkpoint, --suite (the entry's suite file), "
+        raise UsageError(f"--entry names the model, dataset, defense, models and metrics; it cannot be combined "
+                         f"with {', '.join(clash)} (only --attack, --checkpoint, --suite (the entry's suite file), "
                          "--data-dir and the run options)")
     entry = load_entry(args.entry, load_suite(args.suite) if args.suite != "default" else None)
-    ck = entry.get("checkpoint")
-    if ck is None:
-        raise UsageError(f"{args.entry}: the entry names no checkpoint, so its model cannot be re-evaluated without "
-                         f"training (train it: python -m benchmark run --suite {entry['suite']} --defense "
-                         f"{entry['defense']})")
-    path = args.checkpoint or os.path.join(os.path.dirname(os.path.abspath(args.entry)), ck["path"])
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: the checkpoint of entry {args.entry} is not there (give its location with "
-                         "--checkpoint)")
-    digest = sha256_file(path)
-    if digest != ck["sha256"]:
-        raise UsageError(f"{path}: SHA-256 {digest} differs from the entry's {ck['sha256']}: not the checkpoint "
-                         f"entry {entry['name']} was measured on")
+    cks = entry.get("checkpoints") or []
+    if not cks:
+        raise UsageError(f"{args.entry}: the entry names no checkpoint, so its models cannot be re-evaluated "
+                         f"without training (train them: python -m benchmark run --suite {entry['suite']} --defense "
+                         f"{entry['defense']} --train-seeds {','.join(str(s) for s in entry['train_seeds'])})")
+    if args.checkpoint and len(cks) != 1:
+        raise UsageError(f"--checkpoint gives one file, the entry names {len(cks)} (one per model)")
     suite = load_suite(entry["suite"] if args.suite == "default" else args.suite)
-    suite = suite.replace(model=entry["model"], model_options=dict(entry["model_options"]))
+    suite = suite.replace(model=entry["model"], model_options=dict(entry["model_options"]),
+                          metrics=list(entry.get("metrics") or {}))
     attacks = list(args.attack or [r["attack"] for r in entry["results"]])
     _validate_specs([entry["defense"]], attacks)
-    h = _harness(args, suite)
-    h.supply_checkpoint(path, source=entry.get("model_source", "trained"))
-    records = [h.run_cell(entry["defense"], a) for a in attacks]
+    records, verdicts = [], []
+    for ck in cks:
+        path = args.checkpoint or os.path.join(os.path.dirname(os.path.abspath(args.entry)), ck["path"])
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: the checkpoint of entry {args.entry} (model {ck['train_seed']}) is not there "
+                             "(give its location with --checkpoint)")
+        digest = sha256_file(path)
+        if digest != ck["sha256"]:
+            raise UsageError(f"{path}: SHA-256 {digest} differs from the entry's {ck['sha256']}: not the checkpoint "
+                             f"model {ck['train_seed']} of entry {entry['name']} was measured on")
+        h = _harness(args, suite)
+        h.supply_checkpoint(path, source=entry.get("model_source", "trained"))
+        recs = [h.run_cell(entry["defense"], a) for a in attacks]
+        verdicts += _compare_with_entry(entry, entry["train_seeds"].index(ck["train_seed"]), recs)
+        records += recs
+    same = sum(1 for ok, _ in verdicts if ok)
+    differ = [what for ok, what in verdicts if not ok]
+    line = f"entry {entry['name']}: {same}/{len(verdicts)} results reproduced exactly"
+    if differ:
+        line += f"; differ: {'; '.join(differ)}; NOT REPRODUCED"
+    elif not verdicts:
+        line += " (none of the attacks run is one of the entry's results); NOT REPRODUCED"
+    _emit(run_tables(records), args.format, records, args)
     if _is_main(args):
-        print(_compare_with_entry(entry, records), file=sys.stderr)
-    _emit(run_table(records), args.format, records, args)
-    return 0
+        # the verdict on stdout after the table (stdout stays one JSON document with --format json) and on stderr
+        if args.format != "json":
+            print(line)
+        print(line, file=sys.stderr)
+    return EXIT_NOT_REPRODUCED if differ or not verdicts else 0
 
 
-def _compare_with_entry(entry: dict, records) -> str:
-    """One line: how many of the entry's results the records reproduce (per-pattern RErr equal)."""
+def _compare_with_entry(entry: dict, m: int, records) -> list[tuple[bool, str]]:
+    """Per record of model ``m`` of the entry: whether its clean error and every per-pattern value of the entry's
+    quantities equal the entry's, and what differs."""
     by_attack = {r["attack"]: r for r in entry["results"]}
-    same, differ = 0, []
+    out = []
     for rec in records:
         want = by_attack.get(rec.attack)
         if want is None:
             continue
-        pp = want.get("per_pattern_rerr")
-        if pp:
-            same_rerr = len(pp) == rec.n_patterns and all(abs(a - b) <= 1e-9 for a, b in zip(rec.per_pattern_rerr, pp))
-        else:
-            same_rerr = abs(rec.rerr.mean - want["rerr"]["mean"]) <= 1e-9
-        if same_rerr and abs(rec.clean_err - entry["clean_err"]) <= 1e-9:
-            same += 1
-        else:
-            differ.append(f"{rec.attack} (RErr {100 * rec.rerr.mean:.2f}% vs {100 * want['rerr']['mean']:.2f}%)")
-    n = same + len(differ)
-    line = f"entry {entry['name']}: {same}/{n} results reproduced exactly"
-    return line + (f"; differ: {', '.join(differ)}" if differ else "")
+        bad = []
+        if abs(rec.clean_err - entry["per_model_clean_err"][m]) > 1e-9:
+            bad.append(f"clean error {100 * rec.clean_err:.2f}% vs {100 * entry['per_model_clean_err'][m]:.2f}%")
+        for name, mat in want["per_model"].items():
+            mine = rec.per_pattern(name)
+            theirs = mat[m]
+            if len(mine) != len(theirs) or any(
+                    (a is None) != (b is None) or (a is not None and abs(a - b) > 1e-9) for a, b in zip(mine, theirs)):
+                bad.append(name)
+        out.append((not bad, f"{rec.attack} model {entry['train_seeds'][m]} ({', '.join(bad)})"))
+    return out
 
 
 def cmd_suite(args) -> int:
@@ -339,8 +481,8 @@ def cmd_suite(args) -> int:
     _validate_specs(suite.defenses, attacks)
     h = _harness(args, suite)
     h.preflight(suite.defenses, attacks)
-    records = [h.run_cell(d, a) for d in suite.defenses for a in attacks]
-    _emit(suite_tables(records, show_std=args.std), args.format, records, args)
+    records = [r for d in suite.defenses for a in attacks for r in h.run_cells(d, a)]
+    _emit(suite_tables(records, "sd" if args.std else "ci"), args.format, records, args)
     return 0
 
 
@@ -353,31 +495,34 @@ def cmd_train(args) -> int:
     defenses = args.defense or list(suite.defenses)
     _validate_specs(defenses, [])
     h = _harness(args, suite)
-    h.preflight(defenses, [], results=False)
     if args.save_quantized and _is_main(args):
-        from bitbench.configs.fileio import check_writable
-
         check_writable(args.save_quantized, "folder for quantized models", option="--save-quantized")
+    if args.save_weights and _is_main(args):
+        check_writable(args.save_weights, "folder for weights", option="--save-weights")
+    h.preflight(defenses, [], results=False)
     rows = []
+    seeds = [args.seed] if args.seed is not None else h.seeds()
     for d in defenses:
-        dep = h.deploy(d)
-        err = h.clean_error(d)
-        row = {"defense": dep.defense.spec, "scheme": dep.qm.scheme.name, "words": dep.qm.n_words,
-               "clean Err %": f"{100 * err:.2f}", "train s": f"{dep.train_seconds:.1f}",
-               "checkpoint": h.checkpoint_path(dep.defense, dep.key)}
-        if args.save_quantized and _is_main(args):
-            path = os.path.join(args.save_quantized, f"{suite.name}-{suite.model}-{dep.defense.spec}.pt"
-                                .replace(":", "_").replace(",", "_"))
-            dep.qm.save(path)
-            row["quantized"] = path
-        if args.save_weights and _is_main(args):
-            from bitbench.defenses.io import atomic_torch_save
+        if args.seed is None:
+            h.deployer.prepare(d)   # the missing models of the seeds side by side where there are cores
+        for seed in seeds:
+            dep = h.deploy(d, seed)
+            err = h.clean_error(d, seed)
+            row = {"defense": dep.defense.spec, "seed": seed, "scheme": dep.qm.scheme.name, "words": dep.qm.n_words,
+                   "Clean Err %": f"{100 * err:.2f}", "train s": f"{dep.train_seconds:.1f}",
+                   "checkpoint": h.checkpoint_path(dep.defense, dep.key)}
+            tag = safe_name(f"{suite.name}-{suite.model}-{dep.defense.spec}-seed{seed}", 120)  # one file per model
+            if args.save_quantized and _is_main(args):
+                path = os.path.join(args.save_quantized, tag + ".pt")
+                _write_after_work(lambda: dep.qm.save(path), path, "--save-quantized")
+                row["quantized"] = path
+            if args.save_weights and _is_main(args):
+                from bitbench.defenses.io import atomic_torch_save
 
-            name = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{suite.name}-{suite.model}-{dep.defense.spec}")
-            path = os.path.join(args.save_weights, name + ".pt")
-            atomic_torch_save(dep.weights, path)
-            row["weights"] = path
-        rows.append(row)
+                path = os.path.join(args.save_weights, tag + ".pt")
+                _write_after_work(lambda: atomic_torch_save(dep.weights, path), path, "--save-weights")
+                row["weights"] = path
+            rows.append(row)
     from .tables import render
 
     if _is_main(args):
@@ -385,17 +530,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _write_after_work(write, path: str, option: str) -> None:
+    """``write()`` a file the work produced (a folder checked before the work may have changed since): a failure is
+    bad input naming the file and the option (exit 2), not a traceback; the work itself is kept (cached)."""
+    try:
+        write()
+    except DiskFullError:
+        raise
+    except UsageError as e:
+        raise UsageError(f"{option}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"{option}: cannot write {path} ({e.strerror or e}); the trained model is cached, so the "
+                         "same command with a writable folder only writes the file") from None
+
+
 def _list_rows(what: str, pattern: str) -> dict:
     import fnmatch
 
-    from bitbench.configs.registries import ATTACKS, DATASETS, DEFENSES, MODELS, PROTECTIONS
     from bitbench.configs.suite import list_suites, load_suite
 
+    from .builtin_entries import ATTACKS, DATASETS, DEFENSES, METRICS, MODELS, PROTECTIONS
     from .models import DATA_ARGS
 
     out = {}
     for section, reg in (("defenses", DEFENSES), ("protections", PROTECTIONS), ("attacks", ATTACKS),
-                         ("datasets", DATASETS), ("models", MODELS)):
+                         ("metrics", METRICS), ("datasets", DATASETS), ("models", MODELS)):
         if what not in ("all", section):
             continue
         rows = [e for e in reg.describe() if fnmatch.fnmatchcase(e["name"], pattern)]
@@ -413,7 +572,8 @@ def _list_rows(what: str, pattern: str) -> dict:
             if fnmatch.fnmatchcase(n, pattern):
                 s = load_suite(n)
                 rows.append({"name": n, "summary": s.description, "dataset": s.dataset, "model": s.model,
-                             "defenses": s.defenses, "rates": s.rates, "patterns": s.patterns})
+                             "defenses": s.defenses, "rates": s.rates, "patterns": s.patterns,
+                             "train_seeds": s.train_seeds})
         out["suites"] = rows
     return out
 
@@ -437,7 +597,8 @@ def cmd_list(args) -> int:
                 doc = (r.get("param_docs") or {}).get(k, "")
                 print(f"  {'':<16}   {k}={v!r}{'  ' + doc if doc else ''}")
             if section == "suites":
-                print(f"  {'':<16}   dataset={r['dataset']} model={r['model']} patterns={r['patterns']}")
+                print(f"  {'':<16}   dataset={r['dataset']} model={r['model']} patterns={r['patterns']} "
+                      f"train_seeds={r['train_seeds']}")
                 print(f"  {'':<16}   defenses={r['defenses']}")
                 print(f"  {'':<16}   rates={r['rates']}")
         print()
@@ -503,7 +664,11 @@ def main(argv=None) -> int:
                     d.close()
         from bitbench.leaderboard import cli as lcli
 
-        return lcli.run_submit(args) if args.command == "submit" else lcli.run_leaderboard(args)
+        if args.command == "submit":
+            from .user_model import checkpoint_weights_digest
+
+            return lcli.run_submit(args, checkpoint_weights_digest)
+        return lcli.run_leaderboard(args)
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         try:
             sys.stdout = open(os.devnull, "w")

@@ -14,7 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_from_env", "launched_by_torchrun"]
+__all__ = ["DistContext", "init_from_env", "launched_by_torchrun", "ddp_wrap"]
 
 
 def launched_by_torchrun() -> bool:
@@ -80,3 +80,15 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> tuple[Dist
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistContext(rank, world, local, backend), device
+
+
+def ddp_wrap(dist_ctx: DistContext, device):
+    """A function wrapping a model in DistributedDataParallel under torchrun (None in a single process)."""
+    if not dist_ctx.enabled:
+        return None
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def wrap(m):
+        return DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
+
+    return wrap

@@ -114,7 +114,8 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
     from bitbench.configs.registries import create_defense
     from bitbench.defenses.quantized_model import flatten_parameters
 
-    from .evaluate import evaluate_attack, predict
+    from .evaluate import evaluate_attack, measure_memory, predict
+    from .metrics import BUILTIN_METRICS
 
     device = torch.device(device)
     ds, model, scheme = _lenet_setup(device)
@@ -130,10 +131,10 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
         qm = create_defense(spec).quantize(m).to(device)
         flatten_parameters(qm.parameters_of(m))  # as the harness does
         qm.load_into(m)
-        clean_pred = predict(m, x)
+        clean = measure_memory(m, x, y, BUILTIN_METRICS)
 
-        def ours(m=m, qm=qm, clean_pred=clean_pred):
-            evaluate_attack(m, qm, attack, x, y, clean_pred=clean_pred)
+        def ours(m=m, qm=qm, clean=clean):
+            evaluate_attack(m, qm, attack, x, y, clean=clean)
         loops[spec], words[spec] = ours, qm.n_words
     qm0 = create_defense(formats[0]).quantize(model)
     flatten_parameters(qm0.parameters_of(model))
@@ -164,12 +165,12 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
     rows.append(dict(base, loop="original (deepcopy+requant+uniform/bit+DataLoader)", words=words[formats[0]],
                      ms_per_pattern=1e3 * t_orig, ratio_to_floor=t_orig / t_floor))
     qm0.load_into(model)
-    rows += _perf_protected(model, qm0, attack, x, y, predict(model, x), patterns, sync,
+    rows += _perf_protected(model, qm0, attack, x, y, measure_memory(model, x, y, BUILTIN_METRICS), patterns, sync,
                             dict(base, words=qm0.n_words), t_floor)
     return rows
 
 
-def _perf_protected(model, qm, attack, x, y, clean_pred, patterns, sync, base, floor) -> list[dict]:
+def _perf_protected(model, qm, attack, x, y, clean, patterns, sync, base, floor) -> list[dict]:
     """The evaluation loop on protected memories against the unprotected one (interleaved rounds, same patterns)."""
     from bitbench.configs.registries import create_protection
     from bitbench.defenses.protection import ProtectedModel
@@ -183,7 +184,7 @@ def _perf_protected(model, qm, attack, x, y, clean_pred, patterns, sync, base, f
 
     def run(m, name):
         def f():
-            ev = evaluate_attack(model, m, attack, x, y, clean_pred=clean_pred)
+            ev = evaluate_attack(model, m, attack, x, y, clean=clean)
             decode[name] = ev.decode_ms
         return f
 
@@ -388,7 +389,7 @@ def _print(rows: list[dict], as_json: bool, title: str) -> None:
 
 
 def main(args) -> int:
-    from .harness import resolve_device
+    from .context import resolve_device
 
     what = args.what
     dev = str(resolve_device(args.device))  # cpu, cuda, cuda:N (anything else: a usage error, exit 2)

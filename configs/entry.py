@@ -1,252 +1,152 @@
-"""The leaderboard entry format and its validator (pure Python: no torch).
+"""The leaderboard entry: its declared fields, its projection from result records, and its one validator.
 
-One JSON file per leaderboard row: ``leaderboard/entries/<suite>/<name>.json``. The tables and plots are a pure
-function of these files (RobustBench style). An entry is refused, with the exact field and the reason, when it is
-malformed, incomplete, or measured under another protocol than its suite's.
+One JSON file per leaderboard row: ``leaderboard/entries/<suite>/<name>.json``. Tables, plots and the website are a
+pure function of these files (RobustBench style). An entry holds one defense on one model architecture, measured on
+one or more trained models (``train_seeds``) under the suite's protocol: per result the models x patterns values of
+every projected quantity (``per_model``) and their statistics (``summary``: mean over models and chips, model and
+chip spreads, 95% confidence interval), recomputed and checked whenever an entry is read.
 
-Entry format ``bitbench.leaderboard_entry/1``
---------------------------------------------
-Errors are fractions in [0, 1] (tables show percent). Field order as written by :func:`leaderboard.submit`.
+The fields are declared in :data:`ENTRY_FIELDS` and :data:`RESULT_FIELDS`; which record quantities enter an entry is
+declared on the record's fields (``Field.entry``), so a new metric reaches the leaderboard with its declaration.
+:func:`validate_entry` holds every rule, the protocol rules included: ``submit`` (which builds entries with
+:func:`entry_from_cells`) and the leaderboard both call it. Errors are fractions in [0, 1].
 
-=================  ======================  =====================================================================
-field              type                    meaning
-=================  ======================  =====================================================================
-``format``         str                     ``"bitbench.leaderboard_entry/1"``
-``suite``          str                     suite name; must equal the entry's folder and name a suite TOML
-``name``           str                     row identifier ``[A-Za-z0-9._-]+``; must equal the file name stem
-``model``          str                     architecture (``lenet``, ``simplenet``, ...)
-``model_options``  object                  options of the model builder (may be ``{}``)
-``n_params``       int >= 1 or null        parameters in the quantized memory (words); null: unknown (paper)
-``model_source``   ``"trained"|"user"``    (optional, default ``"trained"``) trained by this benchmark with the
-                                           defense's recipe, or the user's own weights (``model`` is then their
-                                           builder and ``defense`` only the storage format)
-``checkpoint``     object (optional)       ``{"path": str, "sha256": str}``: the weights file (a state dict) the
-                                           results were measured on, ``path`` relative to the entry's folder,
-                                           ``sha256`` the file's SHA-256 (64 hex digits); ``python -m benchmark
-                                           run --entry FILE`` re-runs the attacks on it
-``defense``        str                     canonical defense spec (``randbet:p=0.05``)
-``defense_name``   str                     registry name (``randbet``)
-``defense_params`` object                  every defense parameter, defaults filled in
-``bits``           int in [1, 32]          bits per weight (the memory's word width); must equal ``protocol.bits`` unless
-                                           the defense sets its own width (``width_follows_suite``)
-``protocol``       object                  ``{dataset, eval_split, bits, rates, patterns, base_seed}``: the
-                                           suite's protocol; must equal it (every suite on the leaderboard pins
-                                           its ``eval_split``: only results on the same images are ranked)
-``clean_err``      number in [0, 1]        error of the clean quantized model (null allowed for paper rows)
-``results``        [object]                one per attack, see below (sorted by rate, then attack)
-``version``        str or null             package version that produced the numbers (null for paper rows)
-``git_rev``        str or null             git revision, if known (optional)
-``config_hash``    str or null             hash over the per-result configuration hashes (null for paper rows)
-``seeds``          object                  ``{"train": int or null, "patterns": [int] or null}``; pattern seeds
-                                           must be ``base_seed .. base_seed + patterns - 1``
-``device``         str or null             where it ran, e.g. ``cpu``
-``date``           str or null             ISO 8601 (UTC) date of the newest result (or the paper's date)
-``citation``       str or null             how to cite the defense / paper (required for paper rows)
-``link``           str or null             URL of the paper or code (``http(s)://``)
-``reported_by``    ``"benchmark"|"paper"`` reproduced by this benchmark, or copied from a paper (marked † in
-                                           tables)
-``notes``          [str]                   optional remarks shown under the table (e.g. a ">12%" value that is not
-                                           a number and was left missing)
-``memory_overhead`` number >= 0 (optional) protected defenses (``rquant+secded``): check bits / data bits of
-                                           the memory; absent: 0 (no protection)
-=================  ======================  =====================================================================
-
-Each item of ``results``:
-
-====================  ======================  ==================================================================
-``attack``            str                     canonical attack spec (``random_p0.01``, ``bfa_n20``)
-``rate``              number in [0, 1] / null bit error rate of a random attack; one of the protocol's rates
-``flips``             int >= 0 or null        bit-flip budget of an adversarial attack (optional)
-``rerr``              object or null          ``{mean, std, min, max}`` over patterns, fractions; min <= mean <=
-                                              max. Paper rows: std/min/max may be null, and ``rerr`` itself may
-                                              be null (a value the paper does not give as a number)
-``per_pattern_rerr``  [number]                one per pattern (length ``protocol.patterns``); ``rerr`` (mean, std,
-                                              min, max) is recomputed from it and must match. Required for
-                                              benchmark rows (optional for paper rows)
-``n_patterns``        int (optional)          must equal ``protocol.patterns``
-``config_hash``       str (optional)          the result record's configuration hash
-``note``              str (optional)          remark on this value (e.g. "reported as >12%")
-``target``            object (optional)       adversarial curves: ``{metric: "err"|"asr", value}`` of
-                                              ``flips_to_target`` (null: the attack has none, e.g. the budgeted
-                                              attack)
-``flips_to_target``   [int or null]           one per trial (``n_patterns`` trials): first flip count at which
-                                              the metric reached the target; null = never (needs ``target``)
-``curve``             object (optional)       ``{flips: [n, ...] increasing, err: [[per trial] per n], asr: ...}``:
-                                              the evaluation metric under each flip budget n, per trial
-``decode_ms``         number >= 0 (optional)  protected defenses: mean decode time per pattern (ms)
-``detection``         number in [0, 1] / null checksum stages: share of the flipped data bits inside flagged groups
-                                              over all patterns (optional; null: nothing flipped)
-====================  ======================  ==================================================================
-
-Rules: rates are unique; a result either has a ``rate`` from the protocol's rates or an ``attack`` listed in the
-suite's extra ``attacks``; entries ``reported_by: "benchmark"`` must cover every rate of the suite with a full
-``rerr`` and carry ``version``, ``config_hash`` and ``clean_err``; ``reported_by: "paper"`` entries may cover a
-subset and must have a ``citation``. Unknown fields are refused (typos would otherwise vanish silently).
-
-The suite and its protocol: :mod:`.suite`.
+Entries of format ``/1`` (bitbench 0.1-0.2: one model per entry, no statistics) are refused with a message naming
+their version: submit the records again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import os
 import re
 from datetime import datetime
 from typing import Any
 
-from .errors import UsageError
-from .record import RECORD_FORMAT, Summary
+from .cells import Cell
+from .metrics import field_from_declaration
+from .record import BUILTIN_PATTERN_FIELDS, CURVE_METRICS, MODEL_SOURCES, RECORD_FIELDS, protection_summary
+from .schema import KINDS, Field, FieldSet, FormatError, Kind, is_int, is_num, list_of, optional, \
+    safe_link, show_value
 from .spec import SpecError, parse_spec, split_stages
+from .stats import derive_seed, summarize_cell
 from .suite import Suite, same_rate
 
-__all__ = ["width_follows_suite", "FORMAT", "RECORD_FORMAT", "REPORTED_BY", "PROTOCOL_FIELDS", "ENTRY_FIELDS", "RESULT_FIELDS", "NAME_RE",
-           "MODEL_SOURCES", "CHECKPOINT_FIELDS", "CURVE_RESULT_FIELDS", "EntryError", "validate_entry", "show_value"]
+__all__ = ["FORMAT", "OLD_FORMATS", "REPORTED_BY", "PROTOCOL_FIELDS", "ENTRY_FIELDS", "RESULT_FIELDS", "NAME_RE",
+           "MODEL_SOURCES", "CHECKPOINT_FIELDS", "EntryError", "validate_entry", "show_value",
+           "width_follows_suite", "entry_from_cells", "result_summary", "projected_fields", "entry_pattern_fields"]
 
-FORMAT = "bitbench.leaderboard_entry/1"
+FORMAT = "bitbench.leaderboard_entry/2"
+OLD_FORMATS = {"bitbench.leaderboard_entry/1": "bitbench 0.1-0.2"}
 REPORTED_BY = ("benchmark", "paper")
 PROTOCOL_FIELDS = ("dataset", "eval_split", "bits", "rates", "patterns", "base_seed")
-ENTRY_FIELDS = ("format", "suite", "name", "model", "model_options", "n_params", "model_source", "checkpoint",
-                "defense", "defense_name",
-                "defense_params", "bits", "protocol", "clean_err", "results", "version", "git_rev", "config_hash",
-                "seeds", "device", "date", "citation", "link", "reported_by", "notes", "memory_overhead")
-# fields that may be absent (the rest must be present, possibly null where the type allows)
-_OPTIONAL_FIELDS = {"git_rev", "notes", "defense_name", "model_source", "checkpoint", "memory_overhead"}
-MODEL_SOURCES = ("trained", "user")
-CHECKPOINT_FIELDS = ("path", "sha256")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-RESULT_FIELDS = ("attack", "rate", "flips", "rerr", "per_pattern_rerr", "n_patterns", "config_hash", "note", "target",
-                 "flips_to_target", "curve", "decode_ms", "detection")
-CURVE_RESULT_FIELDS = ("target", "flips_to_target", "curve")
+CHECKPOINT_FIELDS = ("path", "sha256", "train_seed")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_TOL = 1e-6  # tolerance of consistency checks between stored floats
-_SUMMARY_TOL = 1e-9  # a summary recomputed from per-pattern values must match to rounding (an edit never does)
+_TOL = 1e-6          # consistency of stored floats
+_SUMMARY_TOL = 1e-9  # a summary recomputed from per-model values must match to rounding (an edit never does)
+
+EntryError = FormatError  # the one format error (``[source: ]field: reason``)
+
+_name = Kind("name", lambda v: isinstance(v, str) and bool(NAME_RE.fullmatch(v)) and len(v) <= 120,
+             "letters, digits, '.', '_' or '-' (a file name, at most 120 characters)")
+_link = Kind("link", lambda v: v is None or safe_link(v) is not None,
+             "null or a plain http(s) URL (no spaces, quotes, parentheses, angle brackets or '|')")
+_date = Kind("date", lambda v: v is None or _iso(v), "null or an ISO 8601 date")
+_seeds = Kind("seeds", lambda v: isinstance(v, list) and bool(v) and all(x is None or is_int(x) for x in v),
+              "a non-empty list of training seeds (integers, null for a supplied model)")
+_notes = Kind("notes", lambda v: isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v),
+              "a list of non-empty strings")
 
 
-class EntryError(UsageError):
-    """A refused entry or result record: ``[source: ]field: reason``."""
-
-    def __init__(self, field: str, reason: str, source: str | os.PathLike | None = None):
-        self.field = field
-        self.reason = reason
-        self.source = None if source is None else str(source)
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        msg = f"{self.field}: {self.reason}" if self.field else self.reason
-        return f"{self.source}: {msg}" if self.source else msg
-
-    def with_source(self, source) -> "EntryError":
-        return EntryError(self.field, self.reason, source)
-
-
-def show_value(v: Any) -> str:
-    """A value as it appears in an error message (its JSON text where possible)."""
+def _iso(v) -> bool:
+    if not isinstance(v, str):
+        return False
     try:
-        return json.dumps(v, ensure_ascii=False, allow_nan=True)
-    except (TypeError, ValueError):
-        return repr(v)
+        datetime.fromisoformat(v.replace("Z", "+00:00"))
+        return True
+    except ValueError:
+        return False
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# entry validation
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _record(name: str) -> Field:
+    return RECORD_FIELDS.get(name)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+ENTRY_FIELDS = FieldSet([
+    Field("format", "str", "record", f"`\"{FORMAT}\"`"),
+    Field("suite", "str", "record", "suite name; equals the entry's folder and names a suite file"),
+    Field("name", _name, "record", "row identifier; equals the file name stem", title="Entry"),
+    Field("model", "str", "record", _record("model").doc, title="Model"),
+    Field("model_options", "dict", "record", _record("model_options").doc),
+    Field("n_params", optional(KINDS["posint"]), "record", _record("n_params").doc + "; null: unknown (paper rows)"),
+    Field("model_source", _record("model_source").kind, "record", _record("model_source").doc, default="trained"),
+    Field("checkpoints", list_of(KINDS["dict"]), "record", "the weights files the results were measured on, one per "
+          "model: `{path (relative to the entry's folder), sha256, train_seed}`; `python -m benchmark run --entry "
+          "FILE` re-runs the attacks on them", default=[]),
+    Field("defense", "str", "record", _record("defense").doc, title="Defense"),
+    Field("defense_name", "str", "record", _record("defense_name").doc),
+    Field("defense_params", "dict", "record", _record("defense_params").doc),
+    Field("bits", KINDS["posint"], "record", _record("bits").doc + "; equals `protocol.bits` unless the defense sets "
+          "its own width", title="Bits", fmt="int"),
+    Field("memory_overhead", "nonneg", "record", _record("memory_overhead").doc, default=0.0, title="Mem +%",
+          fmt="pct", show="any"),
+    Field("protocol", "dict", "record", "`{dataset, eval_split, bits, rates, patterns, base_seed}`: the suite's "
+          "protocol (equal to it)"),
+    Field("train_seeds", _seeds, "record", "training seeds of the models, in the order of every per-model list"),
+    Field("clean_err", optional(KINDS["frac"]), "record", "error of the clean quantized model, mean over models (null "
+          "allowed for paper rows)", title="Clean Err %", fmt="pct", lower_is_better=True),
+    Field("per_model_clean_err", optional(list_of(KINDS["frac"])), "record", "the clean error of each model (null "
+          "for paper rows)", default=None),
+    Field("metrics", "dict", "record", "declarations of the plug-in metrics the results carry", default={}),
+    Field("results", "list", "record", "one per attack (`RESULT_FIELDS`), sorted by rate, then attack"),
+    Field("version", optional(KINDS["str"]), "record", "package version that produced the numbers (null: paper)"),
+    Field("git_rev", optional(KINDS["text"]), "record", "git revision, if known", default=None),
+    Field("config_hash", optional(KINDS["str"]), "record", "hash over the results' configuration hashes (null: "
+          "paper)"),
+    Field("pattern_seeds", optional(list_of(KINDS["int"])), "record", "the chips' seeds: base_seed .. base_seed + "
+          "patterns - 1 (null: paper rows)"),
+    Field("device", optional(KINDS["text"]), "record", "where it ran, e.g. `cpu`"),
+    Field("date", _date, "record", "ISO 8601 (UTC) date of the newest result (or the paper's)"),
+    Field("citation", optional(KINDS["str"]), "record", "how to cite the defense / paper (required for paper rows)"),
+    Field("link", _link, "record", "URL of the paper or code"),
+    Field("reported_by", Kind("by", lambda v: v in REPORTED_BY, "one of \"benchmark\", \"paper\""), "record",
+          "`benchmark`: reproduced here; `paper`: copied from a paper (marked † in tables)"),
+    Field("notes", _notes, "record", "remarks shown under the table", default=[]),
+])
+
+RESULT_FIELDS = FieldSet([
+    Field("attack", "str", "record", "canonical attack spec (`random_p0.01`, `bfa_n100`)"),
+    Field("rate", optional(KINDS["frac"]), "record", "bit error rate of a random attack; one of the protocol's"),
+    Field("flips", optional(KINDS["count"]), "record", "bit-flip budget of an adversarial attack", default=None),
+    Field("n_patterns", optional(KINDS["posint"]), "record", "patterns (chips) or trials per model", default=None),
+    Field("config_hash", optional(KINDS["str"]), "record", "hash over the models' record configuration hashes",
+          default=None),
+    Field("note", optional(KINDS["str"]), "record", "remark on this value (e.g. \"reported as >12%\")", default=None),
+    Field("per_model", "dict", "record", "`{quantity: [[value per pattern] per model]}` for every projected "
+          "pattern/trial quantity (`rerr`, `nonfinite`, plug-in metrics, `flips_to_target`); benchmark rows only",
+          default={}),
+    Field("summary", "dict", "record", "`{quantity: {mean, model_sd, chip_sd, ci95: [lo, hi]}}` of the numeric "
+          "quantities, recomputed from `per_model` (paper rows: `{rerr: {mean}}`)"),
+    Field("target", optional(KINDS["dict"]), "record", _record("target").doc, default=None),
+    Field("curve", optional(KINDS["dict"]), "record", "adversarial curves: `{flips: [n, ...], err: [[[value per "
+          "flip budget] per trial] per model], asr: ...}`", default=None),
+    Field("decode_ms", optional(KINDS["nonneg"]), "record", _record("decode_ms").doc + ", mean over models",
+          default=None, title="Decode ms", fmt="ms", show="any"),
+    Field("detection", optional(KINDS["frac"]), "record", "checksum stages: share of the flipped data bits inside "
+          "flagged groups, over all patterns and models", default=None, title="Detected %", fmt="pct1", show="any"),
+])
+_SUMMARY_KEYS = ("mean", "model_sd", "chip_sd", "ci95")
 
 
-class _Checker:
-    def __init__(self, entry: dict):
-        self.e = entry
-
-    @staticmethod
-    def fail(path: str, reason: str):
-        raise EntryError(path, reason)
-
-    def str_(self, obj: dict, key: str, path: str, *, nullable=False, nonempty=True):
-        v = obj[key]
-        if v is None and nullable:
-            return None
-        if not isinstance(v, str) or (nonempty and not v.strip()):
-            what = "a non-empty string" + (" or null" if nullable else "")
-            self.fail(path, f"expected {what}, got {show_value(v)}")
-        return v
-
-    def frac(self, v, path: str, *, nullable=False, what="a number in [0, 1]"):
-        if v is None and nullable:
-            return None
-        if not (_is_num(v) and 0 <= v <= 1):
-            self.fail(path, f"expected {what}{' or null' if nullable else ''}, got {show_value(v)}")
-        return float(v)
-
-    def int_(self, v, path: str, lo=None, hi=None, *, nullable=False):
-        if v is None and nullable:
-            return None
-        if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-            rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (f" >= {lo}" if lo is not None
-                                                                                else "")
-            self.fail(path, f"expected an integer{rng}{' or null' if nullable else ''}, got {show_value(v)}")
-        return v
-
-    def obj(self, v, path: str, fields=None):
-        """``v`` must be an object; with ``fields``, holding exactly those (unknown or missing ones refused)."""
-        if not isinstance(v, dict):
-            self.fail(path, f"expected an object, got {show_value(v)}")
-        for k in v if fields is not None else ():
-            if k not in fields:
-                self.fail(f"{path}.{k}", "unknown field (allowed: " + ", ".join(fields) + ")")
-        for k in fields or ():
-            if k not in v:
-                self.fail(f"{path}.{k}", "missing")
-        return v
+def projected_fields(metrics: dict | None = None) -> list[Field]:
+    """The record quantities an entry result carries per model (``Field.entry == "result"`` at the pattern/trial
+    level), then the plug-in metrics declared in ``metrics``."""
+    out = [f for f in RECORD_FIELDS if f.entry == "result" and f.level in ("pattern", "trial") and f.name != "curve"]
+    return out + [field_from_declaration(n, d) for n, d in (metrics or {}).items()]
 
 
-def _check_curve_result(c: _Checker, r: dict, p: str) -> None:
-    """An adversarial result's curve fields: all three, consistent with ``n_patterns`` (the trials)."""
-    for k in CURVE_RESULT_FIELDS:
-        if k not in r:
-            raise EntryError(f"{p}.{k}", f"missing (a result with a curve needs {', '.join(CURVE_RESULT_FIELDS)})")
-    if r["rate"] is not None:
-        raise EntryError(f"{p}.curve", "a random bit error rate has no flip curve")
-    if "n_patterns" not in r:
-        raise EntryError(f"{p}.n_patterns", "missing (the number of trials of the curve)")
-    n = r["n_patterns"]
-    target = r["target"]
-    if target is not None:
-        c.obj(target, f"{p}.target")
-        if set(target) != {"metric", "value"} or target["metric"] not in ("err", "asr"):
-            raise EntryError(f"{p}.target", f"expected {{metric: \"err\" or \"asr\", value}}, got "
-                                            f"{show_value(target)}")
-        c.frac(target["value"], f"{p}.target.value")
-    ftt = r["flips_to_target"]
-    if not isinstance(ftt, list) or len(ftt) != n:
-        raise EntryError(f"{p}.flips_to_target", f"expected a list of {n} values (one per trial)")
-    for j, v in enumerate(ftt):
-        c.int_(v, f"{p}.flips_to_target[{j}]", 0, nullable=True)
-        if v is not None and target is None:
-            raise EntryError(f"{p}.flips_to_target[{j}]", "a value without a target")
-    curve = c.obj(r["curve"], f"{p}.curve")
-    flips = curve.get("flips")
-    if not isinstance(flips, list) or not flips or not all(_is_int(f) and f >= 1 for f in flips) \
-            or any(a >= b for a, b in zip(flips, flips[1:])):
-        raise EntryError(f"{p}.curve.flips", f"expected increasing flip budgets >= 1, got {show_value(flips)}")
-    metrics = [k for k in curve if k != "flips"]
-    if "err" not in metrics:
-        raise EntryError(f"{p}.curve.err", "missing")
-    for k in metrics:
-        if k not in ("err", "asr"):
-            raise EntryError(f"{p}.curve.{k}", "unknown field (allowed: flips, err, asr)")
-        v = curve[k]
-        if not isinstance(v, list) or len(v) != len(flips) or not all(isinstance(x, list) and len(x) == n for x in v):
-            raise EntryError(f"{p}.curve.{k}", f"expected one list of {n} trial values per flip budget")
-        for a, row in enumerate(v):
-            for b, x in enumerate(row):
-                c.frac(x, f"{p}.curve.{k}[{a}][{b}]")
-    if target is not None and target["metric"] not in metrics:
-        raise EntryError(f"{p}.curve.{target['metric']}", "missing: the target's metric")
+def entry_pattern_fields(entry: dict) -> list[Field]:
+    return projected_fields(entry.get("metrics"))
 
 
 def width_follows_suite(defense: str, defense_params: dict) -> bool:
@@ -258,227 +158,394 @@ def width_follows_suite(defense: str, defense_params: dict) -> bool:
     except SpecError:
         return True
     given = defense_params.get("bits") if isinstance(defense_params, dict) else None
-    return "bits" not in kv and (given is None or (isinstance(given, int) and not isinstance(given, bool)))
+    return "bits" not in kv and (given is None or is_int(given))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# statistics of a result
+def result_summary(per_model: list, identity: str) -> dict:
+    """``{mean, model_sd, chip_sd, ci95}`` of a models x patterns matrix (seeded by ``identity``)."""
+    s = summarize_cell(per_model, seed=derive_seed(identity))
+    return {"mean": s.mean, "model_sd": s.model_sd, "chip_sd": s.chip_sd, "ci95": list(s.ci95)}
+
+
+def _summary_identity(entry: dict, r: dict, name: str) -> str:
+    return f"{entry.get('suite')}|{entry.get('name')}|{r.get('attack')}|{name}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# records -> entry
+def _combined_hash(items) -> str:
+    return hashlib.sha256(json.dumps(sorted(items)).encode()).hexdigest()[:16]
+
+
+def result_from_cell(cell: Cell) -> dict:
+    """One entry result from a cell (the projection declared on the record's fields)."""
+    r0 = cell.first
+    res: dict = {"attack": r0.attack, "rate": r0.rate}
+    if r0.flips is not None:
+        res["flips"] = r0.flips
+    res["n_patterns"] = cell.n_patterns
+    res["config_hash"] = _combined_hash([r.config_hash for r in cell.records])
+    res["per_model"] = {}
+    for f in projected_fields(r0.metrics):
+        if f.level == "trial" and not cell.has_curve:
+            continue
+        if f.name == "flips_to_target" and r0.target is None:
+            continue
+        res["per_model"][f.name] = cell.matrix(f.name)
+    if cell.has_curve:
+        res["target"] = r0.target
+        curve = {"flips": [pt["flips"] for pt in r0.patterns[0].curve]}
+        for key in CURVE_METRICS:
+            if all(key in pt for r in cell.records for p in r.patterns for pt in p.curve):
+                curve[key] = [[[pt[key] for pt in p.curve] for p in r.patterns] for r in cell.records]
+        res["curve"] = curve
+    if r0.protection is not None:
+        res["decode_ms"] = sum(cell.model_values("decode_ms")) / cell.n_models
+        det = [v for r in cell.records for k, v in (protection_summary(r) or {}).items() if k.endswith(".detection")]
+        if det:
+            flips = [sum(p.protection.get("flips", 0) for p in r.patterns) for r in cell.records]
+            tot = sum(flips)
+            res["detection"] = None if any(d is None for d in det) or not tot else \
+                sum(d * f for d, f in zip(det, flips)) / tot
+    return res
+
+
+def _same(cells, key: str, *, approx: bool = False):
+    first = getattr(cells[0].first, key)
+    for c in cells[1:]:
+        v = getattr(c.first, key)
+        if (abs(v - first) > 1e-6) if approx else (v != first):
+            raise EntryError(key, f"{show_value(v)} ({c.attack}) differs from {show_value(first)} ({cells[0].attack}): "
+                                  "one entry holds records of the same suite, model and defense")
+    return first
+
+
+def entry_from_cells(cells: list, suite: Suite, *, name: str | None = None, citation: str | None = None,
+                     link: str | None = None, checkpoints: list | None = None) -> dict:
+    """Build (and validate against ``suite``) one entry from cells of the same suite, model and defense, each over
+    the same trained models."""
+    if not cells:
+        raise EntryError("results", "no result records given")
+    for key in ("suite", "dataset", "eval_split", "model", "model_options", "defense", "defense_params", "bits",
+                "n_params", "model_source", "metrics"):
+        _same(cells, key)
+    seeds = cells[0].train_seeds
+    for c in cells[1:]:
+        if c.train_seeds != seeds:
+            raise EntryError("train_seed", f"the records of {c.attack} are of models {c.train_seeds}, those of "
+                                           f"{cells[0].attack} of {seeds}: give every attack's records of the same "
+                                           "models")
+    for i, key in enumerate(("weights_sha256", "clean_err")):
+        for c in cells[1:]:
+            for a, b, s in zip(cells[0].model_values(key), c.model_values(key), seeds):
+                if (abs(a - b) > 1e-9) if key == "clean_err" else (a != b):
+                    raise EntryError(key, f"model {s}: {show_value(b)} under {c.attack} differs from {show_value(a)} "
+                                          f"under {cells[0].attack}: not the same trained model")
+    r0 = cells[0].first
+    if r0.suite != suite.name:
+        raise EntryError("suite", f"the records are of suite {show_value(r0.suite)}, the suite file "
+                                  f"{suite.path or ''} is {show_value(suite.name)}")
+    results = [result_from_cell(c) for c in cells]
+    results.sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0, r["attack"]))
+    records = [r for c in cells for r in c.records]
+    uniq = lambda key: "; ".join(sorted({str(getattr(r, key)) for r in records if getattr(r, key) is not None})) \
+        or None  # noqa: E731
+    per_model_clean = cells[0].model_values("clean_err")
+    entry = {
+        "format": FORMAT, "suite": suite.name,
+        "name": name or default_entry_name(r0.model, r0.defense),
+        "model": r0.model, "model_options": r0.model_options, "n_params": r0.n_params,
+        "model_source": r0.model_source,
+        "checkpoints": list(checkpoints or []),
+        "defense": r0.defense, "defense_name": r0.defense_name or r0.defense.split(":", 1)[0],
+        "defense_params": r0.defense_params, "bits": r0.bits,
+        "memory_overhead": _same(cells, "memory_overhead", approx=True),
+        "protocol": {**suite.protocol, "dataset": r0.dataset, "eval_split": r0.eval_split},
+        "train_seeds": seeds,
+        "clean_err": sum(per_model_clean) / len(per_model_clean),
+        "per_model_clean_err": per_model_clean,
+        "metrics": r0.metrics,
+        "results": results,
+        "version": uniq("version"), "git_rev": uniq("git_rev"),
+        "config_hash": _combined_hash([(r["attack"], r["config_hash"]) for r in results]),
+        "pattern_seeds": next((c.first.seeds for c in cells if c.rate is not None), None),
+        "device": uniq("device"), "date": max(r.date for r in records),
+        "citation": citation, "link": link, "reported_by": "benchmark", "notes": [],
+    }
+    for res in results:
+        res["summary"] = {f.name: result_summary(res["per_model"][f.name], _summary_identity(entry, res, f.name))
+                          for f in projected_fields(entry["metrics"]) if f.summary and f.name in res["per_model"]}
+    entry = {f.name: entry[f.name] for f in ENTRY_FIELDS if f.name in entry}
+    validate_entry(entry, suite)
+    return entry
+
+
+def default_entry_name(model: str, defense: str) -> str:
+    """A file-safe row name: ``lenet`` + ``randbet:p=0.05`` -> ``lenet-randbet-p0.05``."""
+    s = f"{model}-{defense}".replace("=", "")
+    return (re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-._") or "entry")[:120]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# validation
+def _fields(obj: dict, fields: FieldSet, path: str) -> None:
+    for k in obj:
+        if fields.get(k) is None:
+            raise EntryError(f"{path}{k}", "unknown field (allowed: " + ", ".join(fields.names()) + ")")
+    for f in fields:
+        if f.name not in obj:
+            if f.required:
+                raise EntryError(f"{path}{f.name}", "missing")
+            continue
+        f.check(obj[f.name], f"{path}{f.name}")
 
 
 def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
     """Check one entry (a parsed JSON object); with ``suite``, also that it follows the suite's protocol.
 
     Returns the entry unchanged; raises :class:`EntryError` (field path + reason) at the first problem."""
-    c = _Checker(entry)
     if not isinstance(entry, dict):
         raise EntryError("", f"expected a JSON object, got {show_value(entry)[:60]}")
-    for k in entry:
-        if k not in ENTRY_FIELDS:
-            raise EntryError(k, "unknown field (allowed: " + ", ".join(ENTRY_FIELDS) + ")")
-    for k in ENTRY_FIELDS:
-        if k not in entry and k not in _OPTIONAL_FIELDS:
-            raise EntryError(k, "missing")
-    if entry["format"] != FORMAT:
-        raise EntryError("format", f"expected {show_value(FORMAT)}, got {show_value(entry['format'])}")
-    reported_by = entry["reported_by"]
-    if reported_by not in REPORTED_BY:
-        raise EntryError("reported_by", f"expected one of {', '.join(map(show_value, REPORTED_BY))}, got "
-                                        f"{show_value(reported_by)}")
-    paper = reported_by == "paper"
-
-    c.str_(entry, "suite", "suite")
-    name = c.str_(entry, "name", "name")
-    if not NAME_RE.fullmatch(name):
-        raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {show_value(name)}")
-    c.str_(entry, "model", "model")
-    c.obj(entry["model_options"], "model_options")
-    c.int_(entry["n_params"], "n_params", 1, nullable=True)
+    fmt = entry.get("format")
+    if isinstance(fmt, str) and fmt in OLD_FORMATS:
+        raise EntryError("format", f"{json.dumps(fmt)} is an entry of {OLD_FORMATS[fmt]}; this version reads "
+                                   f"{json.dumps(FORMAT)} (submit the result records again: python -m benchmark "
+                                   "submit <records>)")
+    if fmt != FORMAT:
+        raise EntryError("format", f"expected {json.dumps(FORMAT)}, got {show_value(fmt)}")
+    _fields(entry, ENTRY_FIELDS, "")
+    paper = entry["reported_by"] == "paper"
+    seeds = entry["train_seeds"]
+    n_models = len(seeds)
+    for i, ck in enumerate(entry.get("checkpoints", [])):
+        if set(ck) != set(CHECKPOINT_FIELDS):
+            raise EntryError(f"checkpoints[{i}]", f"expected {{{', '.join(CHECKPOINT_FIELDS)}}}, got {show_value(ck)}")
+        if not KINDS["str"].check(ck["path"]):
+            _bad(f"checkpoints[{i}].path", "a relative path", ck["path"])
+        if ck["path"].startswith(("/", "\\", "~")) or re.match(r"[A-Za-z]:", ck["path"]) or "\0" in ck["path"]:
+            raise EntryError(f"checkpoints[{i}].path", f"expected a path relative to the entry's folder, got "
+                                                       f"{show_value(ck['path'])}")
+        if not KINDS["sha256"].check(ck["sha256"]):
+            _bad(f"checkpoints[{i}].sha256", KINDS["sha256"].want, ck["sha256"])
+        if ck["train_seed"] not in seeds:
+            raise EntryError(f"checkpoints[{i}].train_seed", f"{show_value(ck['train_seed'])} is not one of the "
+                                                             f"entry's train_seeds {show_value(seeds)}")
+    if paper and entry.get("checkpoints"):
+        raise EntryError("checkpoints", "rows reported by a paper were not measured here: no checkpoint")
+    if len(set(map(json.dumps, seeds))) != n_models:
+        raise EntryError("train_seeds", f"duplicate seeds in {show_value(seeds)}")
     if entry["n_params"] is None and not paper:
         raise EntryError("n_params", "expected an integer >= 1 (null only for paper rows), got null")
-    if "model_source" in entry and entry["model_source"] not in MODEL_SOURCES:
-        raise EntryError("model_source", f"expected one of {', '.join(map(show_value, MODEL_SOURCES))}, got "
-                                         f"{show_value(entry['model_source'])}")
-    if "checkpoint" in entry:
-        ck = c.obj(entry["checkpoint"], "checkpoint", CHECKPOINT_FIELDS)
-        c.str_(ck, "path", "checkpoint.path")
-        if not (isinstance(ck["sha256"], str) and _SHA256.fullmatch(ck["sha256"])):
-            raise EntryError("checkpoint.sha256", f"expected 64 lowercase hex digits (SHA-256), got "
-                                                  f"{show_value(ck['sha256'])}")
-        if paper:
-            raise EntryError("checkpoint", "rows reported by a paper were not measured here: no checkpoint")
-    c.str_(entry, "defense", "defense")
-    if "memory_overhead" in entry and not (_is_num(entry["memory_overhead"]) and entry["memory_overhead"] >= 0):
-        raise EntryError("memory_overhead", f"expected a number >= 0 (check bits / data bits), got "
-                                            f"{show_value(entry['memory_overhead'])}")
-    if "defense_name" in entry:
-        c.str_(entry, "defense_name", "defense_name")
-    c.obj(entry["defense_params"], "defense_params")
-    bits = c.int_(entry["bits"], "bits", 1, 32)
-
-    # protocol
-    proto = c.obj(entry["protocol"], "protocol", PROTOCOL_FIELDS)
-    c.str_(proto, "dataset", "protocol.dataset")
-    c.str_(proto, "eval_split", "protocol.eval_split", nullable=True)
-    c.int_(proto["bits"], "protocol.bits", 1, 32)
-    if proto["bits"] != bits and width_follows_suite(entry["defense"], entry["defense_params"]):
-        raise EntryError("bits", f"{bits} differs from protocol.bits ({proto['bits']})")
-    rates = proto["rates"]
-    if not isinstance(rates, list):
-        raise EntryError("protocol.rates", f"expected a list of rates, got {show_value(rates)}")
-    for i, r in enumerate(rates):
-        if not (_is_num(r) and 0 <= r <= 1):
-            raise EntryError(f"protocol.rates[{i}]", f"expected a rate in [0, 1], got {show_value(r)}")
-    patterns = c.int_(proto["patterns"], "protocol.patterns", 1)
-    base_seed = c.int_(proto["base_seed"], "protocol.base_seed")
-
-    if suite is not None:
-        if entry["suite"] != suite.name:
-            raise EntryError("suite", f"{show_value(entry['suite'])} is not the suite {show_value(suite.name)}")
-        sp = suite.protocol
-        if sp["eval_split"] is None:
-            raise EntryError("protocol.eval_split", f"suite {show_value(suite.name)} does not pin its evaluation "
-                                                    "images (eval_split = \"test[0:N]\" or n_eval in its TOML file): "
-                                                    "the leaderboard ranks only results on the same images")
-        for k in PROTOCOL_FIELDS:
-            mine, theirs = proto[k], sp[k]
-            if k == "rates":
-                same = len(mine) == len(theirs) and all(same_rate(a, b) for a, b in zip(sorted(mine), theirs))
-            else:
-                same = mine == theirs
-            if not same:
-                raise EntryError(f"protocol.{k}", f"{show_value(mine)} differs from suite {show_value(suite.name)} "
-                                                  f"({show_value(theirs)}): results are not comparable")
-
+    proto = entry["protocol"]
+    if set(proto) != set(PROTOCOL_FIELDS):
+        raise EntryError("protocol", f"expected {{{', '.join(PROTOCOL_FIELDS)}}}, got {show_value(proto)}")
+    for k, kind in (("dataset", KINDS["str"]), ("eval_split", optional(KINDS["str"])), ("bits", KINDS["posint"]),
+                    ("rates", list_of(KINDS["frac"])), ("patterns", KINDS["posint"]), ("base_seed", KINDS["count"])):
+        if not kind.check(proto[k]):
+            raise EntryError(f"protocol.{k}", f"expected {kind.want}, got {show_value(proto[k])}")
+    if proto["bits"] != entry["bits"] and width_follows_suite(entry["defense"], entry["defense_params"]):
+        raise EntryError("bits", f"{entry['bits']} differs from protocol.bits ({proto['bits']})")
+    plug = {n: field_from_declaration(n, d) for n, d in entry.get("metrics", {}).items()}
+    if set(plug) & set(BUILTIN_PATTERN_FIELDS):
+        raise EntryError("metrics", "a plug-in metric cannot take the name of a built-in field")
     clean = entry["clean_err"]
-    if clean is None and not paper:
-        raise EntryError("clean_err", "expected a number in [0, 1], got null (null only for paper rows)")
-    c.frac(clean, "clean_err", nullable=paper)
-
+    pmc = entry.get("per_model_clean_err")
+    for k in ("version", "config_hash", "clean_err", "pattern_seeds", "per_model_clean_err"):
+        if entry.get(k) is None and not paper:
+            raise EntryError(k, "null (null only for paper rows)")
+    if pmc is not None:
+        if len(pmc) != n_models:
+            raise EntryError("per_model_clean_err", f"{len(pmc)} values for {n_models} models (train_seeds)")
+        if clean is None or abs(sum(pmc) / n_models - clean) > _SUMMARY_TOL:
+            raise EntryError("clean_err", f"{show_value(clean)} is not the mean of per_model_clean_err: the entry was "
+                                          "edited or damaged")
+    if paper and entry["citation"] is None:
+        raise EntryError("citation", "required for rows reported by a paper")
     # results
     results = entry["results"]
-    if not isinstance(results, list):
-        raise EntryError("results", f"expected a list, got {show_value(results)}")
     if not results and not paper:
         raise EntryError("results", "empty: a benchmark entry needs a result for every rate of the suite")
-    seen_rates: list[tuple[float, int]] = []
-    seen_attacks: dict[str, int] = {}
     for i, r in enumerate(results):
+        _check_result(entry, r, f"results[{i}]", plug, n_models, pmc, paper)
+    if suite is not None:
+        check_protocol(entry, suite)
+    else:
+        _check_rates(entry, proto["rates"], None)
+    ps = entry.get("pattern_seeds")
+    if ps is not None and ps != list(range(proto["base_seed"], proto["base_seed"] + proto["patterns"])):
+        raise EntryError("pattern_seeds", f"expected base_seed .. base_seed + patterns - 1, got {show_value(ps)[:80]}")
+    return entry
+
+
+def _bad(path: str, want: str, v):
+    raise EntryError(path, f"expected {want}, got {show_value(v)}")
+
+
+def _check_result(entry: dict, r: Any, p: str, plug: dict, n_models: int, pmc, paper: bool) -> None:
+    if not isinstance(r, dict):
+        raise EntryError(p, f"expected an object, got {show_value(r)}")
+    _fields(r, RESULT_FIELDS, f"{p}.")
+    n = r.get("n_patterns")
+    fields = {f.name: f for f in projected_fields(entry.get("metrics"))}
+    pm = r.get("per_model", {})
+    if paper and pm:
+        raise EntryError(f"{p}.per_model", "paper rows give no per-model values (they were not measured here)")
+    if not paper and "rerr" not in pm:
+        raise EntryError(f"{p}.per_model.rerr", "missing: a benchmark row gives every model's per-pattern values, "
+                                               "from which its summary is recomputed and checked")
+    for name, mat in pm.items():
+        f = fields.get(name)
+        w = f"{p}.per_model.{name}"
+        if f is None:
+            raise EntryError(w, "unknown quantity (allowed: " + ", ".join(fields) + ")")
+        if not isinstance(mat, list) or len(mat) != n_models:
+            raise EntryError(w, f"expected one list per model ({n_models}, the train_seeds)")
+        for m, row in enumerate(mat):
+            if not isinstance(row, list) or n is None or len(row) != n:
+                raise EntryError(f"{w}[{m}]", f"expected one value per pattern (n_patterns = {show_value(n)})")
+            for c, v in enumerate(row):
+                f.check(v, f"{w}[{m}][{c}]")
+    if "rerr" in pm and pmc is not None:
+        for m, row in enumerate(pm["rerr"]):
+            for c, v in enumerate(row):
+                if v < pmc[m] - _TOL:
+                    raise EntryError(f"{p}.per_model.rerr[{m}][{c}]", f"{show_value(v)} is below the model's clean "
+                                                                     f"error {show_value(pmc[m])}: RErr counts clean "
+                                                                     "OR perturbed mistakes, so it is never lower")
+    summ = r["summary"]
+    for name, s in summ.items():
+        w = f"{p}.summary.{name}"
+        f = fields.get(name)
+        if f is None or not f.summary:
+            raise EntryError(w, "unknown quantity (summaries: " + ", ".join(k for k, x in fields.items() if x.summary)
+                             + ")")
+        if not isinstance(s, dict):
+            raise EntryError(w, f"expected an object {{{', '.join(_SUMMARY_KEYS)}}}, got {show_value(s)}")
+        if paper and name in pm:
+            raise EntryError(w, "paper rows give no per-model values")
+        if name not in pm:
+            if not paper:
+                raise EntryError(w, f"without {p}.per_model.{name} (a benchmark row's summaries are recomputed from "
+                                    "its per-model values)")
+            if set(s) - set(_SUMMARY_KEYS) or "mean" not in s:
+                raise EntryError(w, f"expected {{mean[, ci95]}}, got {show_value(s)}")
+            f.check(s["mean"], f"{w}.mean")
+            continue
+        want = result_summary(pm[name], _summary_identity(entry, r, name))
+        if set(s) != set(want):
+            raise EntryError(w, f"expected {{{', '.join(_SUMMARY_KEYS)}}}, got {show_value(s)}")
+        for k, v in want.items():
+            if k == "ci95":   # a bootstrap interval: tables recompute it from the per-model values
+                continue
+            got = s[k]
+            same = (got is None and v is None) or (
+                isinstance(got, list) and isinstance(v, list) and len(got) == len(v)
+                and all(is_num(a) and abs(a - b) <= _SUMMARY_TOL for a, b in zip(got, v))) or (
+                is_num(got) and v is not None and not isinstance(v, list) and abs(got - v) <= _SUMMARY_TOL)
+            if not same:
+                raise EntryError(f"{w}.{k}", f"{show_value(got)} does not match the per-model values "
+                                             f"({show_value(v)}): the entry was edited or damaged")
+        ci = s["ci95"]
+        if not (isinstance(ci, list) and len(ci) == 2 and all(is_num(x) for x in ci)
+                and ci[0] - _SUMMARY_TOL <= want["mean"] <= ci[1] + _SUMMARY_TOL):
+            raise EntryError(f"{w}.ci95", f"expected [low, high] around the mean {want['mean']!r}, got "
+                                          f"{show_value(ci)}")
+    if not paper:
+        for name in pm:
+            if fields[name].summary and name not in summ:
+                raise EntryError(f"{p}.summary.{name}", "missing")
+    elif "rerr" not in summ and r.get("note") is None:
+        raise EntryError(f"{p}.summary.rerr", "missing (a paper row without the value gives a note)")
+    # curves
+    curve, target = r.get("curve"), r.get("target")
+    if curve is not None or target is not None or "flips_to_target" in pm:
+        if r["rate"] is not None:
+            raise EntryError(f"{p}.curve", "a random bit error rate has no flip curve")
+        if curve is None:
+            raise EntryError(f"{p}.curve", "missing (a result with a target has a curve)")
+        _check_curve(curve, target, pm, n_models, n, p)
+
+
+def _check_curve(curve, target, pm, n_models, n, p) -> None:
+    if target is not None and not (isinstance(target, dict) and set(target) == {"metric", "value"}
+                                   and target["metric"] in CURVE_METRICS and KINDS["frac"].check(target["value"])):
+        raise EntryError(f"{p}.target", f"expected null or {{metric: one of {list(CURVE_METRICS)}, value}}, got "
+                                        f"{show_value(target)}")
+    if target is not None and "flips_to_target" not in pm:
+        raise EntryError(f"{p}.per_model.flips_to_target", "missing (a result with a target)")
+    if target is None and "flips_to_target" in pm:
+        raise EntryError(f"{p}.per_model.flips_to_target", "values without a target")
+    flips = curve.get("flips")
+    if not isinstance(flips, list) or not flips or not all(is_int(f) and f >= 1 for f in flips) \
+            or any(a >= b for a, b in zip(flips, flips[1:])):
+        raise EntryError(f"{p}.curve.flips", f"expected increasing flip budgets >= 1, got {show_value(flips)}")
+    if "err" not in curve:
+        raise EntryError(f"{p}.curve.err", "missing")
+    for k, v in curve.items():
+        if k == "flips":
+            continue
+        if k not in CURVE_METRICS:
+            raise EntryError(f"{p}.curve.{k}", f"unknown field (allowed: flips, {', '.join(CURVE_METRICS)})")
+        ok = isinstance(v, list) and len(v) == n_models and all(
+            isinstance(m, list) and len(m) == n and all(
+                isinstance(t, list) and len(t) == len(flips) and all(KINDS["frac"].check(x) for x in t) for t in m)
+            for m in v)
+        if not ok:
+            raise EntryError(f"{p}.curve.{k}", f"expected [[[a fraction per flip budget ({len(flips)})] per trial "
+                                               f"({n})] per model ({n_models})]")
+    if target is not None and target["metric"] not in curve:
+        raise EntryError(f"{p}.curve.{target['metric']}", "missing: the target's metric")
+
+
+def _check_rates(entry: dict, rates: list, suite: Suite | None) -> None:
+    """Rates unique and the protocol's; attacks unique and the suite's; a benchmark row covers every rate."""
+    paper = entry["reported_by"] == "paper"
+    seen_rates: list = []
+    seen_attacks: dict = {}
+    for i, r in enumerate(entry["results"]):
         p = f"results[{i}]"
-        c.obj(r, p)
-        for k in r:
-            if k not in RESULT_FIELDS:
-                raise EntryError(f"{p}.{k}", "unknown field (allowed: " + ", ".join(RESULT_FIELDS) + ")")
-        for k in ("attack", "rate", "rerr"):
-            if k not in r:
-                raise EntryError(f"{p}.{k}", "missing")
-        attack = c.str_(r, "attack", f"{p}.attack")
-        if attack in seen_attacks:
-            raise EntryError(f"{p}.attack", f"duplicate attack {show_value(attack)} "
-                                            f"(also results[{seen_attacks[attack]}])")
-        seen_attacks[attack] = i
+        if r["attack"] in seen_attacks:
+            raise EntryError(f"{p}.attack", f"duplicate attack {show_value(r['attack'])} (also "
+                                            f"results[{seen_attacks[r['attack']]}])")
+        seen_attacks[r["attack"]] = i
         rate = r["rate"]
         if rate is not None:
-            if not (_is_num(rate) and 0 <= rate <= 1):
-                raise EntryError(f"{p}.rate", f"expected a rate in [0, 1] or null, got {show_value(rate)}")
             for prev, j in seen_rates:
                 if same_rate(prev, rate):
                     raise EntryError(f"{p}.rate", f"duplicate rate {show_value(rate)} (also results[{j}])")
             if not any(same_rate(rate, x) for x in rates):
-                raise EntryError(f"{p}.rate", f"{show_value(rate)} is not one of the protocol's rates "
-                                              f"{show_value(rates)}")
+                raise EntryError(f"{p}.rate", f"{show_value(rate)} is not one of the protocol's rates {show_value(rates)}")
+            if not paper and r.get("n_patterns") != entry["protocol"]["patterns"]:
+                raise EntryError(f"{p}.n_patterns", f"{show_value(r.get('n_patterns'))} differs from protocol.patterns "
+                                                    f"({entry['protocol']['patterns']})")
             seen_rates.append((rate, i))
-        elif suite is not None and attack not in suite.attacks:
-            raise EntryError(f"{p}.attack", f"{show_value(attack)} is neither a rate attack nor one of the suite's "
-                                            f"attacks {show_value(list(suite.attacks))}")
-        if "flips" in r:
-            c.int_(r["flips"], f"{p}.flips", 0, nullable=True)
-        if "n_patterns" in r:
-            n = c.int_(r["n_patterns"], f"{p}.n_patterns", 1)
-            if n != patterns and rate is not None:
-                raise EntryError(f"{p}.n_patterns", f"{n} differs from protocol.patterns ({patterns})")
-        if "config_hash" in r:
-            c.str_(r, "config_hash", f"{p}.config_hash")
-        if "note" in r:
-            c.str_(r, "note", f"{p}.note")
-        if "decode_ms" in r and not (_is_num(r["decode_ms"]) and r["decode_ms"] >= 0):
-            raise EntryError(f"{p}.decode_ms", f"expected a number >= 0 (ms), got {show_value(r['decode_ms'])}")
-        if "detection" in r:
-            c.frac(r["detection"], f"{p}.detection", nullable=True)
-        if any(k in r for k in CURVE_RESULT_FIELDS):
-            _check_curve_result(c, r, p)
-        rerr = r["rerr"]
-        if rerr is None:
-            if not paper:
-                raise EntryError(f"{p}.rerr", "expected an object {mean, std, min, max}, got null "
-                                              "(null only for paper rows)")
-            continue
-        c.obj(rerr, f"{p}.rerr")
-        for k in rerr:
-            if k not in ("mean", "std", "min", "max"):
-                raise EntryError(f"{p}.rerr.{k}", "unknown field (allowed: mean, std, min, max)")
-        for k in ("mean", "std", "min", "max"):
-            if k not in rerr:
-                if paper and k != "mean":
-                    continue
-                raise EntryError(f"{p}.rerr.{k}", "missing")
-            c.frac(rerr[k], f"{p}.rerr.{k}", nullable=paper and k != "mean")
-        mean, lo, hi = rerr["mean"], rerr.get("min"), rerr.get("max")
-        if lo is not None and mean < lo - _TOL:
-            raise EntryError(f"{p}.rerr.min", f"{show_value(lo)} is larger than the mean {show_value(mean)}")
-        if hi is not None and mean > hi + _TOL:
-            raise EntryError(f"{p}.rerr.max", f"{show_value(hi)} is smaller than the mean {show_value(mean)}")
-        if r.get("per_pattern_rerr") is None and not paper:
-            raise EntryError(f"{p}.per_pattern_rerr", "missing: a benchmark row gives every pattern's value, from "
-                                                      "which its rerr is recomputed and checked")
-        if r.get("per_pattern_rerr") is not None:
-            pp = r["per_pattern_rerr"]
-            if not isinstance(pp, list) or not pp:
-                raise EntryError(f"{p}.per_pattern_rerr", f"expected a list of numbers in [0, 1], got {show_value(pp)}")
-            for j, v in enumerate(pp):
-                c.frac(v, f"{p}.per_pattern_rerr[{j}]")
-            if rate is not None and len(pp) != patterns:
-                raise EntryError(f"{p}.per_pattern_rerr", f"{len(pp)} values, expected protocol.patterns = "
-                                                          f"{patterns}")
-            recomputed = Summary.of(pp).to_json()
-            for k in ("mean", "std", "min", "max"):
-                v = rerr.get(k)
-                if (v is not None or not paper) and (v is None or abs(v - recomputed[k]) > _SUMMARY_TOL):
-                    raise EntryError(f"{p}.rerr.{k}", f"{show_value(v)} does not match the {k} of per_pattern_rerr "
-                                                      f"({recomputed[k]!r}): the entry was edited or damaged")
+        elif suite is not None and r["attack"] not in suite.attacks:
+            raise EntryError(f"{p}.attack", f"{show_value(r['attack'])} is neither a rate attack nor one of the "
+                                            f"suite's attacks {show_value(list(suite.attacks))}")
     if not paper:
         missing = [x for x in rates if not any(same_rate(x, y) for y, _ in seen_rates)]
         if missing:
             raise EntryError("results", "missing rates of the suite: " + ", ".join(f"{m!r}" for m in missing)
-                             + " (only paper rows may give a subset)")
+                             + " (give one result per rate; only paper rows may give a subset)")
 
-    # provenance
-    for k in ("version", "config_hash"):
-        if entry[k] is None and not paper:
-            raise EntryError(k, "expected a non-empty string, got null (null only for paper rows)")
-        c.str_(entry, k, k, nullable=True)
-    if "git_rev" in entry:
-        c.str_(entry, "git_rev", "git_rev", nullable=True)
-    seeds = c.obj(entry["seeds"], "seeds", ("train", "patterns"))
-    c.int_(seeds["train"], "seeds.train", nullable=True)
-    ps = seeds["patterns"]
-    if ps is not None:
-        if not isinstance(ps, list) or not all(_is_int(s) for s in ps):
-            raise EntryError("seeds.patterns", f"expected a list of integers or null, got {show_value(ps)}")
-        want = list(range(base_seed, base_seed + patterns))
-        if ps != want:
-            raise EntryError("seeds.patterns", f"expected base_seed .. base_seed + patterns - 1 = "
-                                               f"[{want[0]}, ..., {want[-1]}], got {show_value(ps)[:80]}")
-    c.str_(entry, "device", "device", nullable=True)
-    date = c.str_(entry, "date", "date", nullable=True)
-    if date is not None:
-        try:
-            datetime.fromisoformat(date.replace("Z", "+00:00"))
-        except ValueError:
-            raise EntryError("date", f"expected an ISO 8601 date, got {show_value(date)}") from None
-    c.str_(entry, "citation", "citation", nullable=True)
-    if paper and entry["citation"] is None:
-        raise EntryError("citation", "required for rows reported by a paper")
-    link = c.str_(entry, "link", "link", nullable=True)
-    if link is not None and not re.match(r"https?://\S+$", link):
-        raise EntryError("link", f"expected an http(s) URL, got {show_value(link)}")
-    if "notes" in entry:
-        notes = entry["notes"]
-        if not isinstance(notes, list) or not all(isinstance(n, str) and n.strip() for n in notes):
-            raise EntryError("notes", f"expected a list of non-empty strings, got {show_value(notes)}")
-    return entry
+
+def check_protocol(entry: dict, suite: Suite) -> None:
+    """The entry measured under ``suite``'s protocol (the one place where these rules are written)."""
+    if entry["suite"] != suite.name:
+        raise EntryError("suite", f"{show_value(entry['suite'])} is not the suite {show_value(suite.name)}")
+    sp = suite.protocol
+    if sp["eval_split"] is None:
+        raise EntryError("protocol.eval_split", f"suite {show_value(suite.name)} does not pin its evaluation images "
+                                                "(eval_split = \"test[0:N]\" or n_eval in its TOML file): the "
+                                                "leaderboard ranks only results on the same images")
+    proto = entry["protocol"]
+    for k in PROTOCOL_FIELDS:
+        mine, theirs = proto[k], sp[k]
+        same = (len(mine) == len(theirs) and all(same_rate(a, b) for a, b in zip(sorted(mine), theirs))) \
+            if k == "rates" else mine == theirs
+        if not same:
+            raise EntryError(f"protocol.{k}", f"{show_value(mine)} differs from suite {show_value(suite.name)} "
+                                              f"({show_value(theirs)}): results are not comparable")
+    _check_rates(entry, list(sp["rates"]), suite)

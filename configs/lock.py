@@ -5,6 +5,11 @@ asking for the same artefact waits, then finds it written and reuses it. The loc
 file next to the artefact (in the cache or results folder). The holder writes ``pid host start-time`` into the lock
 file, so a waiting process can say whom it waits for, and the lock file is removed on release.
 
+Lock files are opened with ``O_NOFOLLOW`` and must be regular files: a symbolic link, folder, FIFO or device planted
+where a lock file belongs is refused (:class:`LockError`, exit code 2), never followed or written to. A full disk
+while creating the lock file is a :class:`~.fileio.DiskFullError`; the owner line is only informative, so a write
+of it that fails for lack of space leaves the lock working.
+
 Stale locks: the kernel releases a flock when its process ends, however it ends (``kill -9`` included), so the
 lock of a dead process never blocks anyone; the next process takes it over and reports the pid and host of the
 process that left it. Where the file system does not support flock (rare network mounts) the lock degrades to no
@@ -16,17 +21,51 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import time
 from typing import Callable
+
+from .errors import UsageError
+from .fileio import DiskFullError, is_disk_full
 
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["FileLock", "lock_owner"]
+__all__ = ["FileLock", "LockError", "lock_owner"]
 
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+
+
+class LockError(UsageError):
+    """A lock file that cannot be used: not a regular file (a planted symbolic link, a folder) or not creatable."""
+
+
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | \
+    getattr(os, "O_NONBLOCK", 0)  # O_NONBLOCK: a planted FIFO never blocks the open; flock ignores the flag
+
+
+def _open_lock_file(path: str) -> int:
+    """The lock file's descriptor: created if missing, never through a symbolic link, a regular file only."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS, 0o666)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(path) from None
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise LockError(f"lock file {path} is a symbolic link; it is never followed (remove it, then run the "
+                            "same command again)") from None
+        if e.errno in (errno.EISDIR, errno.ENXIO, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+            raise LockError(f"lock file {path}: cannot open it ({e.strerror}); remove whatever is in its place, "
+                            "then run the same command again") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise LockError(f"lock file {path} is not a regular file; it is never written to (remove it, then run the "
+                        "same command again)")
+    return fd
 
 
 def _parse_owner(text: str) -> dict | None:
@@ -43,10 +82,17 @@ def _parse_owner(text: str) -> dict | None:
 def lock_owner(path) -> dict | None:
     """``{'pid', 'host', 'since'}`` as written in the lock file ``path`` by its holder (None: empty/unreadable)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return _parse_owner(f.read(512))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return _parse_owner(os.pread(fd, 512, 0).decode("utf-8", "replace"))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _describe(owner: dict | None) -> str:
@@ -82,12 +128,18 @@ class FileLock:
     def acquire(self) -> "FileLock":
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFullError(folder) from None
+            raise LockError(f"lock file {self.path}: cannot create its folder ({e.strerror or e})") from None
         if fcntl is None:  # pragma: no cover
             self._unsupported("no fcntl module on this platform")
             return self
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open_lock_file(self.path)
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -117,8 +169,12 @@ class FileLock:
             self.took_over = owner
             self.log(f"took over the stale lock of {_describe(owner)} on {self.what} (that process ended without "
                      "releasing it)")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n".encode(), 0)
+        except OSError as e:  # the owner line only informs waiting processes: the lock holds without it
+            if not is_disk_full(e):
+                raise
         return self
 
     def release(self) -> None:

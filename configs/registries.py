@@ -7,11 +7,13 @@
 
 A defense spec may add protections of the memory after ``+`` (``rquant+secded``, ``clip+radar:group=16``):
 ``create_defense`` builds the defense, then each protection (:data:`PROTECTIONS`, entry points
-``bitbench.protections``), and returns the protected defense (``Defense.protect``).
+``bitbench.protections``), and returns the protected defense (the composer ``bitbench.defenses.protection`` sets).
 
-Each registry imports the modules of its built-in entries on first lookup (``advbet``, a defense that lives with
-the attack it trains against, is therefore always found) and then its entry-point group (``bitbench.defenses``,
-``bitbench.attacks``, ``bitbench.models``, ``bitbench.datasets``).
+The core names no module above it: the packages that hold built-in entries declare them (``Registry.add_builtins``;
+``bitbench.builtin_entries`` declares every one of the package, and the public API, the command line and the
+harness load it), and each registry imports them on its next lookup, then its entry-point group
+(``bitbench.defenses``, ``bitbench.attacks``, ``bitbench.models``, ``bitbench.datasets``, ``bitbench.metrics``,
+``bitbench.protections``).
 
 Models are classes or factories returning an ``nn.Module``; the harness passes ``num_classes``, ``in_channels``,
 ``image_size`` (and ``mean``/``std`` for a fixed whitening layer) where the entry accepts them; build one with
@@ -23,24 +25,24 @@ from __future__ import annotations
 
 from .registry import Registry, StagedRegistry
 
-__all__ = ["DEFENSES", "PROTECTIONS", "ATTACKS", "MODELS", "DATASETS", "register_defense", "register_protection",
-           "register_attack", "register_model", "register_dataset", "list_defenses", "list_protections",
-           "list_attacks", "list_models", "list_datasets", "create_defense", "create_protection", "create_attack"]
+__all__ = ["DEFENSES", "PROTECTIONS", "ATTACKS", "MODELS", "DATASETS", "METRICS", "register_defense",
+           "register_protection", "register_attack", "register_model", "register_dataset", "register_metric",
+           "list_defenses", "list_protections", "list_attacks", "list_models", "list_datasets", "list_metrics",
+           "create_defense", "create_protection", "create_attack", "create_metric"]
 
-PROTECTIONS = Registry("protection", entry_point_group="bitbench.protections",
-                       builtins=("bitbench.defenses.protection",))
-DEFENSES = StagedRegistry("defense", entry_point_group="bitbench.defenses",
-                          builtins=("bitbench.defenses.zoo", "bitbench.attacks.advbet"), stages=PROTECTIONS,
-                          compose="protect")
-ATTACKS = Registry("attack", entry_point_group="bitbench.attacks", builtins=("bitbench.attacks",))
-MODELS = Registry("model", entry_point_group="bitbench.models", builtins=("bitbench.models",))
-DATASETS = Registry("dataset", entry_point_group="bitbench.datasets", builtins=("bitbench.data.loaders",))
+PROTECTIONS = Registry("protection", entry_point_group="bitbench.protections")
+DEFENSES = StagedRegistry("defense", entry_point_group="bitbench.defenses", stages=PROTECTIONS)
+ATTACKS = Registry("attack", entry_point_group="bitbench.attacks")
+MODELS = Registry("model", entry_point_group="bitbench.models")
+DATASETS = Registry("dataset", entry_point_group="bitbench.datasets")
+METRICS = Registry("metric", entry_point_group="bitbench.metrics")
 
 register_defense = DEFENSES.register
 register_protection = PROTECTIONS.register
 register_attack = ATTACKS.register
 register_model = MODELS.register
 register_dataset = DATASETS.register
+register_metric = METRICS.register
 
 
 def list_defenses(pattern: str = "*") -> list[str]:
@@ -66,6 +68,16 @@ def list_models(pattern: str = "*") -> list[str]:
 def list_datasets(pattern: str = "*") -> list[str]:
     """Registered dataset names matching a wildcard, e.g. ``list_datasets('cifar*')``."""
     return DATASETS.list(pattern)
+
+
+def list_metrics(pattern: str = "*") -> list[str]:
+    """Registered metric names matching a wildcard, e.g. ``list_metrics('top*')``."""
+    return METRICS.list(pattern)
+
+
+def create_metric(spec: str, **overrides):
+    """Instantiate a metric (``'changed'``, ``'topk_err:k=5'``)."""
+    return METRICS.create(spec, **overrides)
 
 
 def create_defense(spec: str, **overrides):

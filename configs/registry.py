@@ -79,15 +79,23 @@ class Registry:
     def __init__(self, kind: str, entry_point_group: str | None = None, builtins: Iterable[str] = ()):
         self.kind = kind
         self.group = entry_point_group
-        self.builtins = tuple(builtins)  # modules whose import registers the built-in entries
+        self.builtins = tuple(builtins)  # modules whose import registers built-in entries (declared from above)
         self._entries: dict[str, RegistryEntry] = {}
         self._aliases: dict[str, str] = {}  # other name -> registered name
         self._loaded_builtins = False
         self._loaded_entry_points = False
         self.entry_point_errors: dict[str, str] = {}
 
+    def add_builtins(self, *modules: str) -> None:
+        """Declare modules whose import registers entries; they are imported on the next lookup. The packages above
+        the core declare their own (the core names no module above it)."""
+        new = tuple(m for m in modules if m not in self.builtins)
+        if new:
+            self.builtins += new
+            self._loaded_builtins = False
+
     def _load(self) -> None:
-        """Import the built-in modules (once), then the entry points (once)."""
+        """Import the declared built-in modules (once each), then the entry points (once)."""
         if not self._loaded_builtins:
             self._loaded_builtins = True
             for mod in self.builtins:
@@ -260,17 +268,22 @@ class StagedRegistry(Registry):
     """A registry whose specs may name stages of a second registry after ``+`` (:func:`~.spec.split_stages`): the
     defense registry, whose stages are protections (``rquant+secded:word=32``).
 
-    :meth:`create` builds the base entry, then each stage, and passes them to the base object's ``compose`` method
-    (``defense.protect([protection, ...])``), which returns the composed object; :meth:`canonical` is the base's
+    :meth:`create` builds the base entry, then each stage, and passes them to the *composer* (``composer(base,
+    [stage, ...])`` returns the composed object), which the package that defines the stages sets
+    (:meth:`set_composer`; for defenses: ``bitbench.defenses.protection``); :meth:`canonical` is the base's
     canonical spec joined with each stage's; :meth:`resolve` resolves the base (its entry and parameters) after
     checking every stage. A stage named twice is refused.
     """
 
     def __init__(self, kind: str, entry_point_group: str | None = None, builtins: Iterable[str] = (), *,
-                 stages: Registry, compose: str):
+                 stages: Registry):
         super().__init__(kind, entry_point_group, builtins)
         self.stages = stages
-        self.compose = compose
+        self.composer: Callable | None = None
+
+    def set_composer(self, composer: Callable) -> None:
+        """``composer(base, stages) -> composed object`` (raising :class:`SpecError` where they do not combine)."""
+        self.composer = composer
 
     def _split(self, spec: str) -> tuple[str, list[str]]:
         base, stages = split_stages(spec)
@@ -294,10 +307,11 @@ class StagedRegistry(Registry):
         obj = super().create(base, **overrides)
         if not stages:
             return obj
-        compose = getattr(obj, self.compose, None)
-        if compose is None:
-            raise SpecError(f"{self.kind} {obj.spec!r} cannot be combined with {self.stages.kind}s ({spec!r})")
-        return compose([self.stages.create(s) for s in stages])
+        parts = [self.stages.create(s) for s in stages]   # loads the stages' package, which sets the composer
+        if self.composer is None:
+            raise SpecError(f"{self.kind} {obj.spec!r} cannot be combined with {self.stages.kind}s ({spec!r}): no "
+                            f"package that composes them is loaded")
+        return self.composer(obj, parts)
 
     def canonical(self, spec: str) -> str:
         base, stages = self._split(spec)

@@ -57,6 +57,8 @@ def parse_value(text: str, default: Any):
     t = text.strip()
     low = t.lower()
     if low in ("none", "null"):
+        if isinstance(default, bool):
+            raise SpecError(f"expected a boolean (true/false), got {text!r}")
         return None
     if isinstance(default, bool):
         if low in ("1", "true", "yes", "on"):

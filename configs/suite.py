@@ -32,22 +32,24 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["Suite", "SuiteError", "load_suite", "list_suites", "suite_path", "packaged_suites_dir", "same_rate",
            "rate_key", "format_rate", "stable_hash", "EVAL_SPLIT_RE", "TRAIN_KEYS", "AUGMENT_KEYS",
-           "DATASET_MODEL_OPTIONS", "MAX_PATTERNS"]
+           "DATASET_MODEL_OPTIONS", "MAX_PATTERNS", "SUITE_NAME_RE"]
 
 EVAL_SPLIT_RE = re.compile(r"test\[(\d+):(\d+)\]")
+# A suite's name: a folder of results/ and of leaderboard entries (never a path, never hidden)
+SUITE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # The keys a suite may set in [train] (fields of defenses.TrainConfig; the seed is the suite's train_seed and the
 # device is --device) and in [augment] (benchmark.data.Augment.KEYS). The core has no torch: a test keeps these
 # equal to the classes'.
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
-              "gamma")
-_TRAIN_ELSEWHERE = {"seed": "the top-level train_seed", "device": "--device on the command line",
+              "gamma", "threads", "optimizer")
+_TRAIN_ELSEWHERE = {"seed": "the top-level train_seeds (or train_seed)", "device": "--device on the command line",
                     "progress": "--no-progress on the command line"}
 AUGMENT_KEYS = ("crop", "flip", "autoaugment", "cutout", "fill")
 # Model builder arguments that come from the dataset (or the suite), never from [model_options].
 DATASET_MODEL_OPTIONS = {"num_classes": "the dataset's classes", "in_channels": "the dataset's image channels",
                          "image_size": "the dataset's image size", "mean": "the training images' channel means",
-                         "std": "the training images' channel stds", "seed": "the suite's train_seed"}
+                         "std": "the training images' channel stds", "seed": "the suite's train_seeds"}
 MAX_PATTERNS = 1 << 32  # bit-error patterns per rate (seeds base_seed .. base_seed + patterns - 1)
 
 
@@ -94,7 +96,9 @@ class Suite:
     headline_rate: float | None = None
     patterns: int = 50
     base_seed: int = 100
-    train_seed: int = 0
+    train_seed: int | None = None      # one model (the first of train_seeds; a suite gives either)
+    train_seeds: list | None = None    # several models per defense, each its own cached checkpoint
+    metrics: list = field(default_factory=list)   # plug-in metrics measured besides the built-ins
     train: dict = field(default_factory=dict)
     augment: dict = field(default_factory=dict)
     path: str | None = field(default=None, compare=False)
@@ -111,6 +115,11 @@ class Suite:
         for k in ("name", "dataset", "model"):
             if not isinstance(getattr(self, k), str) or not getattr(self, k):
                 bad(f"{k!r} must be a non-empty string, got {getattr(self, k)!r}")
+        if not SUITE_NAME_RE.fullmatch(self.name):  # the name is a folder of results and of leaderboard entries
+            stem = self.path is not None and Path(self.path).stem == self.name
+            bad(f"'name' must be a plain name (letters, digits, '.', '_', '-'; starting with a letter or digit; at "
+                f"most 64 characters), got {self.name!r}"
+                + (" (a suite file without 'name' is named after its file)" if stem else ""))
         if not isinstance(self.description, str):
             bad(f"'description' must be a string, got {self.description!r}")
         self.description = self.description.strip()
@@ -150,8 +159,25 @@ class Suite:
             bad(f"'patterns' must be an integer in [1, {MAX_PATTERNS}], got {self.patterns!r}")
         if not is_int(self.base_seed) or not 0 <= self.base_seed < (1 << 64) - self.patterns:
             bad(f"'base_seed' must be an integer in [0, 2^64 - patterns), got {self.base_seed!r}")
-        if not is_int(self.train_seed) or self.train_seed < 0:
-            bad(f"'train_seed' must be an integer >= 0, got {self.train_seed!r}")
+        if self.train_seeds is None:
+            seed = 0 if self.train_seed is None else self.train_seed
+            if not is_int(seed) or not 0 <= seed < 1 << 62:
+                bad(f"'train_seed' must be an integer in [0, 2^62), got {seed!r}")
+            self.train_seeds = [seed]
+        else:
+            if self.train_seed is not None:
+                bad("give either 'train_seed' (one model) or 'train_seeds' (several), not both")
+            ts = self.train_seeds
+            if not isinstance(ts, (list, tuple)) or not ts or not all(is_int(x) and 0 <= x < 1 << 62 for x in ts):
+                bad(f"'train_seeds' must be a non-empty list of integers in [0, 2^62), got {ts!r}")
+            if len(set(ts)) != len(ts):
+                bad(f"'train_seeds' holds a seed twice: {list(ts)!r}")
+            self.train_seeds = list(ts)
+        self.train_seed = self.train_seeds[0]
+        if not isinstance(self.metrics, (list, tuple)) or not all(isinstance(m, str) and m.strip()
+                                                                  for m in self.metrics):
+            bad(f"'metrics' must be a list of metric specs, got {self.metrics!r}")
+        self.metrics = list(self.metrics)
         if self.n_eval is not None and (not is_int(self.n_eval) or self.n_eval < 1):
             bad(f"'n_eval' must be an integer >= 1, got {self.n_eval!r}")
         if self.eval_split is not None:
@@ -195,10 +221,14 @@ class Suite:
         return [f"random_p{r!r}" for r in self.rates]
 
     def to_dict(self) -> dict:
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "path"}
+        """The suite's keys (``train_seed``, derived from ``train_seeds``, left out)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in ("path",
+                                                                                                     "train_seed")}
 
     def replace(self, **kw) -> "Suite":
         d = self.to_dict()
+        if "train_seed" in kw:
+            d["train_seeds"] = None
         d.update(kw)
         if "n_eval" in kw and "eval_split" not in kw:
             d["eval_split"] = None  # re-derived from n_eval
@@ -270,6 +300,10 @@ def load_suite(name_or_path="default", configs_dirs=None) -> Suite:
             d = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise SuiteError(f"{path}: not valid TOML: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise SuiteError(f"{path}: not valid TOML for a suite: nested too deeply") from None
     except OSError as e:
         raise SuiteError(f"{path}: cannot read the suite file ({e.strerror or e})") from None
     unknown = sorted(set(d) - _KEYS)

@@ -8,10 +8,23 @@ from .quantization import QuantScheme
 from .quantized_model import QuantizedModel
 from .training import QATStep, Trainer, TrainConfig
 
-__all__ = ["Defense", "NUMERICS"]
+__all__ = ["Defense", "NUMERICS", "with_training"]
 
 # The numerics and recipe generation: part of every checkpoint key, so models trained before a change are retrained.
-NUMERICS = "original/1"  # quantization and training recipe of shared/design/original-numerics.md
+# /2: range parameters in binary64, weights clipped before every forward pass, lr milestones at floor(k E / 5), the
+# step curriculum keeps the loss gating and ramps p in 20 steps, AutoAugment rotate/shear as PIL computes them,
+# SimpleNet below 32 pixels without blocks 9-10, training at a fixed intra-op thread count.
+NUMERICS = "original/2"  # docs/numerics.md
+
+
+def with_training(recipe: dict, train: TrainConfig | None) -> dict:
+    """``recipe`` with the training configuration's part (:meth:`TrainConfig.recipe`) under ``train`` and its
+    deviations appended to ``recipe['deviations']`` (unchanged without ``train``)."""
+    if train is None:
+        return recipe
+    t = train.recipe()
+    return dict(recipe, train={k: v for k, v in t.items() if k != "deviations"},
+                deviations=list(recipe["deviations"]) + t["deviations"])
 
 
 class Defense:
@@ -63,14 +76,15 @@ class Defense:
                 "not_applied": ["training" + (f" (with the clip at w_max = {self.w_max:g})" if self.w_max else "")],
                 "deviations": []}
 
-    def recipe(self) -> dict:
+    def recipe(self, train: TrainConfig | None = None) -> dict:
         """The training recipe's elements, and ``deviations``: the elements of the paper's recipe this defense
-        turns off (recorded in every result record)."""
+        turns off (recorded in every result record). With ``train`` (the suite's :class:`TrainConfig`) also the
+        optimizer, schedule and thread count, and where they differ from the paper's (e.g. a cosine schedule)."""
         d = {"quantization": self.scheme().name, "clip": self.w_max, "deviations": []}
         if self.w_max is None:
             d["deviations"].append("no weight clipping (the paper clips every model after each step, at "
                                    "w_max = 1 for Normal and RQuant)")
-        return d
+        return with_training(d, train)
 
     def trainer(self, model: nn.Module, config: TrainConfig, *, augment=None, num_classes: int | None = None,
                 wrap=None, include=None, exclude=None) -> Trainer:
@@ -85,16 +99,16 @@ class Defense:
                          exclude=exclude)
         return t.fit(train_x, train_y, checkpoint=checkpoint, key=key)
 
-    def quantize(self, model: nn.Module, include=None, exclude=None) -> QuantizedModel:
-        """The deployed model: integer codes of the trained weights."""
-        return QuantizedModel.from_module(model, self.scheme(), include=include, exclude=exclude)
+    def quantize(self, model: nn.Module, include=None, exclude=None, *, trained_here: bool = False) -> QuantizedModel:
+        """``model`` stored in this defense's memory format: every parameter (frozen ones too), in
+        ``named_parameters()`` order.
 
-    def protect(self, protections) -> "Defense":
-        """This defense with its deployed memory protected by ``protections`` (the stages after ``+`` in a spec:
-        ``rquant+secded``): trained and stored as this one, see :class:`.protection.ProtectedDefense`."""
-        from .protection.base import ProtectedDefense
-
-        return ProtectedDefense(self, protections)
+        By default the model is one this recipe did not train (a user's): it is stored with :meth:`storage_scheme`,
+        exactly as :func:`bitbench.evaluate_model` and ``run --checkpoint`` store it. ``trained_here=True``: the
+        model was trained with this defense's recipe by the benchmark (the harness's deployed model), stored with
+        :meth:`scheme` (RQuant: its range capped at the training clip, which such weights never exceed)."""
+        scheme = self.scheme() if trained_here else self.storage_scheme()
+        return QuantizedModel.from_module(model, scheme, include=include, exclude=exclude)
 
     def __repr__(self) -> str:
         return f"<defense {getattr(self, 'spec', type(self).__name__)}>"

@@ -38,6 +38,7 @@ from bitbench.configs.spec import SpecError
 from bitbench.kernels import from_pattern, to_pattern
 
 from .layout import Segments
+from .memory import MemoryFormat
 
 __all__ = ["FloatFormat", "FLOAT_KINDS", "FIELDS"]
 
@@ -65,7 +66,7 @@ def _canonical_flip(flip) -> str:
 
 
 @dataclass(frozen=True)
-class FloatFormat:
+class FloatFormat(MemoryFormat):
     """Weights as raw IEEE bits (the module docstring). ``kind``: one of :data:`FLOAT_KINDS`; ``flip``: the bits
     that may flip (``'all'``, or fields joined by ``'|'``)."""
 
@@ -184,7 +185,8 @@ class FloatFormat:
         return words, None, deq_out is not None
 
     def decode(self, words: torch.Tensor, ctx=None, segments: Segments | None = None, *,
-               dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None, per_word=None) -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None, per_word=None,
+               reference: bool = False) -> torch.Tensor:
         """The weights the words hold, as ``dtype`` (or into ``out``): the word reinterpreted as the float type,
         then widened (exact). A fresh tensor (never a view of the words)."""
         v = words.view(self.float_dtype)

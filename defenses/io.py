@@ -21,6 +21,7 @@ import os
 import re
 import struct
 import warnings
+import zipfile
 
 from bitbench.configs.errors import UsageError
 from bitbench.configs.fileio import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -131,6 +132,23 @@ def _load_failure(e: Exception, path: str, size: int) -> str:
             "it)")
 
 
+def _damaged_archive_member(path: str) -> str | None:
+    """What is damaged in a torch zip archive, checked against the archive's own CRC-32 of every member (torch
+    itself does not check them: a flipped byte in the tensor data would load as another number); None for an intact
+    archive or a file that is not a zip archive (torch's legacy format: it has no checksums)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return None
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except zipfile.BadZipFile as e:
+        return f"not a complete zip archive ({e})"
+    except (OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:  # truncated or odd members
+        return f"cannot read its members ({type(e).__name__}: {e})"
+    return f"member {bad!r} does not match its CRC-32 (e.g. bit errors on disk)" if bad else None
+
+
 def describe_content(obj) -> str:
     """What a loaded file holds, in words (for messages): ``it holds a single tensor of shape [3, 3]``."""
     import torch
@@ -162,11 +180,16 @@ def load_checkpoint(path, *, require_digest: bool = True, hint: str | None = Non
         raise CheckpointError(path, "is a folder, not a checkpoint file", hint)
     if not os.path.exists(path):
         raise CheckpointError(path, "does not exist", hint)
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "is not a regular file", hint)
     try:
         with open(path, "rb"):
             size = os.path.getsize(path)
     except OSError as e:
         raise CheckpointError(path, f"cannot read it ({e.strerror or e})", hint) from None
+    damaged = _damaged_archive_member(path)
+    if damaged:
+        raise CheckpointError(path, f"the torch archive is truncated or damaged: {damaged}", hint)
     try:
         with warnings.catch_warnings():  # e.g. torch's note on unusual pickle protocols: the error says enough
             warnings.simplefilter("ignore")

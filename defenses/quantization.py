@@ -6,7 +6,7 @@ few-word decoding adversarial attacks use. A fast path (the C kernel of :mod:`bi
 declares which schemes it handles (:func:`bitbench.kernels.fused_quant.supports`) and gives the same bits; every
 other scheme or device runs the torch path below.
 
-The numerics are those of the method's original implementation (shared/design/original-numerics.md). ``m`` bits,
+The numerics are those of the method's original implementation (docs/numerics.md). ``m`` bits,
 ``L = 2^(m-1) - 1``, ``c`` the center code (``2^(m-1)`` for unsigned offset codes, 0 for two's complement codes),
 ``eps = 0.001``. Per segment (tensor) a :class:`QuantContext` ``(lo, hi, step)``:
 
@@ -16,6 +16,11 @@ The numerics are those of the method's original implementation (shared/design/or
 * asymmetric: ``[lo, hi] = [min w, max w]`` (clipped: both clamped to ``[-w_max, w_max]``; fixed: the given
   ``[q_min, q_max]``), no epsilon; ``step = (1 + eps) / L``, the step of the fixed symmetric scheme at q_max = 1 that
   quantizes the tensor mapped affinely onto [-1, 1].
+
+``r`` and ``step`` are computed in float64 (binary64, as the original computes them with Python floats: the exact
+``max|w|``, plus ``eps``, capped at ``w_max``, divided by ``L``; each a correctly rounded double operation) and then
+rounded once to the compute dtype; ``q_max``, ``q_min`` and ``w_max`` enter as the nearest compute-dtype value.
+Everything below is computed in the compute dtype.
 
 Encode, one word (each line one correctly rounded operation in the compute dtype; no fused multiply-add):
 
@@ -36,8 +41,9 @@ Decode, one word: ``t = clamp(q, code_min, code_max) - c`` (exact), ``t = t * st
 
 So every code of every word decodes inside its tensor's range (a bit error never moves a weight outside it), and a
 constant tensor (``hi == lo``: zero-initialized biases, one-element tensors, a clipped range that collapses) encodes
-to the center code and decodes to the constant under any code. Codes and contexts are computed in float32, except
-32-bit codes, computed in float64 (float32 cannot resolve their steps).
+to the center code and decodes to the constant under any code. Codes are computed in float32 and contexts are held
+in float32 (their range parameters computed in float64, see above), except for 32-bit codes: everything in float64
+(float32 cannot resolve their steps).
 
 Storage: a word is an m-bit code (``2 <= m <= 16``, or 32 for signed codes) held in the smallest container:
 uint8 (unsigned, ``m <= 8``), int8 (signed, ``m <= 8``), int16 (``9 <= m <= 16``), int32 (signed, ``m = 32``).
@@ -66,6 +72,7 @@ from bitbench.kernels import from_pattern
 from bitbench.kernels.fused_quant import Rounding
 
 from .layout import Segments, canonical_granularity, parse_granularity, segment_ids, segment_starts
+from .memory import MemoryFormat
 
 __all__ = [
     "QuantScheme",
@@ -95,6 +102,11 @@ def _positive_finite(v) -> bool:
     except (TypeError, ValueError):
         return False
     return f > 0 and f != float("inf")
+
+
+# A fixed range's width must be a finite float32 number, and so must its code step (width / (2^m - 1)) be a normal
+# one: float32's smallest normal number and its largest finite number.
+_FIXED_WIDTH = (1.1754943508222875e-38, 3.4028234663852886e38)
 
 
 def _finite(v) -> bool:
@@ -158,7 +170,7 @@ def _check_float(w: torch.Tensor, what: str = "w"):
 
 # -- the scheme --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class QuantScheme:
+class QuantScheme(MemoryFormat):
     """How float weights become integer codes and back (formulas: the module docstring).
 
     Attributes:
@@ -190,7 +202,7 @@ class QuantScheme:
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-            raise TypeError(f"bits must be an int, got {self.bits!r}")
+            raise SpecError(f"bits must be an integer, got {self.bits!r}")
         if not (2 <= self.bits <= 16 or (self.signed and self.bits == 32)):
             raise SpecError(f"bits must be in 2..16 ({'or 32 ' if self.signed else ''}for "
                             f"{'signed' if self.signed else 'unsigned'} codes; 32-bit codes are signed), got "
@@ -210,6 +222,12 @@ class QuantScheme:
             if self.q_min is not None and not self.asymmetric:
                 raise SpecError("q_min is the lower end of an asymmetric fixed range; a symmetric fixed range "
                                 "is [-q_max, q_max] (set asymmetric=True, or drop q_min)")
+            lo = float(self.q_min) if self.q_min is not None else -float(self.q_max)
+            width = (float(self.q_max) - lo) * 1.001  # the range with its epsilon, in the compute dtype
+            if not _FIXED_WIDTH[0] * ((1 << self.bits) - 1) <= width <= _FIXED_WIDTH[1]:
+                raise SpecError(f"the fixed range [{lo!r}, {self.q_max!r}] is too {'wide' if width > 1 else 'narrow'} "
+                                f"for {self.bits}-bit codes computed in float32: its width must be in "
+                                f"[{_FIXED_WIDTH[0] * ((1 << self.bits) - 1):.3g}, {_FIXED_WIDTH[1]:.3g}]")
         elif self.q_min is not None:
             raise SpecError("q_min belongs to range='fixed' with asymmetric=True")
         if self.range == "clipped" and (self.w_max is None or not _positive_finite(self.w_max)):
@@ -360,10 +378,13 @@ class QuantScheme:
         return base.clone().scatter_reduce_(0, seg, f.abs(), "amax", include_self=False)
 
     def context_from_statistics(self, stats, num_segments: int, device="cpu") -> QuantContext:
-        """The :class:`QuantContext` of ``num_segments`` segments from :meth:`statistics` (module docstring)."""
-        dt = self.compute_dtype
-        eps = self._const(RANGE_EPS, device)
-        L = self._const(float(self.levels), device)
+        """The :class:`QuantContext` of ``num_segments`` segments from :meth:`statistics` (module docstring).
+
+        The range parameters are computed in float64 from the exact statistics (as the original computes them with
+        Python floats: ``max|w| + eps``, the cap at ``w_max``, the division by L) and rounded once to the compute
+        dtype; the asymmetric range ends are the statistics themselves (exact)."""
+        dt, f64 = self.compute_dtype, torch.float64
+        L = _device_const(float(self.levels), f64, str(torch.device(device)))  # a tensor divisor: true division
         if self.asymmetric:
             if self.range == "fixed":
                 lo = self._const(-float(self.q_max) if self.q_min is None else float(self.q_min), device) \
@@ -374,16 +395,16 @@ class QuantScheme:
                 if self.range == "clipped":
                     w = float(self.w_max)
                     lo, hi = lo.clamp(-w, w), hi.clamp(-w, w)
-            step = torch.div(self._const(1.0, device) + eps, L).expand(num_segments).clone()
+            step = self._const((1.0 + RANGE_EPS) / self.levels, device).expand(num_segments).clone()
             return QuantContext(lo, hi, step)
         if self.range == "fixed":
             r = self._const(float(self.q_max), device).expand(num_segments).clone()
-            step = torch.div(r + eps, L)
-        else:
-            r = stats.to(device=device, dtype=dt) + eps
-            if self.range == "clipped":
-                r = torch.minimum(r, self._const(float(self.w_max), device))
-            step = torch.div(r, L)
+            step = self._const((float(self.q_max) + RANGE_EPS) / self.levels, device).expand(num_segments).clone()
+            return QuantContext(torch.neg(r), r, step)
+        r64 = stats.to(device=device, dtype=f64) + RANGE_EPS
+        if self.range == "clipped":
+            r64 = torch.minimum(r64, _device_const(float(self.w_max), f64, str(torch.device(device))))
+        r, step = r64.to(dt), torch.div(r64, L).to(dt)
         return QuantContext(torch.neg(r), r, step)
 
     def context(self, flat: torch.Tensor, segments: Segments | None = None) -> QuantContext:
@@ -445,12 +466,15 @@ class QuantScheme:
 
     def decode(self, codes: torch.Tensor, ctx: QuantContext, segments: Segments | None = None, *,
                dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
-               per_word: tuple | None = None) -> torch.Tensor:
+               per_word: tuple | None = None, reference: bool = False) -> torch.Tensor:
         """Weights of the 1-D memory ``codes`` under ``ctx`` as ``dtype`` (optionally into ``out``).
 
-        ``per_word`` is a cache from :meth:`decode_cache` (the torch path's per-word parameters)."""
+        ``per_word`` is a cache from :meth:`decode_cache` (the torch path's per-word parameters). ``reference``:
+        always the torch path, whose clamps are ``min(max(t, lo), hi)`` with NaN propagating (numpy's ``np.clip``)
+        for *any* context -- also a non-finite or inverted (``lo > hi``) range, e.g. one whose metadata words took
+        bit errors; the C path agrees with it only on finite ranges with ``lo <= hi``."""
         segments = segments if segments is not None else Segments.single(codes.numel())
-        if codes.device.type == "cpu" and dtype == torch.float32 and _fast.supports(self):
+        if not reference and codes.device.type == "cpu" and dtype == torch.float32 and _fast.supports(self):
             o = out if out is not None else torch.empty(codes.shape, dtype=torch.float32)
             if _fast.decode(self, codes, segments.starts(), ctx, o):
                 return o

@@ -1,6 +1,6 @@
 """The quantized model: a module's parameters as one flat memory of words in a memory format.
 
-Layout (see the bit-error-pattern design note): the included parameters, in ``named_parameters()`` order, each
+Layout (docs/patterns.md): the included parameters, in ``named_parameters()`` order, each
 flattened in C order, one after the other. Tensor ``t`` starts at global word offset ``offsets[t]``. Attacks act on
 the flat ``codes`` buffer (or on per-tensor views of it) and the harness writes decoded values back into the
 module's parameters in place.
@@ -17,9 +17,10 @@ for code-space searches, :meth:`~QuantizedModel.code_values` / :meth:`~Quantized
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -28,7 +29,8 @@ from bitbench import kernels
 from bitbench.configs.spec import SpecError
 
 from .float_formats import FloatFormat
-from .io import load_checkpoint, save_checkpoint
+from .io import CheckpointError, load_checkpoint, save_checkpoint
+from .memory import Memory, MemoryFormat
 from .quantization import QuantContext, QuantScheme, scheme_from_dict
 
 __all__ = ["QuantizedModel", "select_parameters", "flatten_parameters", "flat_buffer_of", "FORMAT",
@@ -38,6 +40,23 @@ __all__ = ["QuantizedModel", "select_parameters", "flatten_parameters", "flat_bu
 # /2 files (per-tensor schemes) read the same
 FORMAT = "bitbench.quantized_model/3"
 _READABLE = ("bitbench.quantized_model/2", FORMAT)
+
+
+class QuantizedModelError(SpecError):
+    """A quantized-model file (or state dict) whose content is inconsistent (exit code 2 on the command line)."""
+
+
+def _scheme_of(d):
+    """The memory format of a file's ``scheme`` field (:class:`QuantizedModelError` if it is not one)."""
+    if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+        raise QuantizedModelError(f"'scheme' must be an object of the memory format's fields, got {d!r}"[:200])
+    allowed = {"float", "flip"} if "float" in d else {f.name for f in dataclasses.fields(QuantScheme)}
+    if set(d) - allowed:
+        raise QuantizedModelError(f"'scheme' has unknown fields {sorted(set(d) - allowed)}")
+    try:
+        return format_from_dict(d)
+    except (SpecError, ValueError, TypeError) as e:
+        raise QuantizedModelError(f"'scheme' is not a memory format: {e}"[:300]) from None
 
 
 def format_from_dict(d: dict):
@@ -57,15 +76,13 @@ def _as_patterns(p) -> list[str] | None:
 def select_parameters(module: nn.Module, include=None, exclude=None) -> list[tuple[str, nn.Parameter]]:
     """The parameters that form the quantized memory, in ``named_parameters()`` order.
 
-    By default every trainable parameter (weights, biases, normalization parameters); buffers (running
-    statistics, fixed whitening layers) are never included. ``include`` / ``exclude`` are fnmatch patterns
-    (a list or a comma-separated string) on parameter names.
+    By default every parameter (weights, biases, normalization parameters; frozen ones too: a memory holds every
+    parameter the model uses, trained or not); buffers (running statistics, fixed whitening layers) are never
+    included. ``include`` / ``exclude`` are fnmatch patterns (a list or a comma-separated string) on parameter names.
     """
     inc, exc = _as_patterns(include), _as_patterns(exclude)
     out = []
     for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
         if inc is not None and not any(fnmatch.fnmatchcase(name, pat) for pat in inc):
             continue
         if exc is not None and any(fnmatch.fnmatchcase(name, pat) for pat in exc):
@@ -113,7 +130,7 @@ def flat_buffer_of(params: list[torch.Tensor]) -> torch.Tensor | None:
     return first.detach().new_empty(0).set_(st, first.storage_offset(), (size,))
 
 
-class QuantizedModel:
+class QuantizedModel(Memory):
     """The words of a module's parameters in one flat buffer, in a memory format (module docstring).
 
     Attributes:
@@ -163,14 +180,15 @@ class QuantizedModel:
             raise AttributeError(f"format {self.scheme.name} has no code step (no context); see dweight_dcode")
         return self.scheme.code_step(self.context)
 
-    def _ctx_on(self, device):
+    def ctx_on(self, device):
+        """The context on ``device`` (None for formats without one)."""
         if self.context is None or self.context.device == torch.device(device):
             return self.context
         return self.context.to(device)
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def from_module(cls, module: nn.Module, scheme: QuantScheme, include=None, exclude=None,
+    def from_module(cls, module: nn.Module, scheme: MemoryFormat, include=None, exclude=None,
                     context: QuantContext | None = None) -> "QuantizedModel":
         """Store the selected parameters of ``module`` (see :func:`select_parameters`) in the memory format
         ``scheme``; ``context`` quantizes with given (e.g. frozen) per-segment ranges instead of the weights' own."""
@@ -230,9 +248,12 @@ class QuantizedModel:
         if pats is None:
             return list(range(len(self.names)))
         idx = [i for i, n in enumerate(self.names) if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-        if not idx:  # a user's layers=... pattern (bad input: exit code 2 on the command line)
+        # every alternative must match: a misspelt one would silently drop its tensors from the attack
+        unmatched = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) for n in self.names)]
+        if unmatched:  # a user's layers=... pattern (bad input: exit code 2 on the command line)
             shown = "|".join(pats)
-            raise SpecError(f"layers={shown}: no quantized tensor matches {shown!r}; tensors are {self.names}")
+            what = "no quantized tensor matches" if not idx else "these alternatives match no quantized tensor:"
+            raise SpecError(f"layers={shown}: {what} {'|'.join(unmatched)!r}; tensors are {self.names}")
         return idx
 
     def views(self, codes: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -259,10 +280,19 @@ class QuantizedModel:
 
     # -- dequantization ----------------------------------------------------------------------------------------
     def dequantize(self, codes: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
-        """Flat float values of ``codes`` (default: the clean memory)."""
+                   out: torch.Tensor | None = None, context: QuantContext | None = None) -> torch.Tensor:
+        """Flat float values of ``codes`` (default: the clean memory). ``context``: decode with these per-segment
+        ranges instead of the stored ones (a pattern whose metadata words took bit errors,
+        :mod:`.metadata`), through the reference path (NaN-propagating clamps, any range)."""
         c = self.codes if codes is None else self._check_codes(codes)
-        ctx = self._ctx_on(c.device)
+        if context is not None:
+            if self.context is None or len(context) != len(self.segments):
+                raise ValueError(f"context must hold one range per segment ({len(self.segments)}) of a format with "
+                                 f"ranges; {self.scheme.name} has {'none' if self.context is None else 'them'}")
+            ctx = context.to(c.device)
+            return self.scheme.decode(c, ctx, self.segments, dtype=dtype, out=out,
+                                      per_word=self.scheme.decode_cache(ctx, self.segments), reference=True)
+        ctx = self.ctx_on(c.device)
         if ctx is not None and (self._decode_cache is None or self._decode_cache[0].device != c.device):
             self._decode_cache = None
             if not (c.device.type == "cpu" and dtype == torch.float32 and kernels.fused_quant.supports(self.scheme)):
@@ -275,7 +305,7 @@ class QuantizedModel:
 
         The same arithmetic as :meth:`dequantize` / :meth:`load_into` (bit for bit), for a few words: what
         adversarial attacks use to try flips. ``codes`` is 1-D of the memory's dtype, one per index."""
-        ctx = self._ctx_on(codes.device)
+        ctx = self.ctx_on(codes.device)
         seg = self.segments.segment_of(t, idx.to(codes.device))
         return self.scheme.decode_words(codes.reshape(-1), ctx, seg).to(dtype)
 
@@ -312,7 +342,7 @@ class QuantizedModel:
         use (``dL/dcode = dL/dw * dweight_dcode``): the segment's step for affine formats, the unit in the last
         place of the word for float formats."""
         c = self.codes if codes is None else self._check_codes(codes)
-        return self.scheme.dweight_dcode(c, self._ctx_on(c.device), self.segments)
+        return self.scheme.dweight_dcode(c, self.ctx_on(c.device), self.segments)
 
     def dequantize_tensors(self, codes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         flat = self.dequantize(codes)
@@ -330,8 +360,10 @@ class QuantizedModel:
         return out
 
     @torch.no_grad()
-    def load_into(self, module: nn.Module, codes: torch.Tensor | None = None) -> nn.Module:
+    def load_into(self, module: nn.Module, codes: torch.Tensor | None = None,
+                  context: QuantContext | None = None) -> nn.Module:
         """Dequantize ``codes`` (clean or perturbed) into ``module``'s parameters, in place; returns ``module``.
+        ``context``: per-segment ranges to decode with instead of the stored ones (see :meth:`dequantize`).
 
         No deep copy, no re-quantization. Parameters that are not part of the memory are untouched.
         """
@@ -339,9 +371,9 @@ class QuantizedModel:
         buf = flat_buffer_of(params)
         if buf is not None and buf.device == self.codes.device:
             # The parameters are views of one buffer (see flatten_parameters): dequantize straight into it.
-            self.dequantize(codes, dtype=buf.dtype, out=buf)
+            self.dequantize(codes, dtype=buf.dtype, out=buf, context=context)
             return module
-        flat = self.dequantize(codes, dtype=params[0].dtype)
+        flat = self.dequantize(codes, dtype=params[0].dtype, context=context)
         if flat.device != params[0].device:
             flat = flat.to(params[0].device)
         torch._foreach_copy_([p.data for p in params], [t.view(p.shape) for t, p in
@@ -350,7 +382,7 @@ class QuantizedModel:
 
     # -- persistence -------------------------------------------------------------------------------------------
     def to(self, device) -> "QuantizedModel":
-        return QuantizedModel(self.scheme, self.names, self.shapes, self.codes.to(device), self._ctx_on(device))
+        return QuantizedModel(self.scheme, self.names, self.shapes, self.codes.to(device), self.ctx_on(device))
 
     def state_dict(self) -> dict:
         return {"format": FORMAT, "scheme": self.scheme.to_dict(), "names": list(self.names),
@@ -359,13 +391,45 @@ class QuantizedModel:
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "QuantizedModel":
+        """The model a :meth:`state_dict` describes, every field checked (:class:`QuantizedModelError` names the
+        first that is wrong: a file's digest only says that it was not damaged, not that its content makes sense)."""
         if not isinstance(d, dict) or d.get("format") not in _READABLE:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"not a quantized model of this version (expected format {FORMAT!r}, got {got!r}; "
-                             "files of format /1 used the old numerics: quantize the model again)")
-        ctx = d.get("context")
-        return cls(format_from_dict(d["scheme"]), d["names"], d["shapes"], d["codes"],
-                   None if ctx is None else QuantContext.from_state_dict(ctx))
+            raise QuantizedModelError(f"not a quantized model of this version (expected format {FORMAT!r}, got "
+                                      f"{got!r}; files of format /1 used the old numerics: quantize the model again)")
+        scheme = _scheme_of(d.get("scheme"))
+        names, shapes, codes, ctx = d.get("names"), d.get("shapes"), d.get("codes"), d.get("context")
+        if (not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names)
+                or len(set(names)) != len(names)):
+            raise QuantizedModelError("'names' must be a non-empty list of distinct tensor names")
+        if (not isinstance(shapes, (list, tuple)) or len(shapes) != len(names)
+                or not all(isinstance(sh, (list, tuple, torch.Size)) and all(isinstance(x, int) and not
+                                                                           isinstance(x, bool) and x >= 0 for x in sh)
+                           for sh in shapes)):
+            raise QuantizedModelError(f"'shapes' must be one list of non-negative sizes per name ({len(names)} names)")
+        n = sum(int(torch.Size(sh).numel()) for sh in shapes)
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 1 or codes.numel() != n or codes.dtype != scheme.dtype:
+            got = (f"{codes.dtype} of shape {list(codes.shape)}" if isinstance(codes, torch.Tensor)
+                   else type(codes).__name__)
+            raise QuantizedModelError(f"'codes' must be a 1-D {scheme.dtype} tensor of {n} words (the shapes' "
+                                      f"sizes), got {got}")
+        context = None
+        if scheme.has_context:
+            n_seg = len(scheme.layout([torch.Size(sh) for sh in shapes]))
+            parts = [ctx.get(k) if isinstance(ctx, dict) else None for k in ("lo", "hi", "step")]
+            if not all(isinstance(t, torch.Tensor) and t.dtype == scheme.compute_dtype and t.dim() == 1
+                       and t.numel() == n_seg for t in parts):
+                raise QuantizedModelError(f"'context' must hold 1-D {scheme.compute_dtype} tensors lo, hi, step with "
+                                          f"one value per segment ({n_seg})")
+            lo, hi, step = parts
+            if not all(bool(torch.isfinite(t).all()) for t in parts):
+                raise QuantizedModelError("'context' holds NaN or infinite range values")
+            if bool((lo > hi).any()) or bool((step < 0).any()):
+                raise QuantizedModelError("'context' holds a range with lo > hi or a negative step")
+            context = QuantContext(lo, hi, step)
+        elif ctx is not None:
+            raise QuantizedModelError(f"format {scheme.name} has no ranges, but 'context' is not null")
+        return cls(scheme, names, shapes, codes, context)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically with ``torch.save`` (integers + contexts + content digest; loadable with
@@ -374,5 +438,11 @@ class QuantizedModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location="cpu") -> "QuantizedModel":
-        """Read a file written by :meth:`save`, verified (:class:`defenses.io.CheckpointError` if damaged)."""
-        return cls.from_state_dict(load_checkpoint(path, map_location=map_location))
+        """Read a file written by :meth:`save`, verified (:class:`defenses.io.CheckpointError` if damaged or if its
+        content is not a consistent quantized model)."""
+        d = load_checkpoint(path, map_location=map_location)
+        try:
+            return cls.from_state_dict(d)
+        except QuantizedModelError as e:
+            raise CheckpointError(path, f"not a valid quantized model: {e}", "quantize the model again "
+                                        "(train --save-quantized)") from None

@@ -17,21 +17,22 @@ Curricula (``curriculum``):
   After each step it is on for the next step when the clean loss is below ``1.15 * threshold`` and
   ``(clean + perturbed) / 2 <= threshold``, and off otherwise (``threshold`` 1.75 for CIFAR-10 and MNIST, 3.5 for
   CIFAR-100). So it first switches on once the clean loss is below ``1.15 * 1.75 = 2.0125``.
-* ``'step'``: always on, the rate ramped up over the first half of training: in epoch ``e`` (0-based) of ``E``,
-  ``p_e = p * min(1, (e + 1) / ceil(E / 2))``.
+* ``'step'`` (the original's alternative): the same loss gating, and the rate raised in 20 steps over the first
+  half of training: with ``s = (E // 2) // 20`` epochs per step (``E`` epochs), the rate after a step taken in epoch
+  ``e`` (0-based) is ``(k + 1) * (p / 20)`` with ``k = min(19, e // s)``, or ``p`` at once when ``s = 0`` (fewer than
+  40 epochs: no ramp). Like the gating, the rate is set after each step for the next one (the first batch of an
+  epoch still uses the previous epoch's rate); before the first step it is ``p``. ``threshold=None``: the ramp
+  without gating.
 * ``'none'``: always on at rate ``p``.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from bitbench import kernels
 
-from .training import QATStep, _accuracy, all_reduce_mean
+from .training import QATStep, _accuracy, _loss, all_reduce_mean
 
 __all__ = ["RandBETStep", "curriculum_next", "step_rate", "CURRICULA"]
 
@@ -45,16 +46,23 @@ def curriculum_next(active: bool, clean_loss: float, perturbed_loss: float | Non
     return clean_loss < 1.15 * threshold and (clean_loss + p_loss) / 2 <= threshold
 
 
-def step_rate(p: float, epoch: int, epochs: int) -> float:
-    """The 'step' curriculum's rate in epoch ``epoch`` (0-based) of ``epochs``: ramped over the first half."""
-    half = max(1, math.ceil(epochs / 2))
-    return p * min(1.0, (epoch + 1) / half)
+STEP_RAMP = 20  # the 'step' curriculum's number of rate steps
+
+
+def step_rate(p: float, epoch: int, epochs: int, steps: int = STEP_RAMP) -> float:
+    """The 'step' curriculum's rate set after a step in epoch ``epoch`` (0-based) of ``epochs`` (module
+    docstring): ``(k + 1) * (p / steps)``, ``k = min(steps - 1, epoch // ((epochs // 2) // steps))``, or the last
+    step's at once when ``(epochs // 2) // steps`` is 0."""
+    per = (epochs // 2) // steps
+    k = steps - 1 if per == 0 else min(steps - 1, epoch // per)
+    return (k + 1) * (p / steps)
 
 
 class RandBETStep(QATStep):
     """The RandBET step. ``pattern_fn(qm, seed) -> codes`` may replace the random pattern (AdvBET does).
 
-    ``threshold=None`` with ``curriculum='loss'`` means no curriculum (always on), as ``curriculum='none'``."""
+    ``threshold=None`` with ``curriculum='loss'`` means no curriculum (always on), as ``curriculum='none'``; with
+    ``curriculum='step'`` the ramp without the loss gating."""
 
     name = "randbet"
 
@@ -72,21 +80,22 @@ class RandBETStep(QATStep):
         self.p10 = None if p10 is None else float(p10)
         self.grad_clip = grad_clip
         self.curriculum = curriculum
-        self.threshold = threshold if curriculum == "loss" else None
+        self.threshold = threshold if curriculum in ("loss", "step") else None
         self.seed = int(seed)
         self.pattern_fn = pattern_fn
-        self.active = curriculum != "loss"
+        self.active = self.threshold is None  # the loss gating starts off
         self.generator = torch.Generator().manual_seed(self.seed)
         self._rate = self.p
+        self._scheduled = self.p  # the 'step' curriculum's rate for the next step
 
     def draw_seed(self) -> int:
         """The next pattern seed (63-bit) from this step's own generator."""
         return int(torch.randint(0, 2 ** 62, (1,), generator=self.generator).item())
 
     def rate(self, trainer) -> float:
-        """The bit error rate of this step's pattern."""
+        """The bit error rate of this step's pattern (the 'step' curriculum: as set after the previous step)."""
         if self.curriculum == "step":
-            return step_rate(self.p, trainer.epoch, trainer.config.epochs)
+            return self._scheduled
         return self.p
 
     def pattern(self, qm, seed: int) -> torch.Tensor:
@@ -104,7 +113,7 @@ class RandBETStep(QATStep):
         was_active = self.active
         with trainer.quantizer.straight_through() as st:
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = _loss(logits, y)
             loss.backward()
             stats = {"loss": loss.item(), "acc": _accuracy(logits.detach(), y), "bet_on": float(was_active)}
             p_loss = None
@@ -119,7 +128,7 @@ class RandBETStep(QATStep):
                 buffers = [b for b in trainer.model.buffers()]
                 saved = [b.detach().clone() for b in buffers]
                 logits_p = model(x)
-                loss_p = F.cross_entropy(logits_p, y)
+                loss_p = _loss(logits_p, y)
                 loss_p.backward()
                 with torch.no_grad():
                     for b, s in zip(buffers, saved):
@@ -137,19 +146,22 @@ class RandBETStep(QATStep):
                         if self.grad_clip is not None:
                             gp = gp.clamp(-self.grad_clip, self.grad_clip)
                         p.grad = (gp if gc is None else gc + gp) / 2
-        if self.curriculum == "loss":
+        if self.threshold is not None:
             # Under torch.distributed every rank decides on the same (rank-averaged) losses.
             losses = all_reduce_mean([stats["loss"], 0.0 if p_loss is None else p_loss], trainer.device)
             self.active = curriculum_next(was_active, losses[0], None if p_loss is None else losses[1],
                                           self.threshold)
+        if self.curriculum == "step":
+            self._scheduled = step_rate(self.p, trainer.epoch, trainer.config.epochs)
         return stats
 
     def state_dict(self) -> dict:
-        return {"active": self.active, "generator": self.generator.get_state()}
+        return {"active": self.active, "generator": self.generator.get_state(), "rate": self._scheduled}
 
     def load_state_dict(self, d: dict) -> None:
         self.active = bool(d["active"])
         self.generator.set_state(d["generator"])
+        self._scheduled = float(d.get("rate", self.p))
 
     def identity(self) -> dict:
         return {"step": self.name, "p": self.p, "p10": self.p10, "grad_clip": self.grad_clip,

@@ -7,7 +7,10 @@ checkpoints (one per epoch; a resumed run ends with exactly the weights of an un
 carries a content digest, verified before it is resumed from: a damaged one is reported and not used).
 
 Randomness never touches the global RNG: the data order, augmentation and the step's own randomness come from
-``torch.Generator`` objects seeded from ``TrainConfig.seed``.
+``torch.Generator`` objects seeded from ``TrainConfig.seed``. Training runs with ``TrainConfig.threads`` intra-op
+threads (torch's setting is restored afterwards): CPU kernels (convolution and matrix-product weight gradients)
+sum in an order that depends on the thread count, so the weights are a function of the recipe, the seed and the
+backend (:func:`training_backend`) only at a fixed count (docs/reproducibility.md).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bitbench.configs.errors import UsageError
@@ -29,19 +33,29 @@ from bitbench.configs.progress import Progress
 from .io import CheckpointError, load_checkpoint, save_checkpoint
 from .qat import FlatQuantizer
 from .quantization import QuantScheme
+from .tasks import task_for
 
 __all__ = ["TrainConfig", "QATStep", "Trainer", "train", "CHECKPOINT_FORMAT", "evaluate_error",
-           "read_resume_checkpoint"]
+           "read_resume_checkpoint", "training_backend", "intra_op_threads", "PAPER_SGD"]
 
 CHECKPOINT_FORMAT = "bitbench.train_checkpoint/2"  # /2: with a content digest (defenses.io)
+# The paper's optimizer and schedule (a suite that trains otherwise records the difference under deviations).
+PAPER_SGD = {"batch_size": 128, "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+             "schedule": "multistep", "milestones": (0.4, 0.6, 0.8), "gamma": 0.1}
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
 class TrainConfig:
     """Training recipe (defaults: the paper's SGD recipe, sized for the embedded MNIST data).
 
-    lr schedule ``'multistep'`` multiplies the lr by ``gamma`` at the given fractions of ``epochs``
-    (the paper: 2/5, 3/5, 4/5); ``'cosine'`` anneals to 0; ``'constant'`` keeps it.
+    lr schedule ``'multistep'`` multiplies the lr by ``gamma`` from epoch ``floor(m * epochs)`` (0-based) on, for
+    each milestone fraction ``m`` (the paper: 2/5, 3/5, 4/5, i.e. epochs floor(2E/5), floor(3E/5), floor(4E/5));
+    ``'cosine'`` anneals to 0 (not the paper's: recorded as a deviation); ``'constant'`` keeps it. ``threads``: the
+    intra-op thread count training runs with (part of the recipe: another count gives other weights on the CPU).
+    ``optimizer``: ``'sgd'`` (the paper's: SGD with ``momentum``, Nesterov, L2 ``weight_decay``) or ``'adamw'``
+    (AdamW, torch's betas 0.9/0.999, decoupled ``weight_decay``; ``momentum``/``nesterov`` unused; what transformer
+    language models train with; recorded as a deviation).
     """
 
     epochs: int = 20
@@ -53,8 +67,10 @@ class TrainConfig:
     schedule: str = "multistep"
     milestones: tuple = (0.4, 0.6, 0.8)
     gamma: float = 0.1
+    optimizer: str = "sgd"
     seed: int = 0
     device: str = "cpu"
+    threads: int = 1
     progress: bool = True
 
     def __post_init__(self):
@@ -66,7 +82,20 @@ class TrainConfig:
             raise UsageError(f"lr must be > 0, got {self.lr!r}")
         if self.schedule not in ("multistep", "cosine", "constant"):
             raise UsageError(f"schedule must be 'multistep', 'cosine' or 'constant', got {self.schedule!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise UsageError(f"threads must be an int >= 1 (the intra-op thread count of training), got "
+                             f"{self.threads!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"optimizer must be one of {', '.join(repr(o) for o in OPTIMIZERS)}, got "
+                             f"{self.optimizer!r}")
         self.milestones = tuple(float(m) for m in self.milestones)
+        if not all(0 <= m <= 1 for m in self.milestones):
+            raise UsageError(f"milestones are fractions of the epochs in [0, 1], got {list(self.milestones)}")
+
+    def milestone_epochs(self) -> list[int]:
+        """The 0-based epochs from which each lr drop applies: ``floor(m * epochs)`` with ``m`` taken as the
+        decimal it is written as (0.4 -> 2/5: floor(2E/5) exactly, no float rounding)."""
+        return [math.floor(Fraction(repr(m)) * self.epochs) for m in self.milestones]
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":
@@ -83,15 +112,74 @@ class TrainConfig:
         return d
 
     def identity(self) -> dict:
-        """The options that change the trained weights (not device/progress)."""
+        """What changes the trained weights: the recipe (not progress; the device only by its type) and the
+        backend that computes it (:func:`training_backend`)."""
         d = self.to_dict()
         d.pop("progress")
         d.pop("device")
+        d["backend"] = training_backend(self.device)
+        if d["optimizer"] == "sgd":  # the default: absent, so models trained before the option keep their keys
+            d.pop("optimizer")
+        return d
+
+    def recipe(self) -> dict:
+        """The training recipe for a result record: optimizer, schedule (with its milestone epochs), threads, the
+        backend (:func:`training_backend`), and ``deviations``: where it differs from the paper's SGD recipe
+        (:data:`PAPER_SGD`)."""
+        d = {k: getattr(self, k) for k in ("optimizer", "epochs", "batch_size", "lr", "momentum", "nesterov",
+                                           "weight_decay", "schedule", "threads")}
+        d["backend"] = training_backend(self.device)
+        if self.schedule == "multistep":
+            d.update(milestones=self.milestone_epochs(), gamma=self.gamma)
+        dev = []
+        if self.optimizer != "sgd":
+            dev.append(f"optimizer {self.optimizer!r} (the paper: SGD with Nesterov momentum)")
+        if self.schedule != "multistep":
+            dev.append(f"lr schedule {self.schedule!r} (the paper: multistep, lr x0.1 at epochs floor(2E/5), "
+                       "floor(3E/5), floor(4E/5))")
+        elif self.milestones != PAPER_SGD["milestones"] or self.gamma != PAPER_SGD["gamma"]:
+            dev.append(f"lr x{self.gamma:g} at epochs {self.milestone_epochs()} (the paper: x0.1 at "
+                       "floor(2E/5), floor(3E/5), floor(4E/5))")
+        for k in ("batch_size", "lr", "momentum", "nesterov", "weight_decay"):
+            if self.optimizer != "sgd" and k in ("momentum", "nesterov"):
+                continue   # unused by AdamW
+            if getattr(self, k) != PAPER_SGD[k]:
+                dev.append(f"{k} {getattr(self, k)!r} (the paper: {PAPER_SGD[k]!r})")
+        d["deviations"] = dev
         return d
 
 
+def training_backend(device) -> dict:
+    """What besides the recipe and the seed decides the bits of trained weights: the device type, the torch
+    version and, on the CPU, the vector instruction set torch's kernels dispatch to (another one may sum in
+    another order). Part of :meth:`TrainConfig.identity`, so a checkpoint is only reused where it is reproduced."""
+    dev = torch.device(device)
+    out = {"device": dev.type, "torch": torch.__version__.split("+")[0]}
+    if dev.type == "cpu":
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return out
+
+
+@contextmanager
+def intra_op_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads; the previous count is restored afterwards."""
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(1) == y).float().mean().item()
+    return task_for(y).accuracy(logits, y)
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The task's training loss (mean cross-entropy over examples, or over tokens; :mod:`.tasks`)."""
+    return task_for(y).loss(logits, y)
 
 
 class QATStep:
@@ -106,12 +194,12 @@ class QATStep:
         model = trainer.forward_model  # the (possibly wrapped) module, as the Trainer documents for ``wrap``
         if trainer.quantizer is None:
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = _loss(logits, y)
             loss.backward()
         else:
             with trainer.quantizer.straight_through():
                 logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                loss = _loss(logits, y)
                 loss.backward()
         return {"loss": loss.item(), "acc": _accuracy(logits.detach(), y)}
 
@@ -185,9 +273,13 @@ class Trainer:
         self._clip_params = (self.quantizer.params if self.quantizer is not None
                              else [p for p in self.model.parameters() if p.requires_grad])
         self.forward_model = wrap(self.model) if wrap is not None else self.model
-        self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
-                                         momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
-                                         weight_decay=config.weight_decay)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
+                                             nesterov=config.nesterov and config.momentum > 0,
+                                             weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(int(config.seed))
         self.epoch = 0
         self.history: list[dict] = []
@@ -201,8 +293,19 @@ class Trainer:
         if c.schedule == "cosine":
             t = (epoch + frac) / c.epochs
             return 0.5 * c.lr * (1 + math.cos(math.pi * min(t, 1.0)))
-        k = sum(1 for m in c.milestones if epoch >= int(round(m * c.epochs)))
+        k = sum(1 for m in c.milestone_epochs() if epoch >= m)
         return c.lr * (c.gamma ** k)
+
+    def clip_(self) -> None:
+        """Clamp every clipped parameter to [-w_max, w_max] (no-op without ``w_max``)."""
+        if self.w_max is None:
+            return
+        if self.quantizer is not None:
+            self.quantizer.clip_(self.w_max)  # one op on the flat parameter buffer
+        else:
+            with torch.no_grad():
+                for p in self._clip_params:
+                    p.clamp_(-self.w_max, self.w_max)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -226,8 +329,14 @@ class Trainer:
         """Train for ``config.epochs`` epochs (resuming from ``checkpoint`` if it holds the same ``key``).
 
         ``stop_after`` ends after that many epochs of this call (used to test resumption). Returns the history:
-        one dict per epoch (loss, acc, lr, seconds and what the step reports).
+        one dict per epoch (loss, acc, lr, seconds and what the step reports). Runs with ``config.threads``
+        intra-op threads. The weights are clipped before every forward pass (so the initial weights too) and
+        after every step, as the original clips them.
         """
+        with intra_op_threads(self.config.threads):
+            return self._fit(train_x, train_y, checkpoint=checkpoint, key=key, stop_after=stop_after)
+
+    def _fit(self, train_x, train_y, *, checkpoint, key, stop_after) -> list[dict]:
         c = self.config
         if checkpoint is not None and os.path.exists(checkpoint):
             d = read_resume_checkpoint(checkpoint, key)
@@ -248,7 +357,8 @@ class Trainer:
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             count = 0
-            bar = Progress(n // world, f"epoch {self.epoch + 1}/{c.epochs}", "img", enabled=c.progress and rank == 0)
+            unit = "img" if train_x.dim() == 4 else "ex"   # images, or other examples (token windows)
+            bar = Progress(n // world, f"epoch {self.epoch + 1}/{c.epochs}", unit, enabled=c.progress and rank == 0)
             self.model.train()
             for idx in _batches(n, c.batch_size, self.generator):
                 if len(idx) < world:  # too few images to give every rank one: skipped alike on all ranks
@@ -262,15 +372,10 @@ class Trainer:
                 if world > 1:
                     x, y, idx = x[rank::world], y[rank::world], idx[rank::world]
                 self.optimizer.zero_grad(set_to_none=True)
+                self.clip_()  # before every forward pass, as the original: the initial weights too
                 stats = self.step(self, x, y)
                 self.optimizer.step()
-                if self.w_max is not None:
-                    if self.quantizer is not None:
-                        self.quantizer.clip_(self.w_max)  # one op on the flat parameter buffer
-                    else:
-                        with torch.no_grad():
-                            for p in self._clip_params:
-                                p.clamp_(-self.w_max, self.w_max)
+                self.clip_()
                 self.global_step += 1
                 for k, v in stats.items():
                     if isinstance(v, (int, float)):
@@ -317,13 +422,16 @@ def read_resume_checkpoint(path, key: str | None, *, warn=None) -> dict | None:
 
 @torch.no_grad()
 def evaluate_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 error (a fraction) of ``model`` in eval mode."""
+    """Top-1 error (a fraction of the examples, or of the tokens for a language model) of ``model`` in eval
+    mode."""
     model.eval()
     dev = next(model.parameters()).device
+    task = task_for(y)
     wrong = 0
     for i in range(0, x.shape[0], batch_size):
-        wrong += (model(x[i:i + batch_size].to(dev)).argmax(1).cpu() != y[i:i + batch_size]).sum().item()
-    return wrong / max(1, x.shape[0])
+        pred = task.predictions(model(x[i:i + batch_size].to(dev))).cpu()
+        wrong += (pred != y[i:i + batch_size]).sum().item()
+    return wrong / max(1, y.numel())
 
 
 def train(model: nn.Module, train_x, train_y, config: TrainConfig | dict | None = None, **kw) -> list[dict]:

@@ -9,7 +9,7 @@ import math
 from bitbench.configs.registries import register_defense
 from bitbench.configs.spec import SpecError
 
-from .base import NUMERICS, Defense
+from .base import NUMERICS, Defense, with_training
 from .float_formats import FLOAT_KINDS, FloatFormat
 from .quantization import QuantScheme, normal as normal_scheme, rquant as rquant_scheme
 from .randbet import CURRICULA, RandBETStep
@@ -25,6 +25,15 @@ def _check_bits(bits, granularity="tensor"):
 def _check_wmax(w_max):
     if not (isinstance(w_max, (int, float)) and not isinstance(w_max, bool) and 0 < w_max < math.inf):
         raise SpecError(f"w_max must be a finite number > 0, got {w_max!r}")
+
+
+def _number(v, name: str, *, optional: bool = False):
+    """A spec's numeric parameter as a float (None where ``optional``); :class:`SpecError` otherwise."""
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise SpecError(f"{name} must be a finite number{' or none' if optional else ''}, got {v!r}")
+    return float(v)
 
 
 def _check_optional_wmax(w_max):
@@ -149,13 +158,16 @@ class BitErrorTraining(Defense):
         self.grad_clip = float(grad_clip)
         self.curriculum = curriculum
 
-    def recipe(self) -> dict:
-        d = super().recipe()
+    def recipe(self, train=None) -> dict:
+        d = super().recipe(train)
         cur = "none" if (self.curriculum == "loss" and self.threshold is None) else self.curriculum
         d.update(curriculum=cur, grad_clip=self.grad_clip, perturbed_pass="train mode, buffers of the clean pass")
-        if cur == "loss":
+        if cur in ("loss", "step") and self.threshold is not None:
             d["threshold"] = self.threshold
-        if cur != "loss":
+        if cur == "step":
+            d["deviations"].append("curriculum 'step' (the original's alternative: p ramped in 20 steps over the "
+                                   "first half of training; the paper: the loss curriculum at the full rate)")
+        elif cur != "loss":
             d["deviations"].append(f"curriculum {cur!r} (the paper: the loss curriculum, threshold 1.75 / 3.5)")
         return d
 
@@ -173,8 +185,8 @@ class RandBET(BitErrorTraining):
         bits: bits per weight (2..16).
         threshold: curriculum loss threshold; 'auto' = 1.75 (10 classes) or 3.5 (100 classes); none = always on.
         grad_clip: the perturbed gradient is clipped elementwise to [-grad_clip, grad_clip].
-        curriculum: 'loss' (the paper: on once the clean loss is low), 'step' (always on, p ramped up over the
-            first half of training) or 'none' (always on).
+        curriculum: 'loss' (the paper: on once the clean loss is low), 'step' (the same gating, p ramped up in
+            20 steps over the first half of training) or 'none' (always on).
         granularity: ranges per 'tensor', per output 'channel' or per 'group:g' of g weights (training quantizes
             with the same ranges).
     """
@@ -214,9 +226,9 @@ class Quant(Defense):
                  q_min: float | None = None, granularity: str = "tensor"):
         if w_max is not None:
             _check_wmax(w_max)
-        self._scheme = QuantScheme(bits=bits, signed=bool(signed), range=range, q_max=float(q_max),
+        self._scheme = QuantScheme(bits=bits, signed=bool(signed), range=range, q_max=_number(q_max, "q_max"),
                                    w_max=None if w_max is None else float(w_max), asymmetric=bool(asymmetric),
-                                   rounding=rounding, q_min=None if q_min is None else float(q_min),
+                                   rounding=rounding, q_min=_number(q_min, "q_min", optional=True),
                                    granularity=granularity, label="quant")
         self.bits = bits
         self.w_max = None if w_max is None else float(w_max)
@@ -261,13 +273,13 @@ class FloatStorage(Defense):
         """The trained weights depend on the float recipe and w_max only (not on the format or its bits)."""
         return {"defense": "float", "training": "float", "w_max": self.w_max, "numerics": NUMERICS}
 
-    def recipe(self) -> dict:
+    def recipe(self, train=None) -> dict:
         d = {"quantization": f"none (float training), stored as {self._format.name}", "clip": self.w_max,
              "deviations": []}
         if self.w_max is None:
             d["deviations"].append("no weight clipping (the paper clips every model after each step, at w_max = 1 "
                                    "for Normal and RQuant)")
-        return d
+        return with_training(d, train)
 
 
 _FLOAT_ARGS = """

@@ -3,7 +3,7 @@
 Float tensors are words too: :func:`word_view` views float32 as int32, float16/bfloat16 as int16 and fp8 as uint8
 (their raw bits), and :func:`random_flip` / :func:`random_flip_mask` take float tensors directly.
 
-* Seeded random bit errors, exactly as shared/design/bit-error-patterns.md defines them:
+* Seeded random bit errors, exactly as docs/patterns.md defines them:
   :func:`random_flip`, :func:`random_flip_mask`, :func:`threshold_flip_mask` (a threshold per cell: profiled
   chips), :func:`philox4x32_10`, :func:`threshold`.
   Backends: torch reference (any device), C through cffi (CPU), CuPy (CUDA); see :func:`backends`.

@@ -1,6 +1,6 @@
 """Torch reference backend: Philox4x32-10 on int64 tensors and the random flip mask.
 
-This is the oracle for every other backend (see shared/design/bit-error-patterns.md). It runs on any device
+This is the oracle for every other backend (see docs/patterns.md). It runs on any device
 torch supports. uint32 values are held in int64 tensors; the 32x32 -> 64 bit products are formed from 16-bit
 limbs of the (constant) multiplier so that no intermediate exceeds 2^49.
 """

@@ -1,4 +1,4 @@
-"""Seeded random bit flips (the exact pattern of shared/design/bit-error-patterns.md) and backend selection.
+"""Seeded random bit flips (the exact pattern of docs/patterns.md) and backend selection.
 
 Three backends compute the same bits: ``torch`` (reference, any device), ``c`` (cffi extension, CPU tensors) and
 ``cupy`` (CUDA tensors). The default picks the fastest one available for the tensor's device; the ``backend=``

@@ -1,4 +1,4 @@
-/* Fused random bit-flip kernel for CPU tensors; see flip_cpu.h and shared/design/bit-error-patterns.md.
+/* Fused random bit-flip kernel for CPU tensors; see flip_cpu.h and docs/patterns.md.
  *
  * One pass per word: Philox4x32-10 for each group of 4 bits, compare with the integer thresholds, pack, xor.
  * Words are processed in blocks; the loop over the words of a block is the vectorized one (each iteration is an

@@ -1,5 +1,5 @@
 /* Fused random bit-flip kernel for CPU tensors (Philox4x32-10 per bit, integer thresholds, xor).
- * Definition: shared/design/bit-error-patterns.md. Built by kernels/_build_cpu.py (cffi, API mode). */
+ * Definition: docs/patterns.md. Built by kernels/_build_cpu.py (cffi, API mode). */
 #ifndef BITBENCH_FLIP_CPU_H
 #define BITBENCH_FLIP_CPU_H
 #include <stdint.h>

@@ -1,5 +1,5 @@
 // Fused random bit-flip kernel for CUDA tensors (compiled by CuPy/NVRTC at first use; see kernels/_cupy_backend.py).
-// Definition: shared/design/bit-error-patterns.md. One thread per word (grid-stride loop), Philox4x32-10 in
+// Definition: docs/patterns.md. One thread per word (grid-stride loop), Philox4x32-10 in
 // registers, integer thresholds, one read and one write per word. No headers, so NVRTC needs no include paths.
 
 typedef unsigned char bb_u8;

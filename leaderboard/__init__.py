@@ -4,6 +4,7 @@ suite's protocol; markdown tables and plots generated as a pure function of thos
     from bitbench.leaderboard import submit, generate_markdown
     path = submit(["results/default/lenet/randbet/random_p0.01.json", ...], citation="...")
     text = generate_markdown()               # every suite folder of leaderboard/entries
+    write_site("site/")                      # the static website (site/index.html)
 
 No torch and nothing from the harness: this package reads result records and suite TOML files only.
 The entry format is the core's (bitbench.configs.entry) and leaderboard/README.md.
@@ -14,6 +15,7 @@ from bitbench.configs.suite import Suite, SuiteError, list_suites, load_suite  #
 from .entries import (DEFAULT_ENTRIES_DIR, entry_from_records, load_entries, load_entry, load_record,  # noqa: F401
                       submit, write_entry)
 from .generate import generate_markdown, ranked_entries, write_leaderboard  # noqa: F401
+from .site import build_site, write_site  # noqa: F401
 
 
 def write_plots(*args, **kwargs):
@@ -25,4 +27,5 @@ def write_plots(*args, **kwargs):
 
 __all__ = ["FORMAT", "EntryError", "SuiteError", "Suite", "load_suite", "list_suites",
            "validate_entry", "DEFAULT_ENTRIES_DIR", "load_entry", "load_entries", "load_record", "entry_from_records",
-           "submit", "write_entry", "generate_markdown", "ranked_entries", "write_leaderboard", "write_plots"]
+           "submit", "write_entry", "generate_markdown", "ranked_entries", "write_leaderboard", "write_plots",
+           "build_site", "write_site"]

@@ -6,21 +6,21 @@ module; a folder without ``__init__.py``, so it does not shadow this module).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Iterable
 
-from bitbench.configs.entry import (ENTRY_FIELDS, FORMAT, NAME_RE, EntryError, show_value, validate_entry,
-                                    width_follows_suite)
-from bitbench.configs.fileio import atomic_write_text, sha256_file
-from bitbench.configs.record import RecordError, ResultRecord, protection_summary
-from bitbench.configs.suite import Suite, SuiteError, load_suite, same_rate
+from bitbench.configs.cells import group_cells
+from bitbench.configs.entry import (NAME_RE, EntryError, default_entry_name, entry_from_cells,
+                                    show_value, validate_entry)
+from bitbench.configs.errors import UsageError
+from bitbench.configs.fileio import JSONFileError, atomic_write_text, read_json, sha256_file
+from bitbench.configs.record import RecordError, ResultRecord
+from bitbench.configs.suite import Suite, SuiteError, load_suite
 
 __all__ = ["DEFAULT_ENTRIES_DIR", "load_entry", "load_entries", "load_record", "entry_from_records", "submit",
-           "write_entry", "dumps_entry", "entry_files", "default_entry_name"]
+           "write_entry", "dumps_entry", "entry_files", "default_entry_name", "checkpoint_fields"]
 
 DEFAULT_ENTRIES_DIR = Path(__file__).resolve().parent / "entries"
 
@@ -62,12 +62,21 @@ def write_entry(entry: dict, path: str | os.PathLike) -> Path:
 # reading entries
 def _read_json(path: Path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise EntryError("", f"not valid JSON: {e}", path) from None
-    except OSError as e:
-        raise EntryError("", f"cannot read: {e.strerror or e}", path) from None
+        return read_json(path)
+    except JSONFileError as e:
+        raise EntryError("", e.reason, path) from None
+
+
+def _check_depth(obj, path, limit: int = 64) -> None:
+    """Refuse a structure nested deeper than any file of the project (``limit`` levels) before it is validated."""
+    stack = [(obj, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > limit:
+                raise EntryError("", f"not a file of this project: its JSON is nested more than {limit} levels deep",
+                                 path)
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
 
 
 def load_entry(path: str | os.PathLike, suite: Suite | None = None, *, configs_dir=None) -> dict:
@@ -77,6 +86,7 @@ def load_entry(path: str | os.PathLike, suite: Suite | None = None, *, configs_d
     path = Path(path)
     entry = _read_json(path)
     try:
+        _check_depth(entry, path)
         if isinstance(entry, dict):
             if isinstance(entry.get("name"), str) and entry["name"] != path.stem:
                 raise EntryError("name", f"{show_value(entry['name'])} does not match the file name {path.name!r}")
@@ -140,188 +150,72 @@ def load_record(path: str | os.PathLike) -> ResultRecord:
     """Read and validate a harness result record (the one record format, :class:`ResultRecord`)."""
     path = Path(path)
     data = _read_json(path)
+    _check_depth(data, path)
     try:
-        return ResultRecord.from_json(data, source=path)
+        rec = ResultRecord.from_json(data, source=path)
     except RecordError as e:
         raise EntryError(e.field, e.reason, path) from None
+    rec.path = str(path)
+    return rec
 
 
-def curve_result(rec: dict) -> dict:
-    """An adversarial record's curve as an entry result's fields: target, flips_to_target, and per flip budget the
-    trials' evaluation metrics (``err``, and ``asr`` where the attack records it)."""
-    curves = rec["curve"]
-    flips = [q["flips"] for q in curves[0]] if curves else []
-    out = {"target": rec["target"], "flips_to_target": rec["flips_to_target"], "curve": {"flips": flips}}
-    for key in ("err", "asr"):
-        if curves and all(key in q for c in curves for q in c):
-            out["curve"][key] = [[c[i][key] for c in curves] for i in range(len(flips))]
-    return out
-
-
-def protection_result(rec: ResultRecord) -> dict:
-    """The protection fields of an entry's result from a protected record: ``decode_ms`` and, for checksum
-    stages, ``detection`` (flipped data bits inside flagged groups / flipped data bits, over all patterns)."""
-    out = {"decode_ms": rec.decode_ms}
-    det = [v for k, v in (protection_summary(rec) or {}).items() if k.endswith(".detection")]
-    if det:
-        out["detection"] = det[0]
-    return out
-
-
-def default_entry_name(model: str, defense: str) -> str:
-    """A file-safe row name: ``lenet`` + ``randbet:p=0.05`` -> ``lenet-randbet-p0.05``."""
-    s = f"{model}-{defense}".replace("=", "")
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-._") or "entry"
-
-
-def _same_everywhere(recs, paths, key, *, approx=False):
-    first = recs[0][key]
-    for r, p in zip(recs[1:], paths[1:]):
-        v = r[key]
-        same = abs(v - first) <= 1e-6 if approx else v == first
-        if not same:
-            raise EntryError(key, f"{show_value(v)} in {p} differs from {show_value(first)} in {paths[0]}: one entry "
-                                  "needs records of the same suite, model and defense")
-    return first
-
-
-def entry_from_records(records: list[ResultRecord], suite: Suite, *, paths: list | None = None,
-                       name: str | None = None, citation: str | None = None, link: str | None = None) -> dict:
-    """Build (and validate against ``suite``) one entry from result records of the same suite/model/defense."""
+def entry_from_records(records: list[ResultRecord], suite: Suite, *, name: str | None = None,
+                       citation: str | None = None, link: str | None = None, checkpoints: list | None = None) -> dict:
+    """Build (and validate against ``suite``) one entry from result records of one suite, model and defense: one
+    record per (attack, trained model); every attack's records of the same models."""
     if not records:
         raise EntryError("results", "no result records given")
-    objs = list(records)
-    records = [r.to_json() for r in records]  # the validated file view of each record
-    paths = [str(p) for p in (paths or [f"record {i}" for i in range(len(records))])]
-    for key in ("suite", "dataset", "eval_split", "model", "model_options", "defense", "bits", "n_params"):
-        _same_everywhere(records, paths, key)
-    for key in ("defense_name", "defense_params", "train_seed", "model_source", "weights_sha256"):
-        if all(key in r for r in records):
-            _same_everywhere(records, paths, key)
-    clean = _same_everywhere(records, paths, "clean_err", approx=True)
-    r0 = records[0]
-    if r0["suite"] != suite.name:
-        raise EntryError("suite", f"the records are of suite {show_value(r0['suite'])}, the suite file "
-                                  f"{suite.path or ''} is {show_value(suite.name)}")
-
-    # protocol of the records, checked against the suite's
-    checks = [("dataset", r0["dataset"], suite.dataset)]
-    if width_follows_suite(r0["defense"], r0.get("defense_params", {})):
-        checks.append(("bits", r0["bits"], suite.bits))  # else the defense sets its own width (rquant:bits=4, bfloat16)
-    for key, mine, theirs in checks:
-        if mine != theirs:
-            raise EntryError(key, f"{show_value(mine)} in {paths[0]} differs from suite {show_value(suite.name)} "
-                                  f"({show_value(theirs)}): results are not comparable")
-    if suite.eval_split is not None and r0["eval_split"] != suite.eval_split:
-        raise EntryError("eval_split", f"{show_value(r0['eval_split'])} in {paths[0]} differs from suite "
-                                       f"{show_value(suite.name)} ({show_value(suite.eval_split)}): results are not "
-                                       "comparable")
-    results, pattern_seeds, by_rate = [], None, {}
-    for rec, obj, p in zip(records, objs, paths):
-        rate = rec.get("rate")
-        if rate is not None:
-            if rec["n_patterns"] != suite.patterns:
-                raise EntryError("n_patterns", f"{rec['n_patterns']} in {p} differs from suite "
-                                               f"{show_value(suite.name)} patterns ({suite.patterns})")
-            seeds = rec.get("seeds")
-            if seeds is not None:
-                want = list(range(suite.base_seed, suite.base_seed + suite.patterns))
-                if seeds != want:
-                    raise EntryError("seeds", f"{show_value(seeds)[:60]} in {p} are not the suite's pattern seeds "
-                                              f"base_seed={suite.base_seed} .. {want[-1]}")
-                pattern_seeds = want
-            for prev, q in by_rate.items():
-                if same_rate(prev, rate):
-                    raise EntryError("rate", f"duplicate rate {show_value(rate)}: {q} and {p}")
-            if not any(same_rate(rate, x) for x in suite.rates):
-                raise EntryError("rate", f"{show_value(rate)} in {p} is not one of the rates of suite "
-                                         f"{show_value(suite.name)} {show_value(list(suite.rates))}")
-            by_rate[rate] = p
-        else:
-            if rec["attack"] not in suite.attacks:
-                raise EntryError("attack", f"{show_value(rec['attack'])} in {p} is neither a random bit error rate nor "
-                                           f"one of the attacks of suite {show_value(suite.name)} "
-                                           f"{show_value(list(suite.attacks))}")
-        res = {"attack": rec["attack"], "rate": rate}
-        if rec.get("flips") is not None:
-            res["flips"] = rec["flips"]
-        res["rerr"] = {k: rec["rerr"][k] for k in ("mean", "std", "min", "max")}
-        if isinstance(rec.get("per_pattern_rerr"), list):
-            res["per_pattern_rerr"] = rec["per_pattern_rerr"]
-        res["n_patterns"] = rec["n_patterns"]
-        res["config_hash"] = rec["config_hash"]
-        if "curve" in rec:
-            res.update(curve_result(rec))
-        if rec.get("protection") is not None:
-            res.update(protection_result(obj))
-        results.append(res)
-    missing = [x for x in suite.rates if not any(same_rate(x, y) for y in by_rate)]
-    if missing:
-        raise EntryError("results", "missing rates of suite " + show_value(suite.name) + ": "
-                         + ", ".join(repr(m) for m in missing) + " (give one result record per rate)")
-    dup = {}
-    for res, p in zip(results, paths):
-        if res["attack"] in dup:
-            raise EntryError("attack", f"duplicate attack {show_value(res['attack'])}: {dup[res['attack']]} and {p}")
-        dup[res["attack"]] = p
-    results.sort(key=lambda r: (r["rate"] is None, r["rate"] or 0.0, r["attack"]))
-
-    combined = hashlib.sha256(json.dumps(sorted((r["attack"], r["config_hash"]) for r in results))
-                              .encode()).hexdigest()[:16]
-    uniq = lambda key: "; ".join(sorted({str(r[key]) for r in records if r.get(key) is not None})) or None  # noqa
-    name = name or default_entry_name(r0["model"], r0["defense"])
-    entry = {
-        "format": FORMAT,
-        "suite": suite.name,
-        "name": name,
-        "model": r0["model"],
-        "model_options": r0["model_options"],
-        "n_params": r0["n_params"],
-        **({"model_source": "user"} if r0.get("model_source") == "user" else {}),
-        "defense": r0["defense"],
-        "defense_name": r0.get("defense_name") or r0["defense"].split(":", 1)[0],
-        "defense_params": r0["defense_params"],
-        "bits": r0["bits"],
-        "protocol": {**suite.protocol, "eval_split": r0["eval_split"]},
-        "clean_err": clean,
-        "results": results,
-        "version": uniq("version"),
-        "git_rev": uniq("git_rev"),
-        "config_hash": combined,
-        "seeds": {"train": r0.get("train_seed"), "patterns": pattern_seeds},
-        "device": uniq("device"),
-        "date": max(r["date"] for r in records),
-        "citation": citation,
-        "link": link,
-        "reported_by": "benchmark",
-    }
-    if any(r.get("protection") is not None for r in records):
-        entry["memory_overhead"] = _same_everywhere(records, paths, "memory_overhead", approx=True)
-    validate_entry(entry, suite)
-    return entry
+    return entry_from_cells(group_cells(records), suite, name=name, citation=citation, link=link,
+                            checkpoints=checkpoints)
 
 
-def checkpoint_field(checkpoint: str | os.PathLike, entry_dir: str | os.PathLike, records=()) -> dict:
-    """The entry's ``checkpoint`` object for the weights file ``checkpoint``: its path relative to the entry's
-    folder and its SHA-256. Records measured on a checkpoint file must name the same bytes."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise EntryError("checkpoint", f"{path}: not a file (give the state-dict file the results were measured on)")
-    digest = sha256_file(path)
-    for rec in records:
-        if rec.checkpoint_sha256 is not None and rec.checkpoint_sha256 != digest:
-            raise EntryError("checkpoint", f"{path} has SHA-256 {digest}, but the records were measured on "
-                                           f"{rec.checkpoint or 'a checkpoint'} with SHA-256 {rec.checkpoint_sha256}")
-    return {"path": Path(os.path.relpath(path.resolve(), Path(entry_dir).resolve())).as_posix(), "sha256": digest}
+def checkpoint_fields(checkpoints, entry_dir: str | os.PathLike, records, weights_digest=None) -> list[dict]:
+    """The entry's ``checkpoints``: per weights file (a state dict), its path relative to the entry's folder, its
+    SHA-256 and the training seed of the model it holds. A file is matched to a model by the SHA-256 of the file
+    its records were loaded from (``checkpoint_sha256``) or, with ``weights_digest(path) -> weights_sha256`` (the
+    command line passes one; it needs torch), by the digest of the weights it holds; a file that matches no model
+    of the records is refused."""
+    out, used = [], {}
+    for c in checkpoints:
+        path = Path(c)
+        if not path.is_file():
+            raise EntryError("checkpoint", f"{path}: not a file (give the state-dict file the results were measured "
+                                           "on)")
+        digest = sha256_file(path)
+        match = [r for r in records if r.checkpoint_sha256 == digest]
+        if not match and weights_digest is None and any(r.checkpoint_sha256 is None and r.weights_sha256
+                                                         for r in records):
+            raise EntryError("checkpoint", f"{path} must be checked against the records' weights_sha256, which "
+                                           "needs torch: use `python -m benchmark submit ... --checkpoint FILE`")
+        if not match and weights_digest is not None:
+            try:
+                wd = weights_digest(str(path))
+            except UsageError as e:
+                raise EntryError("checkpoint", str(e)) from None
+            match = [r for r in records if r.weights_sha256 is not None and r.weights_sha256 == wd]
+        if not match:
+            seeds = sorted({r.train_seed for r in records}, key=lambda s: (s is None, s or 0))
+            raise EntryError("checkpoint", f"the weights in {path} (SHA-256 {digest}) are not the weights the records "
+                                           f"were measured on: it holds none of their models (models {seeds}; their "
+                                           "weights digests and checkpoint files differ): give the file written by "
+                                           "`train --save-weights` for each model")
+        seed = match[0].train_seed
+        if seed in used:
+            raise EntryError("checkpoint", f"{path} and {used[seed]} both hold model {seed}")
+        used[seed] = path
+        out.append({"path": Path(os.path.relpath(path.resolve(), Path(entry_dir).resolve())).as_posix(),
+                    "sha256": digest, "train_seed": seed})
+    return sorted(out, key=lambda c: (c["train_seed"] is None, c["train_seed"] or 0))
 
 
 def submit(result_files, *, name: str | None = None, citation: str | None = None, link: str | None = None,
            out_dir: str | os.PathLike | None = None, suite_file: str | os.PathLike | None = None,
-           configs_dir=None, checkpoint: str | os.PathLike | None = None) -> Path:
-    """Turn harness result records (one file per attack/rate of one suite, model and defense) into one validated
-    entry ``<out_dir>/<suite>/<name>.json`` (default out_dir: ``leaderboard/entries``), written atomically.
-    ``checkpoint``: the weights file the records were measured on (see :func:`checkpoint_field`), so that
-    ``python -m benchmark run --entry`` can re-run the attacks on it.
+           configs_dir=None, checkpoints=(), weights_digest=None) -> Path:
+    """Turn harness result records (one file per attack/rate and trained model, of one suite, model and defense)
+    into one validated entry ``<out_dir>/<suite>/<name>.json`` (default out_dir: ``leaderboard/entries``), written
+    atomically. ``checkpoints``: the weights files of the models (see :func:`checkpoint_fields`), so that
+    ``python -m benchmark run --entry`` can re-run the attacks on them; an entry without them says it is not
+    re-evaluable.
 
     An existing entry of the same name is replaced. Raises :class:`EntryError` (mixed suites/defenses, duplicate
     or missing rates, protocol mismatch, malformed records) or :class:`SuiteError` (unknown suite file)."""
@@ -337,17 +231,13 @@ def submit(result_files, *, name: str | None = None, citation: str | None = None
             raise EntryError("results", f"{p} is given twice")
         seen[key] = p
     records = [load_record(p) for p in paths]
-    _same_everywhere([r.to_json() for r in records], [str(p) for p in paths], "suite")
+    suites = sorted({r.suite for r in records})
+    if len(suites) > 1:
+        raise EntryError("suite", f"the records are of several suites ({', '.join(suites)}); one entry holds one suite")
     suite = load_suite(suite_file if suite_file is not None else records[0].suite, configs_dir)
-    if name is not None:
-        if not NAME_RE.fullmatch(name):
-            raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {show_value(name)}")
-    entry = entry_from_records(records, suite, paths=paths, name=name, citation=citation, link=link)
+    if name is not None and not NAME_RE.fullmatch(name):
+        raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {show_value(name)}")
     root = Path(out_dir) if out_dir is not None else DEFAULT_ENTRIES_DIR
-    if checkpoint is not None:
-        ck = checkpoint_field(checkpoint, root / suite.name, records)
-        entry = {**entry, "checkpoint": ck}
-        entry = {k: entry[k] for k in ENTRY_FIELDS if k in entry}  # the format's field order
-        validate_entry(entry, suite)
+    cks = checkpoint_fields(list(checkpoints or ()), root / suite.name, records, weights_digest)
+    entry = entry_from_records(records, suite, name=name, citation=citation, link=link, checkpoints=cks)
     return write_entry(entry, root / suite.name / f"{entry['name']}.json")
-

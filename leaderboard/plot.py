@@ -1,6 +1,6 @@
 """One PNG per suite: RErr (%) against the bit error rate (log x axis), one line per entry; and, where entries
 carry adversarial curves, ``<suite>-flips.png``: test error (%) against the number of flipped bits (log x axis),
-mean over trials with a ± std band, one line per entry.
+mean over models and trials with a ± std band, one line per entry.
 
 matplotlib is optional (``pip install 'bitbench[plot]'``); it is imported only here, with the Agg backend, and
 the PNG metadata carries no software version or date so the bytes depend only on the entries (and matplotlib).
@@ -17,7 +17,7 @@ from typing import Iterable
 from bitbench.configs.suite import Suite, format_rate
 
 from .entries import DEFAULT_ENTRIES_DIR, load_entries
-from .generate import adversarial_attacks, adversarial_ranked, plot_paths, ranked_entries
+from .ranking import adversarial_attacks, adversarial_ranked, plot_paths, ranked_entries, result_of
 
 __all__ = ["plot_suite", "plot_flips", "write_plots", "require_matplotlib"]
 
@@ -40,8 +40,8 @@ def plot_suite(suite: Suite, entries: list[dict], path: str | os.PathLike) -> Pa
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     try:
         for rank, e in ranked_entries(entries, suite):
-            pts = sorted((r["rate"], 100 * r["rerr"]["mean"]) for r in e["results"]
-                         if r["rate"] and r["rerr"] is not None)  # log axis: rate > 0
+            pts = sorted((r["rate"], 100 * r["summary"]["rerr"]["mean"]) for r in e["results"]
+                         if r["rate"] and r["summary"].get("rerr"))  # log axis: rate > 0
             if not pts:
                 continue
             label = e["name"] + (" †" if e["reported_by"] == "paper" else "")
@@ -97,11 +97,12 @@ def plot_flips(suite: Suite, entries: list[dict], path: str | os.PathLike) -> Pa
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     try:
         for _, _, e in adversarial_ranked(entries, suite):
-            r = next((x for x in e["results"] if x["attack"] == attack and "curve" in x), None)
-            if r is None:
+            r = result_of(e, attack)
+            if r is None or r.get("curve") is None:
                 continue
             n = r["curve"]["flips"]
-            vals = r["curve"]["err"]
+            # per flip budget: every model's trials
+            vals = [[t[i] for m in r["curve"]["err"] for t in m] for i in range(len(n))]
             mean = [100 * sum(v) / len(v) for v in vals]
             std = [100 * (sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v)) ** 0.5 for v in vals]
             line, = ax.plot(n, mean, marker="o", markersize=3, label=e["name"])

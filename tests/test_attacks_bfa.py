@@ -156,7 +156,8 @@ def test_bfa_gives_exactly_the_flips_of_a_straightforward_implementation(env, sp
 
 def test_bfa_defaults_follow_the_reference(env):
     a = create_attack("bfa")
-    assert (a.n, a.k, a.biases, a.labels, a.trials, a.batch, a.stop) == (100, None, False, "pred", 5, 128, "chance")
+    # the evaluator's target ends a trial (uncensored metrics); the attacker's own stops are options
+    assert (a.n, a.k, a.biases, a.labels, a.trials, a.batch, a.stop) == (100, None, False, "pred", 5, 128, "target")
     assert a.sweep == [1, 2, 5, 10, 20, 50, 100] and a.spec == "bfa_n100"
     assert create_attack("bfa_n20").sweep == [1, 2, 5, 10, 20]
     assert create_attack("bfa_n7:sweep=3|1").sweep == [1, 3, 7]
@@ -172,7 +173,7 @@ def test_collapse_onto_one_class_stops_the_search(env):
     """Labels = the model's predictions: a model that sends every input to one class has batch accuracy = that
     class's share, above 1/K; the search must stop there instead of spending its budget."""
     stops = []
-    for p in create_attack("bfa_n60:trials=3").perturbations(env.qm, model=env.model, data=env.data):
+    for p in create_attack("bfa_n60:trials=3,stop=chance").perturbations(env.qm, model=env.model, data=env.data):
         stops.append(p.info["stop"])
         if p.info["stop"] == "collapse":
             x, _ = batch_of(env.data, 128, p.seed)
@@ -217,7 +218,8 @@ def test_evaluation_records_curves_and_flips_to_target(env):
     for pat, trace in zip(ev.patterns, ev.traces):
         states = _replay_errors(env, trace)
         assert pat.flips_used == states[-1][0] == len(trace)
-        assert pat.stop_reason in ("chance", "collapse", "budget")
+        assert pat.stop_reason in ("target", "budget", "no_gain")
+        assert (pat.stop_reason == "target") == (pat.flips_to_target == pat.flips_used)
         assert [q["flips"] for q in pat.curve] == [1, 5, 10, 30]
         for q in pat.curve:
             f, e = [s for s in states if s[0] <= q["flips"]][-1]
@@ -226,9 +228,11 @@ def test_evaluation_records_curves_and_flips_to_target(env):
         first = next((f for f, e in states if e >= 0.5), None)
         assert pat.flips_to_target == first is not None
         assert pat.err == pytest.approx(states[-1][1], abs=1e-12)
-    # the observer never changes the search: the same flips without it
+    # the observer never changes the search, it only ends it at the target: without it (no evaluator: the search
+    # runs to its budget) each trial makes the same flips first
     plain = list(a.perturbations(env.qm, model=env.model, data=env.data))
-    assert [p.trace for p in plain] == ev.traces
+    for p, t in zip(plain, ev.traces):
+        assert p.trace[:len(t)] == t and len(p.trace) >= len(t)
 
 
 def _record(ev, attack, clean_err):
@@ -245,10 +249,10 @@ def test_records_hold_curves_and_refuse_inconsistent_ones(env):
     a = create_attack("bfa_n12:trials=2,sweep=2|4,target_err=0.3")
     ev = evaluate_attack(env.model, env.qm, a, env.ds.test_x, env.ds.test_y, attack_data=env.data)
     d = _record(ev, a, ev.clean_err).to_json()
-    assert set(d) >= {"flips_used", "stop_reason", "flips_to_target", "curve", "target"}
+    assert set(d["trials"]) == {"flips_used", "stop_reason", "flips_to_target", "curve"} and "target" in d
     back = ResultRecord.from_json(d)
     assert back.has_curve and back.to_json() == d
-    assert [p.flips_to_target for p in back.patterns] == d["flips_to_target"]
+    assert [p.flips_to_target for p in back.patterns] == d["trials"]["flips_to_target"]
 
     def refused(mutate, field):
         bad = __import__("copy").deepcopy(d)
@@ -256,15 +260,16 @@ def test_records_hold_curves_and_refuse_inconsistent_ones(env):
         with pytest.raises(RecordError, match=field):
             ResultRecord.from_json(bad)
 
-    refused(lambda b: b.pop("curve"), "curve")
-    refused(lambda b: b["stop_reason"].__setitem__(0, "Tired!"), r"stop_reason\[0\]")
-    refused(lambda b: b["curve"][0][-1].__setitem__("err", 0.999), r"curve\[0\]\[2\]")
-    refused(lambda b: b["curve"][1].pop(0), r"curve\[1\]")
-    refused(lambda b: b["flips_used"].__setitem__(0, -1), r"flips_used\[0\]")
+    t = "trials"
+    refused(lambda b: b[t].pop("curve"), "trials")
+    refused(lambda b: b[t]["stop_reason"].__setitem__(0, "Tired!"), r"trials\.stop_reason\[0\]")
+    refused(lambda b: b[t]["curve"][0][-1].__setitem__("err", 0.999), r"trials\.curve\[0\]\[2\]")
+    refused(lambda b: b[t]["curve"][1].pop(0), r"trials\.curve\[1\]")
+    refused(lambda b: b[t]["flips_used"].__setitem__(0, -1), r"trials\.flips_used\[0\]")
     refused(lambda b: b["target"].__setitem__("metric", "loss"), "target")
-    refused(lambda b: b["curve"][0][0].__setitem__("flips_used", 99), r"curve\[0\]\[0\]\.flips_used")
-    reached = next(i for i, f in enumerate(d["flips_to_target"]) if f is not None)
-    refused(lambda b: b["flips_to_target"].__setitem__(reached, None), "flips_to_target")
+    refused(lambda b: b[t]["curve"][0][0].__setitem__("flips_used", 99), r"trials\.curve\[0\]\[0\]\.flips_used")
+    reached = next(i for i, f in enumerate(d[t]["flips_to_target"]) if f is not None)
+    refused(lambda b: b[t]["flips_to_target"].__setitem__(reached, None), "flips_to_target")
 
 
 # -- T-BFA ----------------------------------------------------------------------------------------------------------
@@ -283,7 +288,7 @@ def _asr(env, codes, source, target):
 
 @pytest.mark.parametrize("source", [5, None])
 def test_tbfa_raises_the_target_class_rate(env, source):
-    spec = "tbfa_n25:trials=1,target=3" + (f",source={source}" if source is not None else "")
+    spec = "tbfa_n25:trials=1,target=3,stop=budget" + (f",source={source}" if source is not None else "")
     a = create_attack(spec)
     ev = evaluate_attack(env.model, env.qm, a, env.ds.test_x, env.ds.test_y, attack_data=env.data)
     p = next(a.perturbations(env.qm, model=env.model, data=env.data))
@@ -296,6 +301,12 @@ def test_tbfa_raises_the_target_class_rate(env, source):
         assert last["other_err"] == pytest.approx(other, abs=1e-12) and other < 0.6
     else:
         assert "other_err" not in last
+    # the reference's denominator: every evaluation input predicted as the target
+    env.qm.load_into(env.model, p.codes)
+    try:
+        assert last["asr_all"] == pytest.approx((predict(env.model, env.ds.test_x) == 3).sum().item() / env.ds.test_y.numel(), abs=1e-12)
+    finally:
+        env.qm.load_into(env.model)
 
 
 # -- threat-model constraints ---------------------------------------------------------------------------------------

@@ -150,3 +150,31 @@ def test_protected_memory_on_cuda_equals_the_cpu(protection):
         rc, rg = pm_cpu.recover(pc.codes, pc.check), pm_gpu.recover(pg.codes, pg.check)
         assert torch.equal(rc.codes, rg.codes.cpu())
         assert rc.stats == rg.stats and rc.failed == rg.failed
+
+
+def test_activation_and_metadata_chips_match_cpu():
+    """Activation errors (the virtual activation memory at offsets beyond 2^62) and metadata errors draw the same
+    bits on CUDA (CuPy or the torch reference) as on the CPU."""
+    from bitbench.attacks.activations import ActivationFormat, ActivationMemory
+
+    x, y = _data(64)
+    masks = {}
+    for dev in ("cpu", "cuda"):
+        m = _module().to(dev).eval()
+        qm = QuantizedModel.from_module(m, rquant(4, granularity="group:16"))
+        mem = ActivationMemory.build(m, qm, ActivationFormat("int8"), data=(x.to(dev), y.to(dev)), calib=64)
+        log = []
+        rt = mem.runtime(17, 0.02, observer=lambda s, st, c, w: log.append(
+            (s, st, (kernels.to_pattern(c) ^ kernels.to_pattern(w)).cpu())))
+        with rt, torch.inference_mode():
+            for i in range(0, 64, 24):
+                rt.batch(i)
+                m(x[i:i + 24].to(dev))
+        pert = next(create_attack("random_p0.05:patterns=1,meta=exposed").perturbations(qm))
+        masks[dev] = (log, pert.codes.cpu(), pert.context.lo.cpu(), pert.context.hi.cpu())
+    (la, ca, loa, hia), (lb, cb, lob, hib) = masks["cpu"], masks["cuda"]
+    assert [(s, st) for s, st, _ in la] == [(s, st) for s, st, _ in lb]
+    assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(la, lb))
+    assert torch.equal(ca, cb)
+    assert torch.equal(loa.view(torch.int32), lob.view(torch.int32)) and torch.equal(hia.view(torch.int32),
+                                                                                       hib.view(torch.int32))

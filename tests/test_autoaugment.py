@@ -1,11 +1,15 @@
 """AutoAugment's CIFAR-10 policy in plain torch (benchmark/data/augment.py): each operation on small images whose
-results are worked out by hand in the comments (pixel levels 0..255, results rounded half to even)."""
+results are worked out by hand in the comments (pixel levels 0..255, results rounded half to even); rotation and
+shear against PIL itself (the library the original's AutoAugment runs on; Pillow is in the ``test`` extra)."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from bitbench.data.augment import AA_OPS, CIFAR10_POLICY, MAGNITUDES, SIGNED, autoaugment
+from bitbench.data.augment import AA_OPS, CIFAR10_POLICY, MAGNITUDES, SIGNED, autoaugment, fill_levels
 
 F0 = torch.zeros(1)  # fill level for one channel
 
@@ -60,23 +64,125 @@ def test_autocontrast_and_equalize():
     assert op("equalize", img([[0, 0], [128, 255]]), 0)[0, 0].tolist() == [[0, 0], [128, 255]]
 
 
-def test_geometric_operations_nearest_with_fill():
+def test_geometric_operations_by_hand():
     x = img([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
     f = torch.tensor([50.0])
-    # rotation counter-clockwise by 90 degrees, and clockwise
+    # rotation counter-clockwise by 90 degrees, and clockwise (PIL transposes a square image)
     assert op("rotate", x, 90)[0, 0].tolist() == [[3, 6, 9], [2, 5, 8], [1, 4, 7]]
     assert op("rotate", x, -90)[0, 0].tolist() == [[7, 4, 1], [8, 5, 2], [9, 6, 3]]
+    # 45 degrees on 6 x 6: the corners have no source pixel and are grey (128) whatever the fill
+    r45 = op("rotate", img([list(range(6 * r + 1, 6 * r + 7)) for r in range(6)]), 45, f)[0, 0]
+    assert r45[0, 0] == r45[0, 5] == r45[5, 0] == r45[5, 5] == 128 and r45[0, 1] == 4 and r45[2, 2] == 16
     # translation: the content moves right / down by the magnitude, the uncovered pixels take the fill
     assert op("translate_x", x, 1, f)[0, 0].tolist() == [[50, 1, 2], [50, 4, 5], [50, 7, 8]]
     assert op("translate_x", x, -1, f)[0, 0].tolist() == [[2, 3, 50], [5, 6, 50], [8, 9, 50]]
     assert op("translate_y", x, 1, f)[0, 0].tolist() == [[50, 50, 50], [1, 2, 3], [4, 5, 6]]
-    # shear about the centre: source x = x + m y (rows above the centre shift right), source y = y + m x
-    assert op("shear_x", x, 1, f)[0, 0].tolist() == [[50, 1, 2], [4, 5, 6], [8, 9, 50]]
-    assert op("shear_y", x, 1, f)[0, 0].tolist() == [[50, 2, 6], [1, 5, 9], [4, 8, 50]]
+    # shear about the top-left corner (PIL: output pixel centre (x + .5, y + .5) reads (x + .5 + m (y + .5), y + .5);
+    # a read at or beyond the right edge (4) takes the fill). m = 1 on the ramp 10, 20, 30, 40: row 0 reads x + 1,
+    # i.e. pixel x + 0.5 between pixels x and x + 1 (d = 1/2): the cubic p1 + d (p2 + d (p3 + d p4)) of the clamped
+    # neighbours gives x = 0: (10, 10, 20, 30) -> 13.75 -> 13 (truncated), x = 1: (10, 20, 30, 40) -> 25,
+    # x = 2: (20, 30, 40, 40) -> 36.25 -> 36, x = 3: outside -> 50; rows 1 and 2 read one and two pixels further.
+    ramp = img([[10, 20, 30, 40]] * 3)
+    assert op("shear_x", ramp, 1, f)[0, 0].tolist() == [[13, 25, 36, 50], [25, 36, 50, 50], [36, 50, 50, 50]]
+    assert op("shear_x", ramp, 0, f)[0, 0].tolist() == ramp[0, 0].tolist()
+    # shear_y moves column x down by m (x + 0.5); a constant image stays constant where a source exists
+    const = img([[77] * 4] * 4)
+    sy = op("shear_y", const, 0.5, f)[0, 0]
+    assert set(sy[:, 0].tolist()) <= {77} and set(sy.flatten().tolist()) == {77, 50}
     # per-channel fill
     rgb = x.expand(1, 3, 3, 3).clone()
     out = op("translate_x", rgb, 1, torch.tensor([10.0, 20.0, 30.0]))
     assert out[0, :, 0, 0].tolist() == [10, 20, 30]
+
+
+def _pil_rotate(arr, degrees):
+    """The original's rotation: an RGBA copy rotated by PIL (nearest), composited onto grey 128."""
+    from PIL import Image
+
+    im = Image.fromarray(arr)
+    rot = im.convert("RGBA").rotate(degrees)
+    return np.asarray(Image.composite(rot, Image.new("RGBA", rot.size, (128,) * 4), rot).convert(im.mode))
+
+
+def _pil_shear(arr, m, axis, fill):
+    from PIL import Image
+
+    im = Image.fromarray(arr)
+    data = (1, m, 0, 0, 1, 0) if axis == "x" else (1, 0, 0, m, 1, 0)
+    return np.asarray(im.transform(im.size, Image.AFFINE, data, Image.BICUBIC, fillcolor=fill))
+
+
+def _images(rng, n):
+    """Random 8-bit images (RGB and gray, square and not, noise and blocks: flat areas hit exact values)."""
+    shapes = [(32, 32, 3), (28, 28, 1), (17, 23, 3), (5, 5, 1), (32, 20, 3), (32, 32, 1)]
+    for t in range(n):
+        h, w, c = shapes[t % len(shapes)]
+        if t % 3 == 0:
+            blocks = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, c), dtype=np.uint8)
+            arr = np.ascontiguousarray(np.repeat(np.repeat(blocks, 4, 0), 4, 1)[:h, :w])
+        else:
+            arr = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+        yield arr if c == 3 else arr[:, :, 0]
+
+
+def _ours(name, arr, m, fill):
+    u = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1)).permute(2, 0, 1)[None].float()
+    f = torch.tensor(fill if isinstance(fill, tuple) else (fill,), dtype=torch.float32)
+    out = AA_OPS[name](u, torch.tensor([m], dtype=torch.float64), f)[0].permute(1, 2, 0).numpy()
+    return out if arr.ndim == 3 else out[:, :, 0]
+
+
+def test_rotate_and_shear_equal_pil():
+    """Rotation (nearest, 16.16 fixed point, grey corners, no random sign) and shear (bicubic affine about the
+    top-left corner, fill colour) give PIL's pixels exactly: 240 random images, the policy's magnitudes (rotate
+    6.67 degrees, shear 0.233 / 0.267 with both signs) and others (multiples of 90 degrees, 0, 360, random)."""
+    pytest.importorskip("PIL", reason="Pillow (in the test extra) is the reference for rotate and shear")
+    rng = np.random.default_rng(0)
+    policy_rotate = MAGNITUDES["rotate"](2, 32)
+    policy_shear = [MAGNITUDES["shear_y"](k, 32) for k in (7, 8)]
+    checked = 0
+    for t, arr in enumerate(_images(rng, 240)):
+        deg = [policy_rotate, 30.0, 90.0, 180.0, 270.0, -45.0, 0.0, 360.0, float(rng.uniform(-180, 180))][t % 9]
+        got, want = _ours("rotate", arr, deg, 0), _pil_rotate(arr, deg)
+        assert np.array_equal(got, want), (t, arr.shape, deg, int((got != want).sum()))
+        m = [*policy_shear, 0.3, float(rng.uniform(0, 0.3))][t % 4] * (1 if t % 2 else -1)
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3)) if arr.ndim == 3 else int(rng.integers(0, 256))
+        for axis in "xy":
+            got, want = _ours(f"shear_{axis}", arr, m, fill), _pil_shear(arr, m, axis, fill)
+            assert np.array_equal(got, want), (t, arr.shape, axis, m, int((got != want).sum()))
+        checked += 1
+    assert checked == 240
+
+
+def test_pil_rotation_fixed_point_reference():
+    """The fixed-point sampling written out independently of the module (PIL's Image.rotate: the matrix of the
+    inverse rotation about the centre, rounded to 15 decimals, in 16.16 fixed point, accumulated per row)."""
+    rng = np.random.default_rng(5)
+    for h, w, deg in [(32, 32, 20 / 3), (28, 28, 20 / 3), (9, 13, 33.3), (32, 32, -120.0)]:
+        arr = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        t = -math.radians(deg % 360.0)
+        a, b, d, e = (round(math.cos(t), 15), round(math.sin(t), 15), round(-math.sin(t), 15),
+                      round(math.cos(t), 15))
+        c = a * -(w / 2) + b * -(h / 2) + w / 2
+        f = d * -(w / 2) + e * -(h / 2) + h / 2
+        fx = [math.floor(v * 65536 + 0.5) for v in (a, b, c + a / 2 + b / 2, d, e, f + d / 2 + e / 2)]
+        want = np.full((h, w), 128, dtype=np.uint8)
+        for y in range(h):
+            xx, yy = fx[2] + y * fx[1], fx[5] + y * fx[4]
+            for x in range(w):
+                col, row = xx >> 16, yy >> 16
+                if 0 <= col < w and 0 <= row < h:
+                    want[y, x] = arr[row, col]
+                xx += fx[0]
+                yy += fx[3]
+        assert np.array_equal(_ours("rotate", arr, deg, 0), want), (h, w, deg)
+
+
+def test_fill_levels_are_the_integer_part_of_255_mean():
+    # CIFAR-10's mean: 255 * m = 125.3, 122.95, 113.87 -> levels 125, 122, 113 (not rounded: 123, 114)
+    mean = (0.49139968, 0.48215841, 0.44653091)
+    assert fill_levels(mean).tolist() == [125, 122, 113]
+    assert fill_levels(mean).tolist() == [int(255 * torch.tensor(v, dtype=torch.float32)) for v in mean]
 
 
 def test_policy_table_and_magnitudes():
@@ -89,7 +195,12 @@ def test_policy_table_and_magnitudes():
     assert MAGNITUDES["rotate"](9, 32) == 30 and MAGNITUDES["shear_y"](9, 32) == pytest.approx(0.3)
     assert MAGNITUDES["translate_x"](9, 32) == pytest.approx(150 / 331 * 32)
     assert MAGNITUDES["solarize"](0, 32) == 256 and MAGNITUDES["solarize"](9, 32) == 0
-    assert {"rotate", "color", "translate_y"} <= SIGNED and "solarize" not in SIGNED
+    assert {"color", "translate_y", "shear_y"} <= SIGNED and not {"solarize", "rotate"} & SIGNED
+    # the magnitude tables are numpy.linspace's values, bit for bit
+    for name, (a, b) in {"shear_x": (0, 0.3), "translate_x": (0, 150 / 331), "rotate": (0, 30), "color": (0, 0.9),
+                         "solarize": (256, 0)}.items():
+        scale = 32 if name == "translate_x" else 1
+        assert [MAGNITUDES[name](k, 32) for k in range(10)] == [v * scale for v in np.linspace(a, b, 10).tolist()]
 
 
 def test_autoaugment_batch_is_deterministic_and_leaves_the_global_rng():

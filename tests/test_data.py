@@ -27,7 +27,8 @@ def mnist5k() -> Dataset:
 
 
 def test_list_datasets():
-    assert list_datasets() == ["cifar10", "cifar100", "h5", "mnist", "mnist5k", "npz", "sklearn_digits"]
+    assert list_datasets() == ["cifar10", "cifar100", "h5", "mnist", "mnist5k", "npz", "sklearn_digits",
+                               "text"]
     assert list_datasets("cifar*") == ["cifar10", "cifar100"]
 
 
@@ -473,6 +474,12 @@ def test_padding_and_cutout_fill_with_the_dataset_mean():
         assert set(cut[:, c].unique().tolist()) == {1.0, torch.tensor(m).item()}
     aug = Augment.from_config({"crop": 4, "cutout": 4, "autoaugment": True}, mean=mean)
     assert aug.fill == mean and aug.config()["fill"] == "mean"
+    # the recipe pads its 8-bit images with the level int(255 * mean) (25, 51, 76 of 255), as the original
+    padded = Augment(crop=4, mean=mean)(x, _g(0))
+    levels = [int(255 * torch.tensor(m, dtype=torch.float32)) for m in mean]
+    assert levels == [25, 51, 76]
+    for c, lv in enumerate(levels):
+        assert set(padded[:, c].unique().tolist()) == {1.0, (torch.tensor(float(lv)) / 255).item()}
     assert Augment(crop=2, fill=0.0).fill == (0.0,)
     with pytest.raises(ValueError, match="dataset mean"):
         Augment(crop=2)

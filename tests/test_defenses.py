@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import types
 
 import pytest
 import torch
@@ -47,7 +46,7 @@ def test_every_defense_trains_to_a_usable_quantized_model(ds, name):
     hist = d.train(model, ds.train_x[:2048], ds.train_y[:2048], cfg, num_classes=10)
     assert len(hist) == 2 and all(math.isfinite(h["loss"]) for h in hist)
     s = d.scheme()
-    qm = d.quantize(model)
+    qm = d.quantize(model, trained_here=True)  # trained with its recipe just now
     assert qm.scheme == s and qm.codes.dtype == s.dtype
     c = qm.codes.to(torch.int64)
     if s.has_context:  # affine integer codes
@@ -237,7 +236,7 @@ def test_randbet_step_curriculum_with_mocked_losses(monkeypatch):
     def fake_cross_entropy(logits, y):
         return logits.sum() * 0.0 + losses.pop(0)
 
-    monkeypatch.setattr(randbet_mod, "F", types.SimpleNamespace(cross_entropy=fake_cross_entropy))
+    monkeypatch.setattr(randbet_mod, "_loss", fake_cross_entropy)   # the step's task loss (cross-entropy)
     step = RandBETStep(0.01, threshold=1.75, seed=0)
     calls = []
     orig = step.pattern
@@ -280,19 +279,81 @@ def test_curriculum_first_switches_on_below_2_0125():
     assert state
 
 
-def test_step_curriculum_ramps_p_over_the_first_half(ds):
+def _ramp_reference(p, epoch, epochs, steps=20):
+    """The step curriculum's rate written as the original's loop: every step i whose start epoch
+    i * ((E // 2) // steps) has been reached sets the rate to (i + 1) * (p / steps)."""
+    rate = p
+    for i in range(steps):
+        if epoch >= i * ((epochs // 2) // steps):
+            rate = (i + 1) * (p / steps)
+    return rate
+
+
+def test_step_curriculum_rate_ramps_in_20_steps_over_the_first_half():
     from bitbench.defenses.randbet import step_rate
 
-    assert [step_rate(0.1, e, 4) for e in range(4)] == [0.05, 0.1, 0.1, 0.1]
-    assert [round(step_rate(0.1, e, 5), 10) for e in range(5)] == [round(0.1 / 3, 10), round(0.2 / 3, 10), 0.1,
-                                                                    0.1, 0.1]
+    for epochs in (1, 2, 20, 39, 40, 41, 79, 80, 100, 250, 333):
+        for p in (0.01, 0.1, 0.025):
+            assert [step_rate(p, e, epochs) for e in range(epochs)] == \
+                [_ramp_reference(p, e, epochs) for e in range(epochs)], (epochs, p)
+    # 250 epochs: 6 epochs per step, p/20 in epochs 0..5, 2p/20 from 6, the full rate from epoch 114 on
+    r = [step_rate(0.01, e, 250) for e in range(250)]
+    assert r[0] == r[5] == 0.01 / 20 and r[6] == 2 * (0.01 / 20) and r[113] == 19 * (0.01 / 20)
+    assert r[114] == r[249] == 20 * (0.01 / 20)
+    assert len(set(r)) == 20
+    # fewer than 40 epochs: no ramp (the last step's rate at once)
+    assert {step_rate(0.1, e, 39) for e in range(39)} == {20 * (0.1 / 20)}
+
+
+def test_step_curriculum_keeps_the_loss_gating_and_sets_the_rate_after_each_step(monkeypatch):
+    """Scripted losses, epochs set by hand (80 epochs: 2 per rate step): the pass is gated exactly as under the
+    loss curriculum, and a pattern's rate is the one set after the previous step (the first step of an epoch still
+    uses the previous epoch's rate)."""
+    losses = []
+
+    def fake_cross_entropy(logits, y):
+        return logits.sum() * 0.0 + losses.pop(0)
+
+    monkeypatch.setattr(randbet_mod, "_loss", fake_cross_entropy)   # the step's task loss (cross-entropy)
+    step = RandBETStep(0.02, threshold=1.75, seed=0, curriculum="step")
+    assert step.curriculum == "step" and step.threshold == 1.75 and not step.active
+    rates = []
+    orig = step.pattern
+    step.pattern = lambda qm, seed: rates.append(step._rate) or orig(qm, seed)
+    tr = _tiny_trainer(step)
+    tr.config = TrainConfig(epochs=80, batch_size=1, lr=1.0, momentum=0.0, weight_decay=0.0, progress=False)
+    x, y = torch.ones(1, 3), torch.tensor([0])
+    # (epoch, clean, perturbed): the same gating script as the loss curriculum's test
+    script = [(0, 3.0, None), (0, 2.0, None), (1, 1.625, 2.0), (2, 1.5, None), (2, 1.0, 2.5), (4, 2.125, 1.0),
+              (4, 2.0, None), (5, 1.0, 1.0)]
+    expect_on = [False, False, True, False, True, True, False, True]
+    for (epoch, clean, pert), on in zip(script, expect_on):
+        tr.epoch = epoch
+        losses[:] = [clean] + ([pert] if pert is not None else [])
+        assert step.active is on, (epoch, clean)
+        stats = step(tr, x, y)
+        assert losses == [] and stats["bet_on"] == float(on)
+    u = 0.02 / 20
+    # on at: epoch 1 (previous step in epoch 0: rate u), epoch 2 (previous step in epoch 2: 2u),
+    # epoch 4 (previous step in epoch 2: 2u, not epoch 4's 3u), epoch 5 (previous step in epoch 4: 3u)
+    assert rates == [u, 2 * u, 2 * u, 3 * u]
+    st = step.state_dict()
+    s2 = RandBETStep(0.02, threshold=1.75, seed=1, curriculum="step")
+    s2.load_state_dict(st)
+    assert s2.rate(tr) == step.rate(tr) == 3 * u and s2.active == step.active
+
+
+def test_step_curriculum_defense_trains_gated(ds):
     d = create_defense("randbet:p=0.1,curriculum=step")
     step = d.make_step(seed=0)
-    assert step.active and step.curriculum == "step"
+    assert not step.active and step.curriculum == "step" and step.threshold == 1.75
+    assert "curriculum 'step'" in d.recipe()["deviations"][0] and d.recipe()["threshold"] == "auto"
+    ungated = create_defense("randbet:p=0.1,curriculum=step,threshold=none").make_step(seed=0)
+    assert ungated.active and ungated.threshold is None and ungated.curriculum == "step"
     model = lenet(ds)
-    cfg = TrainConfig(epochs=4, batch_size=256, lr=0.05, schedule="constant", progress=False, seed=0)
-    hist = d.train(model, ds.train_x[:256], ds.train_y[:256], cfg, num_classes=10)
-    assert [h["p"] for h in hist] == [0.05, 0.1, 0.1, 0.1]
+    cfg = TrainConfig(epochs=2, batch_size=256, lr=0.05, schedule="constant", progress=False, seed=0)
+    hist = d.train(model, ds.train_x[:512], ds.train_y[:512], cfg, num_classes=10)
+    assert hist[0]["bet_on"] < 1.0  # gated: off at the start
     with pytest.raises(SpecError, match="curriculum"):
         create_defense("randbet:curriculum=cosine")
 

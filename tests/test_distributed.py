@@ -37,7 +37,12 @@ def _bench(args, tmp_path):
 
 
 RUN = ["run", "--defense", "rquant", "--rates", "0.01,0.05", "--epochs", "1", "--patterns", "5", "--format",
-       "json", "--no-progress"]
+       "json", "--no-progress", "--seeds", "1"]
+
+
+def _records(stdout: str) -> list[dict]:
+    """The records of ``run --format json`` (a list of cells, each with its models' records)."""
+    return [r for c in json.loads(stdout) for r in c["records"]]
 
 
 def _files(path):
@@ -45,29 +50,58 @@ def _files(path):
 
 
 def test_sharded_sweep_equals_single_process_and_rank_failure_leaves_nothing(tmp_path):
-    single = _bench(RUN + ["--results-dir", "single"], tmp_path)
+    # One set of weights for both (trained once, in one process): the sweep is what is compared.
+    p = _bench(["train", "--defense", "rquant", "--epochs", "1", "--seeds", "1", "--no-progress", "--save-weights",
+                "w"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    (weights,) = (tmp_path / "w").glob("*.pt")
+    run = RUN[:-2] + ["--checkpoint", str(weights)]  # one model: the file's
+    single = _bench(run + ["--results-dir", "single"], tmp_path)
     assert single.returncode == 0, single.stderr
-    ref = json.loads(single.stdout)
+    ref = _records(single.stdout)
 
     # A failing rank ends the job with a clear error and leaves no partial result files.
-    bad = _torchrun(["-m", "benchmark"] + RUN + ["--results-dir", "sharded"], tmp_path,
+    bad = _torchrun(["-m", "benchmark"] + run + ["--results-dir", "sharded"], tmp_path,
                     BITBENCH_INJECT_FAILURE_RANK="1")
     assert bad.returncode != 0
     assert "rank 1/2: failed" in bad.stderr and "injected" in bad.stderr
     assert _files(tmp_path / "sharded") == []
 
-    # The rerun (same checkpoint, loaded by both ranks) gives exactly the single-process numbers.
-    ok = _torchrun(["-m", "benchmark"] + RUN + ["--results-dir", "sharded"], tmp_path)
+    # The rerun (the same weights, loaded by both ranks) gives exactly the single-process numbers.
+    ok = _torchrun(["-m", "benchmark"] + run + ["--results-dir", "sharded"], tmp_path)
     assert ok.returncode == 0, ok.stderr
-    got = json.loads(ok.stdout)  # only rank 0 prints
+    got = _records(ok.stdout)  # only rank 0 prints
     assert len(got) == len(ref) == 2
     for a, b in zip(ref, got):
         assert b["world_size"] == 2
-        assert a["seeds"] == b["seeds"] == [100, 101, 102, 103, 104]
-        assert a["per_pattern_err"] == b["per_pattern_err"]
-        assert a["per_pattern_rerr"] == b["per_pattern_rerr"]
-        assert a["clean_err"] == b["clean_err"] and a["rerr"] == b["rerr"]
+        assert a["patterns"]["seed"] == b["patterns"]["seed"] == [100, 101, 102, 103, 104]
+        assert a["patterns"]["err"] == b["patterns"]["err"]
+        assert a["patterns"]["rerr"] == b["patterns"]["rerr"]
+        assert a["clean"] == b["clean"] and a["summary"] == b["summary"]
     assert len(_files(tmp_path / "sharded")) == 2
+
+
+def test_torchrun_training_never_shares_a_checkpoint_with_single_process_training(tmp_path):
+    """DDP sums each batch's gradients in another order than one process: other weights. The world size is part of
+    the model key and of the record's recipe, so whichever ran first never decides what the other prints."""
+    run = RUN[:3] + ["--rates", "0.01"] + RUN[5:]
+    ddp = _torchrun(["-m", "benchmark"] + run + ["--results-dir", "ddp"], tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    (rec_ddp,) = _records(ddp.stdout)
+    assert rec_ddp["recipe"]["world_size"] == 2 and rec_ddp["timings"]["trained_now"] is True
+    single = _bench(run + ["--results-dir", "single"], tmp_path)
+    assert single.returncode == 0, single.stderr
+    (rec_one,) = _records(single.stdout)
+    assert "world_size" not in rec_one["recipe"]
+    assert rec_one["timings"]["trained_now"] is True  # the DDP checkpoint was not taken for its own
+    ckpts = sorted((tmp_path / "cache").rglob("*.pt"))
+    assert len(ckpts) == 2 and ckpts[0].name != ckpts[1].name
+    assert rec_one["config_hash"] != rec_ddp["config_hash"]
+    again = _torchrun(["-m", "benchmark"] + run + ["--results-dir", "ddp2"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (rec_again,) = _records(again.stdout)  # the DDP checkpoint is its own: loaded, the same numbers
+    assert rec_again["timings"]["trained_now"] is False
+    assert rec_again["patterns"]["rerr"] == rec_ddp["patterns"]["rerr"] and rec_again["clean"] == rec_ddp["clean"]
 
 
 def test_ddp_training_keeps_ranks_identical(tmp_path):

@@ -49,6 +49,10 @@ def reference_train(model, x, y, scheme, *, epochs, batch_size, lr, w_max, seed,
         for idx in _batches(x.shape[0], batch_size, gen):
             xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)
+            if w_max is not None:  # clipped before every forward pass (the initial weights too) and after each step
+                with torch.no_grad():
+                    for q in params:
+                        q.clamp_(-w_max, w_max)
             saved = [q.detach().clone() for q in params]
             quant = [quantize_tensor(q.detach(), scheme) for q in params]
             with torch.no_grad():

@@ -2,13 +2,14 @@
 
 References are independent of the implementation: numpy's float32/float16 views and casts, bfloat16 as the top
 16 bits of a float32 (numpy bit arithmetic), fp8 decoded by the bit formula in exact ``Fraction`` arithmetic and
-encoded by brute-force nearest search, and the affine formulas of shared/design/original-numerics.md in exact
+encoded by brute-force nearest search, and the affine formulas of docs/numerics.md in exact
 ``Fraction`` arithmetic per group. Flip deltas are checked against decoding the whole flipped memory (the path
 ``load_into`` takes), random flips of float tensors against the kernels' flips of their integer views.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from fractions import Fraction
 from types import SimpleNamespace
@@ -356,21 +357,24 @@ def test_record_nonfinite_field_roundtrip_and_validation(tmp_path):
                        model_options={}, n_params=1, defense="float32", defense_name="float32", defense_params={},
                        bits=32, scheme="float32", attack="random_p0.1", attack_name="random", attack_params={},
                        attack_kind="random", rate=0.1, flips=None, clean_err=0.1,
-                       patterns=[PatternResult(0, 1, 0.5, 0.5, nonfinite=3), PatternResult(1, 2, 0.1, 0.1)],
+                       patterns=[PatternResult(0, 1, 0.5, 0.5, nonfinite=3, masked=5, due=3, sdc=2),
+                                 PatternResult(1, 2, 0.1, 0.1, masked=10)],
                        train_seed=0, version="0", git_rev=None, config_hash="h", clean_nonfinite=0,
                        date="2026-01-01T00:00:00+00:00")
     d = rec.to_json()
-    assert d["nonfinite"] == {"clean": 0, "per_pattern": [3, 0], "patterns": 1}
+    assert d["patterns"]["nonfinite"] == [3, 0] and d["clean"]["nonfinite"] == 0
     back = ResultRecord.from_json(d)
-    assert back.nonfinite == d["nonfinite"] and [p.nonfinite for p in back.patterns] == [3, 0]
-    bad = dict(d, nonfinite={"clean": 0, "per_pattern": [3, 0], "patterns": 2})
-    with pytest.raises(RecordError, match="nonfinite"):
+    assert back.nonfinite == {"clean": 0, "per_pattern": [3, 0], "patterns": 1}
+    assert [p.nonfinite for p in back.patterns] == [3, 0]
+    bad = json.loads(json.dumps(d))
+    bad["patterns"]["nonfinite"][0] = 11          # more than the 10 evaluated inputs
+    with pytest.raises(RecordError, match=r"patterns\.nonfinite\[0\]: 11 is more than the 10 evaluated examples"):
         ResultRecord.from_json(bad)
     # the run table says how many patterns had inputs with non-finite logits (only when some had)
     from bitbench.tables import run_table
     back.cached = True
-    assert run_table([back])["non-finite patterns"].tolist() == ["1/2"]
-    assert "non-finite patterns" not in run_table([dataclasses.replace(back, patterns=[
+    assert run_table([back])["Non-finite patterns"].tolist() == ["1/2"]
+    assert "Non-finite patterns" not in run_table([dataclasses.replace(back, patterns=[
         dataclasses.replace(p, nonfinite=0) for p in back.patterns])]).columns
 
 

@@ -15,6 +15,7 @@ One test (or a few) per numbered case of the issue:
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -107,13 +108,21 @@ def test_1_bit_flipped_checkpoint_is_reported_and_retrained(trained, tmp_path, c
     for i in range(64):  # 64 flipped bytes in the middle of the weights: a real bit error on disk
         raw[mid + i] ^= 0xFF
     ck.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="does not match its digest"):
+    # the archive's own CRC-32s catch it first ...
+    with pytest.raises(CheckpointError, match="does not match its CRC-32"):
         load_checkpoint(ck)
+    # ... and the content digest catches a change that a rewritten archive's CRCs do not
+    edited = tmp_path / "edited.pt"
+    d = torch.load(trained[0] / "cache" / ck.relative_to(tmp_path / "cache"), weights_only=True)  # intact
+    d["model"][next(iter(d["model"]))].view(-1)[0] += 1e-3
+    torch.save(d, edited)
+    with pytest.raises(CheckpointError, match="does not match its digest"):
+        load_checkpoint(edited)
 
     h = harness(tmp_path)
     rec = h.run_cell("normal", "random_p0.05")
     err = capsys.readouterr().err
-    assert f"warning: checkpoint {ck}: its content does not match its digest" in err
+    assert f"warning: checkpoint {ck}: the torch archive is truncated or damaged" in err
     assert "trained again" in err and "--retrain" in err and "weights_only" not in err
     dep = h.deploy("normal")
     assert dep.trained_now  # never used: retrained
@@ -170,20 +179,21 @@ def test_2_edited_record_is_reported_and_recomputed(trained, tmp_path, capsys):
     good = trained[1]
     rf = record_file(tmp_path)
     d = json.loads(rf.read_text())
-    d["rerr"]["mean"] = 0.0123  # mean outside [min, max]
+    d["summary"]["rerr"]["mean"] = 0.0123  # mean outside [min, max]
     rf.write_text(json.dumps(d))
     h = harness(tmp_path)
     rec = h.run_cell("normal", "random_p0.05")
     err = capsys.readouterr().err
-    assert f"warning: result record {rf} is not used: rerr.mean: 0.0123 does not match the per-pattern" in err
+    assert f"warning: result record {rf} is not used: summary.rerr.mean: 0.0123 does not match the per-pattern" in err
     assert "--rerun or delete the file" in err
     assert not rec.cached and rec.per_pattern_rerr == good.per_pattern_rerr
     assert ResultRecord.from_json(json.loads(rf.read_text())).rerr == good.rerr  # replaced by an intact record
 
     # An edit that keeps the summary consistent (a per-pattern value and the summary together): the digest.
     d = json.loads(rf.read_text())
-    d["per_pattern_rerr"][0] = d["per_pattern_err"][0] = 0.99  # (above the clean error: RErr >= clean error)
-    d["rerr"] = Summary.of(d["per_pattern_rerr"]).to_json()
+    d["patterns"]["rerr"][0] = d["patterns"]["err"][0] = 0.99  # (above the clean error: RErr >= clean error)
+    d["summary"]["rerr"] = Summary.of(d["patterns"]["rerr"]).to_json()
+    d["summary"]["err"] = Summary.of(d["patterns"]["err"]).to_json()
     rf.write_text(json.dumps(d))
     with pytest.raises(RecordError, match="digest: does not match the record's content"):
         ResultRecord.from_json(json.loads(rf.read_text()))
@@ -195,11 +205,11 @@ def test_2_edited_record_is_reported_and_recomputed(trained, tmp_path, capsys):
 def test_2_record_digest_round_trip_and_refusals():
     rec = ResultRecord.from_json(_toy_record())
     d = rec.to_json()
-    assert d["format"] == "bitbench.result/2" and d["digest"].startswith("sha256:")
+    assert d["format"] == "bitbench.result/3" and d["digest"].startswith("sha256:")
     assert ResultRecord.from_json(json.loads(json.dumps(d))).to_json() == d
     for edit in (lambda r: r.__setitem__("date", "2020-01-01T00:00:00+00:00"),
-                 lambda r: r.__setitem__("clean_err", 0.0),
-                 lambda r: r["per_pattern_err"].__setitem__(0, 0.01)):
+                 lambda r: r["clean"].__setitem__("err", 0.0),
+                 lambda r: r["patterns"]["seed"].__setitem__(0, 7)):
         e = json.loads(json.dumps(d))
         edit(e)
         with pytest.raises(RecordError, match="^digest: does not match"):
@@ -210,19 +220,18 @@ def test_2_record_digest_round_trip_and_refusals():
         ResultRecord.from_json(e)
 
 
-def _toy_record(**kw) -> dict:
-    from bitbench.configs.record import record_digest
+def _toy_record(rerr=(0.1, 0.12), seeds=(100, 101), clean_err=0.05, **kw) -> dict:
+    """A result record's JSON as the harness writes it (derived summaries and digest)."""
+    from bitbench.configs.record import PatternResult
 
-    rerr = [0.1, 0.12]
-    d = {"format": "bitbench.result/2", "suite": "default", "dataset": "mnist5k", "eval_split": "test[0:1000]",
-         "n_eval": 1000, "model": "lenet", "model_options": {"norm": "none"}, "n_params": 10, "defense": "normal",
-         "defense_name": "normal", "defense_params": {}, "bits": 8, "attack": "random_p0.01",
-         "attack_name": "random", "rate": 0.01, "clean_err": 0.05,
-         "per_pattern_err": [0.09, 0.11], "per_pattern_rerr": rerr, "rerr": Summary.of(rerr).to_json(),
-         "seeds": [100, 101], "n_patterns": 2, "version": "0", "config_hash": "abc", "date": "2024-01-01T00:00:00"}
-    d.update(kw)
-    d["digest"] = record_digest(d)
-    return d
+    pats = [PatternResult(index=k, seed=sd, err=round(v - 0.001, 12), rerr=v, masked=1000) for k, (v, sd) in
+            enumerate(zip(rerr, seeds))]
+    args = dict(suite="default", dataset="mnist5k", eval_split="test[0:1000]", n_eval=1000, model="lenet",
+                model_options={"norm": "none"}, n_params=10, defense="normal", defense_name="normal",
+                defense_params={}, bits=8, attack="random_p0.01", attack_name="random", rate=0.01, clean_err=clean_err,
+                patterns=pats, version="0", config_hash="abc", date="2024-01-01T00:00:00", train_seed=0)
+    args.update(kw)
+    return ResultRecord(**args).to_json()
 
 
 # --------------------------------------------------------------------------------------- 3. inputs by content
@@ -309,7 +318,7 @@ def test_4_every_packaged_suite_pins_its_eval_split():
 
 
 def test_4_entry_on_another_split_is_refused(tmp_path):
-    entry = json.loads((ROOT / "leaderboard" / "entries" / "default" / "lenet-clip.json").read_text())
+    entry = json.loads(submit(_records_for_default(tmp_path), name="lenet-clip", out_dir=tmp_path / "e0").read_text())
     suite = load_suite("default")
     validate_entry(entry, suite)
     entry["protocol"]["eval_split"] = "test[0:100]"
@@ -329,9 +338,7 @@ def _records_for_default(tmp_path, **kw) -> list[Path]:
     suite = load_suite("default")
     for r in suite.rates:
         pp = [0.03 + r / 2, 0.04 + r / 2] + [0.035 + r / 2] * (suite.patterns - 2)
-        rec = _toy_record(attack=f"random_p{r!r}", rate=r, per_pattern_rerr=pp,
-                          per_pattern_err=[v - 0.001 for v in pp], rerr=Summary.of(pp).to_json(),
-                          seeds=suite.seeds, n_patterns=suite.patterns, clean_err=0.03, **kw)
+        rec = _toy_record(attack=f"random_p{r!r}", rate=r, rerr=pp, seeds=suite.seeds, clean_err=0.03, **kw)
         p = tmp_path / "results" / f"{r!r}.json"
         p.parent.mkdir(exist_ok=True)
         p.write_text(json.dumps(rec, indent=2))
@@ -344,15 +351,25 @@ def test_5_submit_refuses_edited_summary_fields(tmp_path, field):
     paths = _records_for_default(tmp_path)
     assert submit(paths, name="ok", out_dir=tmp_path / "entries").is_file()
     d = json.loads(paths[3].read_text())
-    d["rerr"][field] = min(1.0, d["rerr"][field] + 0.01)
+    d["summary"]["rerr"][field] = min(1.0, d["summary"]["rerr"][field] + 0.01)
     paths[3].write_text(json.dumps(d))
-    with pytest.raises(EntryError, match=rf"{paths[3].name}: rerr\.{field}: .* does not match the per-pattern values"):
+    with pytest.raises(EntryError, match=rf"{paths[3].name}: summary\.rerr\.{field}: .* does not match the "
+                                         r"per-pattern values"):
         submit(paths, name="edited", out_dir=tmp_path / "entries")
     assert not (tmp_path / "entries" / "default" / "edited.json").exists()
 
 
-@pytest.mark.parametrize("field", ["mean", "std", "min", "max"])
-def test_5_leaderboard_refuses_an_entry_with_an_edited_summary(tmp_path, field, capsys):
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["summary"]["rerr"].__setitem__("mean", r["summary"]["rerr"]["mean"] + 0.0001),
+     "summary.rerr.mean: .* does not match the per-model values .*: the entry was edited or damaged"),
+    (lambda r: r["summary"]["rerr"].__setitem__("chip_sd", r["summary"]["rerr"]["chip_sd"] + 0.0001),
+     "summary.rerr.chip_sd: .* does not match the per-model values .*: the entry was edited or damaged"),
+    (lambda r: r["summary"]["rerr"].__setitem__("ci95", [0.0, 0.0]),
+     r"summary.rerr.ci95: expected \[low, high\] around the mean"),
+    (lambda r: r["per_model"]["rerr"][0].__setitem__(0, 0.5),
+     "summary.rerr.mean: .* does not match the per-model values"),
+], ids=["mean", "chip_sd", "ci95", "a per-pattern value"])
+def test_5_leaderboard_refuses_an_entry_with_an_edited_summary(tmp_path, edit, message, capsys):
     paths = _records_for_default(tmp_path)
     entries = tmp_path / "entries"
     p = submit(paths, name="row", out_dir=entries)
@@ -360,13 +377,12 @@ def test_5_leaderboard_refuses_an_entry_with_an_edited_summary(tmp_path, field, 
     assert lcli.main(["leaderboard", "--entries", str(entries), "--out", str(out)]) == 0
     before = out.read_bytes()
     e = json.loads(p.read_text())
-    e["results"][2]["rerr"][field] += 0.0001
+    edit(e["results"][2])
     p.write_text(json.dumps(e))
     capsys.readouterr()
     assert lcli.main(["leaderboard", "--entries", str(entries), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"error: {p}: results[2].rerr.{field}: " in err
-    assert f"does not match the {field} of per_pattern_rerr" in err and "the entry was edited or damaged" in err
+    assert re.search(rf"error: {re.escape(str(p))}: results\[2\]\.{message}", err), err
     assert out.read_bytes() == before  # nothing written
 
 
@@ -618,7 +634,7 @@ def test_9_files_are_written_with_the_users_umask(trained, tmp_path):
 def _lock_path(tmp_path) -> str:
     """The checkpoint lock the CLI below takes (the same suite construction as the command line's)."""
     s = load_suite("default")
-    s = s.replace(train=dict(s.train, epochs=1), patterns=2, n_eval=200)
+    s = s.replace(train=dict(s.train, epochs=1), patterns=2, n_eval=200, train_seeds=[0])
     h = Harness(s, RunOptions(cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "results"),
                               device="cpu", progress=False))
     d = create_defense(h.canonical_defense("normal"))
@@ -636,8 +652,8 @@ def _wait_for(pred, timeout=120.0, what=""):
 def test_9_concurrent_identical_runs_train_once(tmp_path):
     """Two real processes, same command: one trains and computes, the other waits and reuses both."""
     lock = FileLock(_lock_path(tmp_path)).acquire()  # hold the checkpoint lock until both processes wait for it
-    args = ["run", "--defense", "normal", "--attack", "random_p0.05", "--epochs", "1", "--patterns", "2",
-            "--n-eval", "200", "--format", "json", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+    args = ["run", "--defense", "normal", "--attack", "random_p0.05", "--epochs", "1", "--seeds", "1", "--patterns",
+            "2", "--n-eval", "200", "--format", "json", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
             "--results-dir", str(tmp_path / "results")]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")

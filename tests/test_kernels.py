@@ -1,4 +1,4 @@
-"""Random bit-flip patterns (shared/design/bit-error-patterns.md): known answers, backend equality, statistics,
+"""Random bit-flip patterns (docs/patterns.md): known answers, backend equality, statistics,
 argument errors. GPU tests are marked `gpu` (skipped with "CUDA not available" where torch sees no GPU)."""
 import math
 import os

@@ -76,15 +76,61 @@ def test_dependencies_point_one_way(folder):
     assert not bad, "\n".join(bad)
 
 
+# Core modules that may use numpy (a declared dependency; never torch): the statistics and energy engines
+# (vectorized bootstraps) and the voltage-profile reader (error-map .npz files).
+NUMPY_IN_CORE = {"stats.py", "energy.py", "voltage.py"}
+
+
 def test_the_core_needs_only_the_standard_library():
-    """configs/ imports nothing third-party but tqdm (terminal progress bars) and tomli (TOML on Python 3.10)."""
+    """configs/ imports nothing third-party but tqdm (terminal progress bars) and tomli (TOML on Python 3.10),
+    and numpy in the modules of NUMPY_IN_CORE."""
     bad = []
     for path in _files("configs"):
+        allowed = ("bitbench", "tqdm", "tomli") + (("numpy",) if path.name in NUMPY_IN_CORE else ())
         for mod, _, line in _imports("configs", path):
             top = mod.split(".")[0]
-            if top not in STDLIB and top not in ("bitbench", "tqdm", "tomli"):  # tomli: Python 3.10 only
+            if top not in STDLIB and top not in allowed:  # tomli: Python 3.10 only
                 bad.append(f"{path.relative_to(REPO)}:{line} imports {mod}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_core_and_its_registries_load_no_torch_and_no_upper_package():
+    """Importing the core and calling every registry function of it loads neither torch nor any package above the
+    core: the built-in entries are declared from above (bitbench.builtin_entries), never named by the core."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        import bitbench.configs as core
+        from bitbench.configs import registries as r, schema, record, entry, cells, suite, metrics, spec
+        from bitbench.configs.spec import SpecError
+        for name in r.__all__:
+            obj = getattr(r, name)
+            if name.startswith("list_"):
+                obj()
+            elif name.startswith("create_"):
+                try:
+                    obj("no_such_entry")
+                except SpecError:
+                    pass
+            elif hasattr(obj, "describe"):
+                obj.describe(); obj.names(); obj.list("*")
+        suite.load_suite("default")
+        loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")
+                        or m.startswith(("bitbench.defenses", "bitbench.attacks", "bitbench.kernels",
+                                         "bitbench.leaderboard", "bitbench.models", "bitbench.data",
+                                         "bitbench.harness", "bitbench.cli")))
+        print(",".join(loaded))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"the core loaded: {out.stdout.strip()}"
+
+
+def test_numpy_core_modules_exist():
+    """NUMPY_IN_CORE names real files (a renamed module must not keep its exemption)."""
+    assert all((REPO / "configs" / name).is_file() for name in NUMPY_IN_CORE)
 
 
 def test_no_package_takes_another_packages_private_names():
@@ -110,3 +156,12 @@ def test_no_former_top_level_imports():
                 if mod.split(".")[0] in ("kernels", "defenses", "attacks", "leaderboard", "configs", "benchmark"):
                     bad.append(f"{path.relative_to(REPO)}:{line} imports {mod}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_field_tables_of_the_docs_are_generated_from_the_declarations():
+    """docs/formats.md's record and entry tables are what the declared fields generate (python
+    scripts/update_format_docs.py rewrites them)."""
+    from bitbench.configs.format_docs import stale
+
+    assert stale((REPO / "docs" / "formats.md").read_text(encoding="utf-8")) == [], \
+        "docs/formats.md is stale: run python scripts/update_format_docs.py"

@@ -14,7 +14,6 @@ import pytest
 from bitbench.leaderboard import (EntryError, SuiteError, generate_markdown, load_entries, load_entry, load_suite,
                          ranked_entries, submit, validate_entry, write_entry)
 from bitbench.leaderboard import cli as lcli
-from bitbench.configs.record import record_digest
 from bitbench.leaderboard.entries import DEFAULT_ENTRIES_DIR, entry_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,27 +49,44 @@ def suite(configs):
     return load_suite("toy", configs)
 
 
-def make_entry(name="e1", rerrs=(0.05, 0.1, 0.3), clean=0.02, suite="toy", defense="rquant", paper=False):
+def _per_model(m: float, models: int, spread: float) -> list[list[float]]:
+    """``models`` rows of 3 per-pattern values around ``m`` (row i shifted by spread * (i - centre))."""
+    mid = (models - 1) / 2
+    return [[min(1.0, max(0.0, m + spread * (i - mid)))] * 3 for i in range(models)]
+
+
+def make_entry(name="e1", rerrs=(0.05, 0.1, 0.3), clean=0.02, suite="toy", defense="rquant", paper=False, models=1,
+               spread=0.0):
+    """A valid entry (format /2): benchmark rows carry every model's per-pattern values and their summaries."""
+    from bitbench.configs.entry import result_summary
+
     results = []
     for rate, m in zip(RATES, rerrs):
         if m is None:
             continue
-        pp = [m, m, m]
-        results.append({"attack": f"random_p{rate!r}", "rate": rate,
-                        "rerr": {"mean": m, "std": 0.0, "min": m, "max": m}, "per_pattern_rerr": pp,
-                        "n_patterns": 3, "config_hash": f"h{rate}"})
+        r = {"attack": f"random_p{rate!r}", "rate": rate, "n_patterns": 3, "config_hash": f"h{rate}"}
+        if paper:
+            r.update(n_patterns=None, config_hash=None, summary={"rerr": {"mean": m}})
+        else:
+            pm = _per_model(m, models, spread)
+            r["per_model"] = {"rerr": pm, "nonfinite": [[0, 0, 0]] * models}
+            r["summary"] = {"rerr": result_summary(pm, f"{suite}|{name}|{r['attack']}|rerr")}
+        results.append(r)
     return {
-        "format": "bitbench.leaderboard_entry/1", "suite": suite, "name": name, "model": "lenet",
-        "model_options": {"norm": "none"}, "n_params": None if paper else 61706, "defense": defense,
-        "defense_name": defense.split(":")[0], "defense_params": {"bits": 8}, "bits": 8,
+        "format": "bitbench.leaderboard_entry/2", "suite": suite, "name": name, "model": "lenet",
+        "model_options": {"norm": "none"}, "n_params": None if paper else 61706, "model_source": "trained",
+        "checkpoints": [], "defense": defense, "defense_name": defense.split(":")[0], "defense_params": {"bits": 8},
+        "bits": 8, "memory_overhead": 0.0,
         "protocol": {"dataset": "mnist5k", "eval_split": "test[0:1000]", "bits": 8, "rates": list(RATES),
                      "patterns": 3, "base_seed": 100},
-        "clean_err": clean, "results": results, "version": None if paper else "0.1.0", "git_rev": None,
-        "config_hash": None if paper else "abc123", "seeds": {"train": 0, "patterns": [100, 101, 102]},
+        "train_seeds": list(range(models)), "clean_err": clean,
+        "per_model_clean_err": None if paper else [clean] * models, "metrics": {},
+        "results": results, "version": None if paper else "0.3.0", "git_rev": None,
+        "config_hash": None if paper else "abc123", "pattern_seeds": None if paper else [100, 101, 102],
         "device": "cpu", "date": "2024-05-01T12:00:00+00:00",
         "citation": "A. Author, Some paper, 2024" if paper else None,
         "link": "https://example.org/paper" if paper else None,
-        "reported_by": "paper" if paper else "benchmark",
+        "reported_by": "paper" if paper else "benchmark", "notes": [],
     }
 
 
@@ -79,27 +95,25 @@ def put(entries_dir: Path, entry: dict) -> Path:
 
 
 def make_record(rate, *, rerr=(0.1, 0.12, 0.14), clean=0.02, suite="toy", defense="rquant", dataset="mnist5k",
-                eval_split="test[0:1000]", patterns=3, base_seed=100, attack=None, **extra):
-    """A result record in the format of docs/formats.md."""
+                eval_split="test[0:1000]", patterns=3, base_seed=100, attack=None, train_seed=0, **extra):
+    """A result record in the format of docs/formats.md (as the harness writes it: summaries and digest derived)."""
+    from bitbench.configs.record import PatternResult, ResultRecord
+
     rerr = list(rerr)[:patterns] + [rerr[-1]] * max(0, patterns - len(rerr))
-    mean = sum(rerr) / len(rerr)
-    std = (sum((v - mean) ** 2 for v in rerr) / len(rerr)) ** 0.5
-    rec = {
-        "format": "bitbench.result/2", "suite": suite, "dataset": dataset, "eval_split": eval_split, "n_eval": 1000,
-        "model": "lenet", "model_options": {"norm": "none"}, "n_params": 61706, "defense": defense,
-        "defense_name": defense.split(":")[0], "defense_params": {"bits": 8}, "bits": 8,
-        "attack": attack or f"random_p{rate!r}", "attack_name": "random",
-        "attack_params": {"p": rate, "patterns": patterns, "base_seed": base_seed},
-        "rate": rate, "flips": None, "clean_err": clean, "per_pattern_err": [v - 0.01 for v in rerr],
-        "per_pattern_rerr": rerr, "rerr": {"mean": mean, "std": std, "min": min(rerr), "max": max(rerr)},
-        "seeds": list(range(base_seed, base_seed + patterns)), "n_patterns": patterns, "train_seed": 0,
-        "version": "0.1.0", "git_rev": None, "config_hash": f"cfg-{defense}-{rate}", "device": "cpu",
-        "timings": {"train": 1.0, "quantize": 0.1, "attack": 0.2, "eval": 0.3, "total": 1.6},
-        "date": f"2024-05-0{1 + RATES.index(rate) if rate in RATES else 9}T10:00:00+00:00",
-    }
-    rec.update(extra)
-    rec["digest"] = record_digest(rec)  # as the harness writes it (an edit after this is refused)
-    return rec
+    pats = [PatternResult(index=k, seed=base_seed + k, err=max(0.0, v - 0.01), rerr=v, masked=1000)
+            for k, v in enumerate(rerr)]
+    rec = ResultRecord(
+        suite=suite, dataset=dataset, eval_split=eval_split, n_eval=1000, model="lenet",
+        model_options={"norm": "none"}, n_params=61706, defense=defense, defense_name=defense.split(":")[0],
+        defense_params={"bits": 8}, bits=8, attack=attack or f"random_p{rate!r}", attack_name="random",
+        attack_params={"p": rate, "patterns": patterns, "base_seed": base_seed}, rate=rate, clean_err=clean,
+        patterns=pats, train_seed=train_seed, version="0.3.0", config_hash=f"cfg-{defense}-{rate}-{train_seed}",
+        device="cpu", timings={"train": 1.0, "attack_eval": 0.5, "total": 1.6},
+        date=f"2024-05-0{1 + RATES.index(rate) if rate in RATES else 9}T10:00:00+00:00",
+        weights_sha256=f"{train_seed:064x}")
+    for k, v in extra.items():
+        setattr(rec, k, v)
+    return rec.to_json()
 
 
 def write_records(tmp_path: Path, records, sub="results") -> list[Path]:
@@ -107,7 +121,7 @@ def write_records(tmp_path: Path, records, sub="results") -> list[Path]:
     d.mkdir(exist_ok=True)
     paths = []
     for i, r in enumerate(records):
-        p = d / f"{i}_{r['defense'].replace(':', '_')}_{r['attack']}.json"
+        p = d / f"{i}_{r['defense'].replace(':', '_')}_{r['attack']}_{r['train_seed']}.json"
         p.write_text(json.dumps(r, indent=2))
         paths.append(p)
     return paths
@@ -120,51 +134,76 @@ def test_valid_entry_passes(suite):
     assert validate_entry(e, suite) is e
 
 
+def _set(path, value):
+    """A mutation setting ``entry[path...] = value``."""
+    def mutate(e):
+        obj = e
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+    return mutate
+
+
 BROKEN = [
     # (mutation, exact message)
     (lambda e: e.pop("clean_err"), "clean_err: missing"),
-    (lambda e: e["results"][2]["rerr"].__setitem__("mean", "12%"),
-     'results[2].rerr.mean: expected a number in [0, 1], got "12%"'),
-    (lambda e: e.__setitem__("clean_err", 1.5), "clean_err: expected a number in [0, 1], got 1.5"),
-    (lambda e: e["results"][0]["rerr"].__setitem__("std", -0.1),
-     "results[0].rerr.std: expected a number in [0, 1], got -0.1"),
-    (lambda e: e.__setitem__("n_params", True), "n_params: expected an integer >= 1 or null, got true"),
-    (lambda e: e.__setitem__("bits", "8"), 'bits: expected an integer in [1, 32], got "8"'),
-    (lambda e: e["results"][1].pop("rerr"), "results[1].rerr: missing"),
-    (lambda e: e["results"][1].__setitem__("rate", 0.001),
-     "results[1].rate: duplicate rate 0.001 (also results[0])"),
-    (lambda e: e["results"][1].__setitem__("attack", "random_p0.001"),
+    (_set(("results", 2, "summary", "rerr", "mean"), "12%"),
+     'results[2].summary.rerr.mean: "12%" does not match the per-model values (0.3): the entry was edited or damaged'),
+    (_set(("clean_err",), 1.5), "clean_err: expected a number in [0, 1] or null, got 1.5"),
+    (_set(("results", 0, "summary", "rerr", "model_sd"), 0.1),
+     "results[0].summary.rerr.model_sd: 0.1 does not match the per-model values (null): the entry was edited or "
+     "damaged"),
+    (_set(("n_params",), True), "n_params: expected an integer >= 1 or null, got true"),
+    (_set(("bits",), "8"), 'bits: expected an integer >= 1, got "8"'),
+    (lambda e: e["results"][1].pop("summary"), "results[1].summary: missing"),
+    (_set(("results", 1, "rate"), 0.001), "results[1].rate: duplicate rate 0.001 (also results[0])"),
+    (_set(("results", 1, "attack"), "random_p0.001"),
      'results[1].attack: duplicate attack "random_p0.001" (also results[0])'),
-    (lambda e: e["results"].pop(2), "results: missing rates of the suite: 0.1 (only paper rows may give a subset)"),
-    (lambda e: e["results"][2].__setitem__("rate", 0.2),
-     "results[2].rate: 0.2 is not one of the protocol's rates [0.001, 0.01, 0.1]"),
-    (lambda e: e["protocol"].__setitem__("patterns", 10),
+    (lambda e: e["results"].pop(2),
+     "results: missing rates of the suite: 0.1 (give one result per rate; only paper rows may give a subset)"),
+    (_set(("results", 2, "rate"), 0.2), "results[2].rate: 0.2 is not one of the protocol's rates [0.001, 0.01, 0.1]"),
+    (_set(("protocol", "patterns"), 10),
      'protocol.patterns: 10 differs from suite "toy" (3): results are not comparable'),
-    (lambda e: e["protocol"].__setitem__("dataset", "cifar10"),
+    (_set(("protocol", "dataset"), "cifar10"),
      'protocol.dataset: "cifar10" differs from suite "toy" ("mnist5k"): results are not comparable'),
-    (lambda e: e["protocol"].__setitem__("base_seed", 0),
+    (lambda e: (e["protocol"].__setitem__("base_seed", 0), e.__setitem__("pattern_seeds", [0, 1, 2])),
      'protocol.base_seed: 0 differs from suite "toy" (100): results are not comparable'),
     (lambda e: (e["protocol"].__setitem__("rates", [0.001, 0.01]), e["results"].pop(2)),
      'protocol.rates: [0.001, 0.01] differs from suite "toy" ([0.001, 0.01, 0.1]): results are not comparable'),
-    (lambda e: e["protocol"].pop("eval_split"), "protocol.eval_split: missing"),
-    (lambda e: e.__setitem__("bits", 4), "bits: 4 differs from protocol.bits (8)"),
-    (lambda e: e.__setitem__("format", "bitbench.result/2"),
-     'format: expected "bitbench.leaderboard_entry/1", got "bitbench.result/2"'),
-    (lambda e: e.__setitem__("reported_by", "me"), 'reported_by: expected one of "benchmark", "paper", got "me"'),
-    (lambda e: e.__setitem__("colour", "red"), None),  # unknown field
-    (lambda e: e["results"][0]["rerr"].__setitem__("min", 0.2),
-     "results[0].rerr.min: 0.2 is larger than the mean 0.05"),
-    (lambda e: e["results"][0].__setitem__("per_pattern_rerr", [0.0, 0.0, 0.0]),
-     "results[0].rerr.mean: 0.05 does not match the mean of per_pattern_rerr (0.0): the entry was edited or damaged"),
-    (lambda e: e["results"][0].__setitem__("per_pattern_rerr", [0.05]),
-     "results[0].per_pattern_rerr: 1 values, expected protocol.patterns = 3"),
-    (lambda e: e["seeds"].__setitem__("patterns", [0, 1, 2]), None),
-    (lambda e: e.__setitem__("version", None),
-     "version: expected a non-empty string, got null (null only for paper rows)"),
-    (lambda e: e.__setitem__("date", "yesterday"), 'date: expected an ISO 8601 date, got "yesterday"'),
-    (lambda e: e.__setitem__("link", "example.org"), 'link: expected an http(s) URL, got "example.org"'),
-    (lambda e: e.__setitem__("name", "a/b"), None),
-    (lambda e: e.__setitem__("results", {}), "results: expected a list, got {}"),
+    (lambda e: e["protocol"].pop("eval_split"),
+     'protocol: expected {dataset, eval_split, bits, rates, patterns, base_seed}, got {"dataset": "mnist5k", '
+     '"bits": 8, "rates": [0.001, 0.01, 0.1], "patterns": 3, "base_seed": 100}'),
+    (_set(("bits",), 4), "bits: 4 differs from protocol.bits (8)"),
+    (_set(("format",), "bitbench.result/3"),
+     'format: expected "bitbench.leaderboard_entry/2", got "bitbench.result/3"'),
+    (_set(("format",), "bitbench.leaderboard_entry/1"),
+     'format: "bitbench.leaderboard_entry/1" is an entry of bitbench 0.1-0.2; this version reads '
+     '"bitbench.leaderboard_entry/2" (submit the result records again: python -m benchmark submit <records>)'),
+    (_set(("reported_by",), "me"), 'reported_by: expected one of "benchmark", "paper", got "me"'),
+    (_set(("colour",), "red"), None),  # unknown field
+    (_set(("results", 0, "per_model", "rerr"), [[0.0, 0.0, 0.0]]),
+     "results[0].per_model.rerr[0][0]: 0.0 is below the model's clean error 0.02: RErr counts clean OR perturbed "
+     "mistakes, so it is never lower"),
+    (_set(("results", 0, "per_model", "rerr"), [[0.05]]),
+     "results[0].per_model.rerr[0]: expected one value per pattern (n_patterns = 3)"),
+    (_set(("results", 0, "per_model", "rerr"), [[0.05] * 3, [0.05] * 3]),
+     "results[0].per_model.rerr: expected one list per model (1, the train_seeds)"),
+    (_set(("results", 0, "per_model", "rerr"), [[0.05, float("nan"), 0.05]]),
+     "results[0].per_model.rerr[0][1]: expected a number in [0, 1], got NaN"),
+    (_set(("results", 0, "per_model", "rerr"), [[0.05, 1.5, 0.05]]),
+     "results[0].per_model.rerr[0][1]: expected a number in [0, 1], got 1.5"),
+    (_set(("pattern_seeds",), [0, 1, 2]), None),
+    (_set(("version",), None), "version: null (null only for paper rows)"),
+    (_set(("date",), "yesterday"), 'date: expected null or an ISO 8601 date, got "yesterday"'),
+    (_set(("link",), "example.org"), 'link: expected null or a plain http(s) URL (no spaces, quotes, parentheses, '
+     'angle brackets or \'|\'), got "example.org"'),
+    (_set(("link",), "https://a.example/x)![p](https://evil.example/p.png"), None),
+    (_set(("link",), "https://a.example/x|y"), None),
+    (_set(("name",), "a/b"), None),
+    (_set(("name",), "a|b"), None),
+    (_set(("results",), {}), "results: expected a list, got {}"),
+    (_set(("per_model_clean_err",), [0.5]), None),
+    (_set(("train_seeds",), [0, 0]), None),
 ]
 
 
@@ -185,9 +224,15 @@ def test_unknown_field_and_seed_messages(suite):
     with pytest.raises(EntryError, match=r"^colour: unknown field \(allowed: format, suite"):
         validate_entry(e, suite)
     e = make_entry()
-    e["seeds"]["patterns"] = [0, 1, 2]
-    with pytest.raises(EntryError,
-                       match=r"^seeds\.patterns: expected base_seed .* \[100, \.\.\., 102\], got \[0, 1, 2\]"):
+    e["pattern_seeds"] = [0, 1, 2]
+    with pytest.raises(EntryError, match=r"^pattern_seeds: expected base_seed .*, got \[0, 1, 2\]"):
+        validate_entry(e, suite)
+
+
+def test_old_entries_are_refused_with_their_version(suite):
+    e = make_entry()
+    e["format"] = "bitbench.leaderboard_entry/1"
+    with pytest.raises(EntryError, match=r"bitbench 0\.1-0\.2.*submit the result records again"):
         validate_entry(e, suite)
 
 
@@ -202,19 +247,23 @@ def test_pinned_eval_split_is_checked(configs):
 
 def test_paper_rows_may_be_partial(suite):
     e = make_entry(paper=True, rerrs=(0.05, None, None))
-    e["results"].append({"attack": "random_p0.01", "rate": 0.01, "rerr": None, "note": "reported as >12%"})
-    e["results"][0]["rerr"] = {"mean": 0.05, "std": None, "min": None, "max": None}
+    e["results"].append({"attack": "random_p0.01", "rate": 0.01, "summary": {}, "note": "reported as >12%"})
     e["clean_err"] = None
     validate_entry(e, suite)
-    # ... but not without a citation, and a benchmark row may not have null values
+    # ... but not without a citation, and a benchmark row may not lack values
     e2 = copy.deepcopy(e)
     e2["citation"] = None
     with pytest.raises(EntryError, match="^citation: required for rows reported by a paper$"):
         validate_entry(e2, suite)
     e3 = make_entry()
-    e3["results"][1]["rerr"] = None
-    with pytest.raises(EntryError, match=r"^results\[1\]\.rerr: expected an object .* \(null only for paper rows\)"):
+    del e3["results"][1]["per_model"]["rerr"]
+    with pytest.raises(EntryError, match=r"^results\[1\]\.per_model\.rerr: missing: a benchmark row gives every "
+                                         r"model's per-pattern values"):
         validate_entry(e3, suite)
+    e4 = make_entry(paper=True)
+    e4["results"][0]["per_model"] = {"rerr": [[0.05] * 3]}
+    with pytest.raises(EntryError, match=r"paper rows give no per-model values"):
+        validate_entry(e4, suite)
 
 
 def test_load_entry_checks_file_name_folder_and_suite(tmp_path, configs):
@@ -288,7 +337,7 @@ def test_ranking_ties_and_missing_headline(tmp_path, configs):
     put(entries, make_entry("b-tie", rerrs=(0.05, 0.10, 0.4), clean=0.03))
     put(entries, make_entry("c-tie-cleaner", rerrs=(0.05, 0.10, 0.6), clean=0.01))
     put(entries, make_entry("d-no-headline", rerrs=(0.01, None, None), paper=True))
-    put(entries, make_entry("e-worst", rerrs=(0.01, 0.30, 0.3)))
+    put(entries, make_entry("e-worst", rerrs=(0.02, 0.30, 0.3)))
     put(entries, make_entry("f-no-headline-2", rerrs=(0.01, None, None), clean=0.5, paper=True))
     md = generate_markdown(entries, configs_dir=configs)
     rows = _table_rows(md, "toy")
@@ -297,11 +346,11 @@ def test_ranking_ties_and_missing_headline(tmp_path, configs):
         ("–", "[d-no-headline](https://example.org/paper)"), ("–", "[f-no-headline-2](https://example.org/paper)")]
     header = [c.strip() for c in md.split("## toy\n", 1)[1].split("\n") if c.startswith("|")][0].strip("|").split("|")
     header = [h.strip() for h in header]
-    assert header[:6] == ["Rank", "Entry", "Defense", "Model", "Bits", "Clean Err"]
-    assert header[6:9] == ["RErr 0.1%", "**RErr 1%**", "RErr 10%"] and header[-1] == "Marks"
+    assert header[:7] == ["Rank", "Entry", "Defense", "Model", "Bits", "Models", "Clean Err %"]
+    assert header[7:10] == ["RErr 0.1%", "**RErr 1%**", "RErr 10%"] and header[-1] == "Marks"
     by_name = {r[1].split("]")[0].lstrip("["): r for r in rows}
-    assert by_name["c-tie-cleaner"][5:9] == ["1.00", "5.00", "10.00", "60.00"]
-    assert by_name["d-no-headline"][7:9] == ["–", "–"] and by_name["d-no-headline"][-1] == "†"
+    assert by_name["c-tie-cleaner"][5:10] == ["1", "1.00", "5.00", "10.00", "60.00"]   # constant chips: CI = point
+    assert by_name["d-no-headline"][8:10] == ["–", "–"] and by_name["d-no-headline"][-1] == "†"
     assert "† Reported by the paper, not reproduced by this benchmark: A. Author, Some paper, 2024" in md
     suite = load_suite("toy", configs)
     ranks = ranked_entries(load_entries(entries, configs_dir=configs)["toy"][1], suite)
@@ -311,7 +360,7 @@ def test_ranking_ties_and_missing_headline(tmp_path, configs):
 def test_notes_become_footnotes(tmp_path, configs):
     entries = tmp_path / "entries"
     e = make_entry("p", rerrs=(0.05, None, None), paper=True)
-    e["results"].append({"attack": "random_p0.1", "rate": 0.1, "rerr": None, "note": "reported as >12%"})
+    e["results"].append({"attack": "random_p0.1", "rate": 0.1, "summary": {}, "note": "reported as >12%"})
     e["notes"] = ["read off a figure"]
     put(entries, e)
     md = generate_markdown(entries, configs_dir=configs)
@@ -369,8 +418,8 @@ def test_suite_filter_and_empty_suite(tmp_path, configs):
 # ----------------------------------------------------------------------------------------------------------------
 # submit
 def test_submit_round_trip(tmp_path, configs):
-    recs = [make_record(r, rerr=(0.1 * (i + 1), 0.1 * (i + 1) + 0.02, 0.1 * (i + 1) + 0.04))
-            for i, r in enumerate(reversed(RATES))]
+    recs = [make_record(r, rerr=(0.1 * (i + 1), 0.1 * (i + 1) + 0.02, 0.1 * (i + 1) + 0.04), train_seed=s)
+            for i, r in enumerate(reversed(RATES)) for s in (0, 1)]
     paths = write_records(tmp_path, recs)
     out = submit(paths, citation="Me, 2024", link="https://example.org/x", out_dir=tmp_path / "entries",
                  suite_file=configs / "toy.toml")
@@ -378,13 +427,21 @@ def test_submit_round_trip(tmp_path, configs):
     entry = load_entry(out, configs_dir=configs)
     assert entry["reported_by"] == "benchmark" and entry["citation"] == "Me, 2024"
     assert [r["rate"] for r in entry["results"]] == RATES
-    by_rate = {r["rate"]: r for r in recs}
+    assert entry["train_seeds"] == [0, 1] and entry["per_model_clean_err"] == [0.02, 0.02]
+    by_rate = {}
+    for r in recs:
+        by_rate.setdefault(r["rate"], []).append(r)
     for r in entry["results"]:
-        assert r["rerr"] == by_rate[r["rate"]]["rerr"]
-        assert r["per_pattern_rerr"] == by_rate[r["rate"]]["per_pattern_rerr"]
-        assert r["config_hash"] == by_rate[r["rate"]]["config_hash"]
-    assert entry["clean_err"] == 0.02 and entry["n_params"] == 61706 and entry["version"] == "0.1.0"
-    assert entry["seeds"] == {"train": 0, "patterns": [100, 101, 102]}
+        want = by_rate[r["rate"]]
+        assert r["per_model"]["rerr"] == [w["patterns"]["rerr"] for w in want]   # models in seed order
+        s = r["summary"]["rerr"]
+        flat = [v for w in want for v in w["patterns"]["rerr"]]
+        assert s["mean"] == pytest.approx(sum(flat) / len(flat), abs=1e-12)
+        assert s["model_sd"] == pytest.approx(0.0, abs=1e-12)           # both models gave the same values
+        assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
+        assert r["n_patterns"] == 3 and len(r["config_hash"]) == 16
+    assert entry["clean_err"] == 0.02 and entry["n_params"] == 61706 and entry["version"] == "0.3.0"
+    assert entry["pattern_seeds"] == [100, 101, 102] and entry["checkpoints"] == []
     assert entry["date"] == "2024-05-03T10:00:00+00:00"  # the newest record
     assert entry["protocol"]["eval_split"] == "test[0:1000]"
     assert isinstance(entry["config_hash"], str) and len(entry["config_hash"]) == 16
@@ -397,7 +454,8 @@ def test_submit_round_trip(tmp_path, configs):
     # and it shows up in the table
     md = generate_markdown(tmp_path / "entries", configs_dir=configs)
     row = _table_rows(md, "toy")[0]
-    assert row[1] == "[lenet-rquant](https://example.org/x)" and row[2] == "`rquant`" and row[7] == "22.00"
+    assert row[1] == "[lenet-rquant](https://example.org/x)" and row[2] == "`rquant`" and row[5] == "2"
+    assert row[8].startswith("22.00 [")   # RErr at the headline rate, mean [95% CI]
 
 
 def test_submit_name_and_lookup_by_suite_name(tmp_path, configs, monkeypatch):
@@ -415,23 +473,32 @@ def test_submit_name_and_lookup_by_suite_name(tmp_path, configs, monkeypatch):
 
 REFUSALS = [
     ("mixed suites", lambda: [make_record(0.001), make_record(0.01, suite="pinned"), make_record(0.1)],
-     r"suite: \"pinned\" in .* differs from \"toy\" in .*same suite, model and defense"),
+     r"^suite: the records are of several suites \(pinned, toy\); one entry holds one suite"),
     ("mixed defenses", lambda: [make_record(0.001), make_record(0.01, defense="clip"), make_record(0.1)],
-     r"defense: \"clip\" in .* differs from \"rquant\""),
+     r"^defense: \"clip\" \(random_p0\.01\) differs from \"rquant\" \(random_p0\.001\): one entry holds "
+     r"records of the same suite, model and defense"),
     ("duplicate rate", lambda: [make_record(0.001), make_record(0.01), make_record(0.01, attack="random_p0.01:x=1"),
-                                make_record(0.1)], r"^rate: duplicate rate 0\.01: .*1_rquant_random_p0\.01\.json and "),
+                                make_record(0.1)], r"^results\[2\]\.rate: duplicate rate 0\.01 \(also results\[1\]\)"),
     ("missing rate", lambda: [make_record(0.001), make_record(0.1)],
-     r"^results: missing rates of suite \"toy\": 0\.01 \(give one result record per rate\)"),
-    ("extra rate", lambda: [make_record(r) for r in RATES + [0.05]], r"^rate: 0\.05 in .* is not one of the rates"),
-    ("patterns", lambda: [make_record(r, patterns=2) for r in RATES], r"^n_patterns: 2 in .* differs from suite"),
+     r"^results: missing rates of the suite: 0\.01 \(give one result per rate"),
+    ("extra rate", lambda: [make_record(r) for r in RATES + [0.05]],
+     r"^results\[2\]\.rate: 0\.05 is not one of the protocol's rates"),
+    ("patterns", lambda: [make_record(r, patterns=2) for r in RATES],
+     r"^results\[0\]\.n_patterns: 2 differs from protocol\.patterns \(3\)"),
     ("dataset", lambda: [make_record(r, dataset="mnist") for r in RATES],
-     r"^dataset: \"mnist\" in .* differs from suite \"toy\" \(\"mnist5k\"\): results are not comparable"),
-    ("seeds", lambda: [make_record(r, base_seed=0) for r in RATES], r"^seeds: .* are not the suite's pattern seeds"),
-    # (a clean error below the robust errors: RErr counts clean OR perturbed mistakes, so RErr >= clean error)
+     r"^protocol\.dataset: \"mnist\" differs from suite \"toy\" \(\"mnist5k\"\): results are not comparable"),
+    ("seeds", lambda: [make_record(r, base_seed=0) for r in RATES],
+     r"^pattern_seeds: expected base_seed \.\. base_seed \+ patterns - 1, got \[0, 1, 2\]"),
     ("clean error", lambda: [make_record(0.001), make_record(0.01, clean=0.05), make_record(0.1)],
-     r"^clean_err: 0\.05 in .* differs from 0\.02"),
+     r"^clean_err: model 0: 0\.05 under random_p0\.01 differs from 0\.02 under random_p0\.001: not the same trained "
+     r"model"),
+    ("robust error below the clean error", lambda: [make_record(r, clean=0.2) for r in RATES],
+     r"patterns\.rerr\[0\]: 0\.1 is below the pattern's error .* or the clean error \(0\.2\)"),
     ("non-rate attack", lambda: [make_record(r) for r in RATES] + [make_record(None, attack="bfa_n20")],
-     r"^attack: \"bfa_n20\" in .* is neither a random bit error rate nor one of the attacks"),
+     r"^results\[3\]\.attack: \"bfa_n20\" is neither a rate attack nor one of the suite's attacks \[\]"),
+    ("models of other attacks", lambda: [make_record(0.001), make_record(0.001, train_seed=1), make_record(0.01),
+                                         make_record(0.1)],
+     r"^train_seed: the records of random_p0\.01 are of models \[0\], those of random_p0\.001 of \[0, 1\]"),
 ]
 
 
@@ -445,18 +512,22 @@ def test_submit_refusals(tmp_path, configs, what, records, pattern):
 
 def test_submit_refuses_malformed_records_and_unknown_suites(tmp_path, configs):
     rec = make_record(0.01)
-    rec["rerr"]["mean"] = "12%"
+    rec["summary"]["rerr"]["mean"] = "12%"
     (p,) = write_records(tmp_path, [rec])
     with pytest.raises(EntryError) as ei:
         submit([p], suite_file=configs / "toy.toml", out_dir=tmp_path / "e")
-    assert str(ei.value) == f'{p}: rerr.mean: expected a number in [0, 1], got "12%"'
+    assert str(ei.value) == (f'{p}: summary.rerr.mean: "12%" does not match the per-pattern values (0.12): the record '
+                             'was edited or damaged')
     rec = make_record(0.01)
-    del rec["clean_err"]
+    del rec["clean"]["err"]
     (p,) = write_records(tmp_path, [rec], sub="r2")
-    with pytest.raises(EntryError, match=r"r2/.*: clean_err: missing$"):
+    with pytest.raises(EntryError, match=r"r2/.*: clean: expected \{err, nonfinite\}: the clean memory's values"):
         submit([p], suite_file=configs / "toy.toml", out_dir=tmp_path / "e")
     (p,) = write_records(tmp_path, [dict(make_record(0.01), format="something")], sub="r3")
-    with pytest.raises(EntryError, match=r"format: expected \"bitbench.result/2\""):
+    with pytest.raises(EntryError, match=r"format: expected \"bitbench.result/3\""):
+        submit([p], suite_file=configs / "toy.toml", out_dir=tmp_path / "e")
+    (p,) = write_records(tmp_path, [dict(make_record(0.01), format="bitbench.result/2")], sub="r5")
+    with pytest.raises(EntryError, match=r"a record of bitbench 0\.1-0\.2; this version reads \"bitbench.result/3\""):
         submit([p], suite_file=configs / "toy.toml", out_dir=tmp_path / "e")
     paths = write_records(tmp_path, [make_record(r, suite="nosuch") for r in RATES], sub="r4")
     with pytest.raises(SuiteError, match="unknown suite 'nosuch'"):
@@ -475,7 +546,7 @@ def test_cli_submit_and_errors(tmp_path, configs, capsys):
     assert lcli.main(["submit", str(paths[0]), "--entries", str(tmp_path / "entries"), "--suite-file",
                       str(configs / "toy.toml")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: results: missing rates of suite \"toy\"")
+    assert err.startswith("error: results: missing rates of the suite: 0.01, 0.1")
     assert lcli.main(["submit", str(tmp_path / "nope.json"), "--suite-file", str(configs / "toy.toml")]) == 2
     assert "nope.json: cannot read" in capsys.readouterr().err
     assert lcli.main(["leaderboard", "--entries", str(tmp_path / "entries"), "--configs", str(tmp_path),
@@ -491,7 +562,8 @@ def test_cli_parsers_are_pluggable():
     lcli.add_submit_arguments(sub.add_parser("submit"))
     lcli.add_leaderboard_arguments(sub.add_parser("leaderboard"))
     a = p.parse_args(["leaderboard"])
-    assert a.out == "LEADERBOARD.md" and a.suite is None and a.entries is None and a.plots is None
+    # --out: None = LEADERBOARD.md, unless only --html is given (then the site alone is written)
+    assert a.out is None and a.suite is None and a.entries is None and a.plots is None and a.html is None
     a = p.parse_args(["submit", "a.json", "b.json", "--name", "n"])
     assert a.result_files == ["a.json", "b.json"] and a.name == "n" and a.suite_file is None
 

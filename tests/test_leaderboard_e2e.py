@@ -51,6 +51,7 @@ def _reduced_default_suite(dst: Path) -> Path:
     text = re.sub(r"(?m)^headline_rate\s*=.*$", "headline_rate = 0.1", text)
     text = re.sub(r"(?m)^patterns\s*=.*$", "patterns = 2", text)
     text = re.sub(r"(?m)^epochs\s*=.*$", "epochs = 1", text)
+    text = re.sub(r"(?m)^train_seeds\s*=.*$", "train_seeds = [0]", text)  # one model (the suite trains three)
     text = re.sub(r"(?m)^defenses\s*=.*$", 'defenses = ["thirdparty_clip"]', text)
     text = re.sub(r"(?m)^(eval_split|n_eval)\s*=.*\n", "", text)  # the suite pins its split: pin a smaller one
     text = re.sub(r"(?m)^attacks\s*=.*$", 'attacks = ["bfa_n5:trials=2", "budget_e5:iterations=2,trials=2"]', text)
@@ -107,12 +108,13 @@ def test_third_party_defense_end_to_end(tmp_path):
     row = next(ln for ln in md.splitlines() if "thirdparty" in ln and ln.startswith("|"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "1" and cells[1] == "[thirdparty](https://example.org/tp)"
-    assert cells[2] == "`thirdparty_clip`" and cells[3] == "lenet"
-    assert all(re.fullmatch(r"\d+\.\d\d", c) for c in cells[5:8]), cells
+    assert cells[2] == "`thirdparty_clip`" and cells[3] == "lenet" and cells[5] == "1"   # one trained model
+    assert re.fullmatch(r"\d+\.\d\d", cells[6]), cells                                   # clean error
+    assert all(re.fullmatch(r"\d+\.\d\d( \[\d+\.\d\d, \d+\.\d\d\])?", c) for c in cells[7:9]), cells  # mean [95% CI]
     adv = md.split("### Adversarial bit flips", 1)[1]
     row = next(ln for ln in adv.splitlines() if "thirdparty" in ln and ln.startswith("|"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[0] == "1" and len(cells) == 4 + 3 + 1 + 1 + 1   # Err 1, 2, 5 flips; to chance; budget RErr, rank
+    assert cells[0] == "1" and len(cells) == 5 + 3 + 1 + 1 + 1   # Err 1, 2, 5 flips; to chance; budget RErr, rank
 
 
 def test_protected_defense_end_to_end(tmp_path):
@@ -124,14 +126,14 @@ def test_protected_defense_end_to_end(tmp_path):
     results = tmp_path / "results"
     r = _run(["benchmark", "run", "--suite", str(suite_file), "--defense", "rquant+secded", "--rates", "0.01,0.1",
               "--results-dir", str(results), "--device", "cpu", "--no-progress"], env, tmp_path)
-    assert "mem +%" in r.stdout and "12.5" in r.stdout
+    assert "Mem +%" in r.stdout and "12.5" in r.stdout
     records = sorted(results.rglob("*.json"))
     assert len(records) == 2
     for p in records:
         d = json.loads(p.read_text())
         assert d["defense"] == "rquant+secded" and 0.125 <= d["memory_overhead"] < 0.126
         assert d["decode_ms"] > 0 and d["protection"]["stages"][0]["code"] == [72, 64]
-        assert len(d["per_pattern_protection"]) == 2
+        assert len(d["patterns"]["protection"]) == 2
     r = _run(["benchmark", "run", "--suite", str(suite_file), "--defense", "rquant+secded", "--attack",
               "bfa_n5:trials=2", "--attack", "budget_e5:iterations=2,trials=2", "--results-dir", str(results),
               "--device", "cpu", "--no-progress"], env, tmp_path)
@@ -149,6 +151,6 @@ def test_protected_defense_end_to_end(tmp_path):
     assert "Mem +%" in header and "Decode ms" in header
     row = next(ln for ln in md.splitlines() if "secded" in ln and ln.startswith("|"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[6] == "12.50" and re.fullmatch(r"\d+\.\d", cells[7]), cells   # LeNet: 61,706 words, 7,714 codewords
+    assert cells[7] == "12.50" and re.fullmatch(r"\d+\.\d\d", cells[8]), cells   # LeNet: 61,706 words, 7,714 codewords
     adv = md.split("### Adversarial bit flips", 1)[1]
     assert "Mem +%" in next(ln for ln in adv.splitlines() if ln.startswith("|") and "Rank" in ln)

@@ -24,7 +24,7 @@ CASES = [("lenet5", 1, 28, None), ("lenet5", 3, 32, None), ("lenet5", 1, 8, None
 
 
 def test_registry():
-    assert list_models() == ["lenet5", "mlp", "resnet20", "simplenet", "vit"]
+    assert list_models() == ["gpt", "lenet5", "mlp", "resnet20", "simplenet", "vit"]
     assert list_models("res*") == ["resnet20"]
     info = {d["name"]: d for d in describe_models()}
     for name, d in info.items():
@@ -93,6 +93,37 @@ def test_parameter_counts():
     assert count_parameters(build_model("lenet5", num_classes=10, in_channels=1, image_size=28)) == 61_706
     half = build_model("simplenet", num_classes=10, in_channels=3, image_size=32, width=32)
     assert [mod.out_channels for mod in half.modules() if isinstance(mod, nn.Conv2d)][:2] == [32, 64]
+
+
+def test_simplenet_below_32_pixels_drops_blocks_9_and_10():
+    """Below 32 pixels (28-pixel MNIST) the original's SimpleNet has 11 convs: blocks 9-10 (256 -> 256 with a
+    pool, 256 -> 512 with a pool) are dropped and block 8 goes straight to 512 channels; 3 pools (28 -> 14 -> 7 ->
+    3, floored), then the global max pool. Counted by hand against the layer list written out here."""
+    layers28 = [(64, 3), (128, 3), (128, 3), (128, 3), (128, 3), (128, 3), (256, 3), (512, 3), (2048, 1), (256, 1),
+                (256, 3)]
+    for c_in, classes in ((1, 10), (3, 100)):
+        m = build_model("simplenet", num_classes=classes, in_channels=c_in, image_size=28, norm="rgn")
+        convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+        assert [(c.out_channels, c.kernel_size[0]) for c in convs] == layers28
+        expect, c = 256 * classes + classes, c_in
+        for out, k in layers28:
+            expect += c * out * k * k + out + 2 * out  # weights, the kept conv bias, the norm's two vectors
+            c = out
+        assert count_parameters(m) == expect
+        pools = [mod for mod in m.features if isinstance(mod, nn.MaxPool2d)]
+        assert len(pools) == 3
+        sizes, h = [], torch.zeros(1, c_in, 28, 28)
+        for mod in m.features:
+            h = mod(h)
+            if isinstance(mod, nn.MaxPool2d):
+                sizes.append(h.shape[-1])
+        assert sizes == [14, 7, 3]
+    assert count_parameters(build_model("simplenet", num_classes=10, in_channels=1, image_size=28,
+                                        norm="rgn")) == 4_316_042
+    # from 32 pixels on: the 13 layers (test_parameter_counts), 5 pools down to 1 pixel
+    m32 = build_model("simplenet", num_classes=10, in_channels=3, image_size=32, norm="rgn")
+    assert len([mod for mod in m32.modules() if isinstance(mod, nn.Conv2d)]) == 13
+    assert len([mod for mod in m32.features if isinstance(mod, nn.MaxPool2d)]) == 5
 
 
 def test_normalize_layer():

@@ -1,8 +1,8 @@
 """The paper's central finding on the embedded suite: Normal >> RQuant > Clipping >= RandBET under random bit errors.
 
 Reduced for CI (5 epochs, 10 shared patterns, three rates); the full-size suite runs by hand with
-``python -m benchmark suite default``. Each pair is compared where the suite's sweep separates it (the prototype in
-the design notes: Normal vs RQuant at 0.5-5%, RQuant vs Clipping at 5-20%, Clipping vs RandBET at 15-20%), and
+``python -m benchmark suite default``. Each pair is compared where the suite's sweep separates it (on MNIST-size
+models: Normal vs RQuant at 0.5-5%, RQuant vs Clipping at 5-20%, Clipping vs RandBET at 15-20%), and
 *pattern by pattern*: every model meets the same chips, so the paired difference is the telling statistic. A margin
 counts when the mean paired difference exceeds the standard deviation of the differences across patterns (the
 pattern-to-pattern spread) and the worse model is worse on most patterns.

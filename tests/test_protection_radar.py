@@ -199,14 +199,22 @@ def test_record_carries_protection_and_refuses_tampering():
     back = ResultRecord.from_json(json.loads(json.dumps(d)))
     assert back.protection == rec.protection and [p.protection for p in back.patterns] == counts
     assert protection_summary(back)["flips"] == pytest.approx(sum(c["flips"] for c in counts) / 3)
-    for key, value in [("memory_overhead", 0.5), ("per_pattern_protection", counts[:2])]:
-        bad = json.loads(json.dumps(d))
-        bad[key] = value
-        with pytest.raises(RecordError, match=key):
-            ResultRecord.from_json(bad)
     bad = json.loads(json.dumps(d))
-    bad["per_pattern_protection"][0]["failed"] = 1          # a failed inference must count every input wrong
+    bad["memory_overhead"] = 0.5
+    with pytest.raises(RecordError, match="memory_overhead"):
+        ResultRecord.from_json(bad)
+    bad = json.loads(json.dumps(d))
+    bad["patterns"]["protection"] = counts[:2]
+    with pytest.raises(RecordError, match="patterns.protection: 2 values, but patterns.seed has 3"):
+        ResultRecord.from_json(bad)
+    bad = json.loads(json.dumps(d))
+    bad["patterns"]["protection"][0]["failed"] = 1          # a failed inference must count every input wrong
     with pytest.raises(RecordError, match="failed"):
+        ResultRecord.from_json(bad)
+    bad = json.loads(json.dumps(d))
+    bad["patterns"]["protection"][0]["secded.typo"] = 1     # a count the stage does not declare
+    with pytest.raises(RecordError, match=r"patterns\.protection\[0\]\.secded\.typo: not a count the protection "
+                                          r"declares"):
         ResultRecord.from_json(bad)
     plain = bitbench.evaluate_model(model, (x, y), format="rquant", attack="random_p0.02", patterns=1,
                                     device="cpu", dataset="toy")

@@ -1,13 +1,13 @@
 """Quantization numerics (defenses/quantization.py) against independent references, on every backend.
 
-Two references are written here, from the formulas of shared/design/original-numerics.md:
+Two references are written here, from the formulas of docs/numerics.md:
 
 * ``real_codes``: the formulas in exact rational arithmetic (``fractions.Fraction``, epsilon exactly 1/1000) on the
   exact values of the float inputs. The implementation computes in float32 (float64 for 32-bit codes), so a code
   may differ by one where the exact value lies within the float error of a rounding boundary; elsewhere it must
   be equal.
 * ``Emu``: the same formulas with every operation rounded to the compute dtype (round to nearest even), in the
-  documented order (module docstring of defenses/quantization.py). Codes, contexts and decoded values must equal
+  documented order (module docstring of defenses/quantization.py); the range parameters in binary64, rounded once. Codes, contexts and decoded values must equal
   it bit for bit, boundaries included, on the torch path and on the C path.
 
 Grids hit every boundary: exact multiples and halves of the step (the float nearest to each, and its two float
@@ -57,6 +57,11 @@ def rnd(q: Fraction, bits: int = 32) -> Fraction:
     return s * n / scale
 
 
+def d64(q: Fraction) -> Fraction:
+    """``q`` rounded to the nearest binary64 value (a Python float operation's result)."""
+    return rnd(q, 64)
+
+
 def half_even(x: Fraction) -> int:
     fl = math.floor(x)
     r = x - fl
@@ -85,8 +90,11 @@ class Emu:
         return self.r(Fraction(v))  # a Python float (binary64) cast to the compute dtype
 
     def context(self, values):
+        """The range parameters in binary64 (Python floats: the exact statistic, + the double nearest 0.001, the
+        cap, / L; each correctly rounded to binary64), then rounded once to the compute dtype."""
         s, r = self.s, self.r
-        eps = self.const(0.001)
+        eps = Fraction(0.001)  # the binary64 value of 0.001
+        L = self.L
         if s.asymmetric:
             if s.range == "fixed":
                 lo = self.const(-s.q_max if s.q_min is None else s.q_min)
@@ -96,14 +104,14 @@ class Emu:
                 if s.range == "clipped":
                     w = self.const(s.w_max)
                     lo, hi = clamp(lo, -w, w), clamp(hi, -w, w)
-            return lo, hi, r(r(1 + eps) / self.L)
+            return lo, hi, r(d64(d64(1 + eps) / L))
         if s.range == "fixed":
             q = self.const(s.q_max)
-            return -q, q, r(r(q + eps) / self.L)
-        rr = r(max(abs(v) for v in values) + eps)
+            return -q, q, r(d64(d64(Fraction(s.q_max) + eps) / L))
+        r64 = d64(max(abs(v) for v in values) + eps)
         if s.range == "clipped":
-            rr = min(rr, self.const(s.w_max))
-        return -rr, rr, r(rr / self.L)
+            r64 = min(r64, Fraction(s.w_max))
+        return -r(r64), r(r64), r(d64(r64 / L))
 
     def T(self, x):
         return half_even(x) if self.s.rounding == "round" else math.trunc(x)
@@ -418,6 +426,49 @@ def test_fixed_asymmetric_range():
     assert "fixed[-0.25,0.5]" in s.name
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8, 12, 16])
+def test_range_parameters_in_binary64_rounded_once(bits, backend):
+    """The symmetric adaptive / clipped range and step: max|w| (exact) plus the binary64 epsilon, capped at w_max,
+    divided by L, each a binary64 operation, then rounded once to float32 (as the original computes them with
+    Python floats); the fixed and the asymmetric inner step likewise ((q_max + eps) / L, (1 + eps) / L). Checked in
+    exact rational arithmetic on 2000 random tensors' maxima, with the codes on the torch and the C path; computing
+    the step in float32 instead (a different rounding) would fail on some of them."""
+    gen = np.random.default_rng(bits)
+    maxima = [f32(v) for v in np.concatenate([gen.uniform(1e-4, 2.0, 1500), 10.0 ** gen.uniform(-6, 1, 500)])]
+    L = 2 ** (bits - 1) - 1
+    eps = Fraction(0.001)
+    schemes = [QuantScheme(bits=bits), QuantScheme(bits=bits, range="clipped", w_max=0.3),
+               QuantScheme(bits=bits, signed=True, range="clipped", w_max=1.0)]
+    float32_step_differs = 0
+    for s in schemes:
+        if backend == "c" and s.native:
+            assert fused_quant.supports(s)
+        w = torch.tensor([[-m, m / 3, 0.25 * m] for m in maxima], dtype=torch.float32).reshape(-1)
+        codes, ctx, _ = s.quantize(w, Segments([3] * len(maxima)))
+        for i, m in enumerate(maxima):
+            r64 = d64(Fraction(m) + eps)
+            if s.range == "clipped":
+                r64 = min(r64, Fraction(s.w_max))
+            want_r, want_step = rnd(r64), rnd(d64(r64 / L))
+            assert (Fraction(float(ctx.hi[i])), Fraction(float(ctx.step[i]))) == (want_r, want_step), (s, m)
+            assert float(ctx.lo[i]) == -float(ctx.hi[i])
+            r32 = rnd(rnd(Fraction(m)) + rnd(eps))
+            if s.range == "clipped":
+                r32 = min(r32, rnd(Fraction(s.w_max)))
+            float32_step_differs += rnd(r32 / L) != want_step
+        e = Emu(s)
+        for i in range(0, len(maxima), 97):  # the codes follow the context (bit for bit, both backends)
+            vals = [Fraction(v) for v in w[3 * i:3 * i + 3].tolist()]
+            c = e.context(vals)
+            assert s.code_values(codes[3 * i:3 * i + 3]).tolist() == [e.encode(v, c) for v in vals], (s, i)
+    assert float32_step_differs > 0, "the float32 rounding of the step agrees everywhere: the test is not sensitive"
+    for q_max in (1.0, 0.5, 0.1):
+        fixed = QuantScheme(bits=bits, range="fixed", q_max=q_max)
+        assert Fraction(float(fixed.context(torch.zeros(2)).step[0])) == rnd(d64(d64(Fraction(q_max) + eps) / L))
+    inner = rquant(bits).context(torch.tensor([-0.5, 0.25]))
+    assert Fraction(float(inner.step[0])) == rnd(d64(d64(1 + eps) / L))
+
+
 def test_float64_for_32_bit_codes():
     s = QuantScheme(bits=32, signed=True, range="fixed", q_max=float(2 ** 31 - 1) - 0.001)  # step exactly 1
     w = torch.tensor([1.0, -5.0, 123456789.0, -7.5, 1e12], dtype=torch.float64)
@@ -488,8 +539,8 @@ def test_accelerator_declares_what_it_handles(monkeypatch):
     (dict(granularity="row"), ValueError, "granularity must be"),
     (dict(granularity="group:0"), ValueError, "granularity must be"),
     (dict(granularity="group:x"), ValueError, "granularity must be"),
-    (dict(bits=8.0), TypeError, "bits must be an int"),
-    (dict(bits=True), TypeError, "bits must be an int"),
+    (dict(bits=8.0), ValueError, "bits must be an integer"),
+    (dict(bits=True), ValueError, "bits must be an integer"),
     (dict(range="clipped", w_max=0.0), ValueError, "w_max"),
     (dict(range="clipped"), ValueError, "w_max"),
     (dict(range="clipped", w_max=float("nan")), ValueError, "w_max"),

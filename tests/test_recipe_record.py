@@ -14,10 +14,17 @@ def test_recipe_and_deviations_in_the_record(tmp_path):
     h = Harness(suite, RunOptions(cache_dir=str(tmp_path / "c"), results_dir=str(tmp_path / "r"), device="cpu",
                                   progress=False))
     paper = h.run_cell("normal", "random_p0.01")
-    assert paper.recipe["clip"] == 1.0 and paper.recipe["deviations"] == []
-    assert paper.recipe["quantization"].startswith("normal(")
+    # the default suite's cosine schedule is not the paper's multistep one: the record says so
+    assert paper.recipe["clip"] == 1.0 and paper.recipe["deviations"] == [
+        "lr schedule 'cosine' (the paper: multistep, lr x0.1 at epochs floor(2E/5), floor(3E/5), floor(4E/5))"]
+    assert paper.recipe["quantization"].startswith("normal(") and paper.recipe["train"]["threads"] == 1
+    multistep = Harness(suite.replace(train=dict(suite.train, epochs=1, schedule="multistep")),
+                        RunOptions(cache_dir=str(tmp_path / "c"), results_dir=str(tmp_path / "r"), device="cpu",
+                                   progress=False)).run_cell("normal", "random_p0.01")
+    assert multistep.recipe["deviations"] == []
     off = h.run_cell("normal:w_max=none", "random_p0.01")
     assert off.recipe["clip"] is None and "no weight clipping" in off.recipe["deviations"][0]
+    assert len(off.recipe["deviations"]) == 2
     with open(off.path) as f:
         back = ResultRecord.from_json(json.load(f))
     assert back.recipe == off.recipe

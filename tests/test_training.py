@@ -187,6 +187,113 @@ def test_deterministic_and_global_rng_untouched(ds, spec):
     assert not same_weights(a, c)
 
 
+def _train_state(ds, spec, cfg_, process_threads):
+    """Train LeNet with ``cfg_`` while the process is set to ``process_threads``: the state the checkpoint holds
+    (model, optimizer, generator) and the thread counts seen inside the steps."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(process_threads)
+    try:
+        d = create_defense(spec)
+        t = d.trainer(lenet(ds, 2), cfg_)
+        seen = []
+        inner = t.step
+        t.step = lambda tr, x, y: seen.append(torch.get_num_threads()) or inner(tr, x, y)
+        t.fit(ds.train_x[:640], ds.train_y[:640])
+        assert torch.get_num_threads() == process_threads  # restored after training
+        t.step = inner
+        st = t.state_dict()
+        return st["model"], st["optimizer"], st["generator"], set(seen)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _same_state(a, b) -> bool:
+    (ma, oa, ga, _), (mb, ob, gb, _) = a, b
+    sa, sb = oa["state"], ob["state"]
+    return (ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma) and torch.equal(ga, gb)
+            and sa.keys() == sb.keys()
+            and all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa))
+
+
+@pytest.mark.parametrize("spec", ["rquant", "randbet:p=0.02"])
+def test_same_seed_and_recipe_same_checkpoint_with_one_and_two_threads(ds, spec):
+    """The checkpoint is a function of (recipe, seed, backend): training runs at the recipe's intra-op thread
+    count (TrainConfig.threads), whatever the process is set to, so 1 and 2 process threads give the same weights,
+    momentum buffers and data order state under the same key. Another recipe thread count is another key."""
+    c = cfg(epochs=2, batch_size=128, schedule="multistep", seed=4)  # threads=1, the default
+    one = _train_state(ds, spec, c, 1)
+    two = _train_state(ds, spec, c, 2)
+    assert one[3] == two[3] == {1}  # every step ran at the recipe's count
+    assert _same_state(one, two)
+    c2 = cfg(epochs=2, batch_size=128, schedule="multistep", seed=4, threads=2)
+    assert c2.identity() != c.identity() and c2.identity()["threads"] == 2
+    assert _train_state(ds, spec, c2, 1)[3] == {2}
+
+
+def test_train_command_same_checkpoint_with_omp_one_and_two_threads(tmp_path):
+    """End to end: ``python -m benchmark train`` under OMP_NUM_THREADS=1 and =2 (separate caches) writes a
+    checkpoint of the same name (the same key) holding the same weights and momentum buffers."""
+    import subprocess
+    import sys
+
+    files = []
+    for n in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(n), BITBENCH_CACHE=str(tmp_path / f"cache{n}"))
+        r = subprocess.run([sys.executable, "-m", "benchmark", "train", "--defense", "clip", "--epochs", "1",
+                            "--seed", "0", "--no-progress"], env=env, capture_output=True, text=True, timeout=600,
+                           cwd=str(tmp_path))
+        assert r.returncode == 0, r.stderr[-2000:]
+        (ck,) = (tmp_path / f"cache{n}").rglob("*.pt")
+        files.append(ck)
+    assert files[0].name == files[1].name  # the same key
+    a, b = (torch.load(f, weights_only=True) for f in files)
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+
+
+def test_identity_holds_threads_and_backend_not_the_device_index():
+    c = TrainConfig()
+    ident = c.identity()
+    assert ident["threads"] == 1
+    assert ident["backend"] == {"device": "cpu", "torch": torch.__version__.split("+")[0],
+                                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    assert TrainConfig(device="cuda:1").identity()["backend"]["device"] == "cuda"
+    assert TrainConfig(device="cuda:0").identity() == TrainConfig(device="cuda:1").identity()
+    assert TrainConfig(device="cuda").identity() != ident
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads"):
+            TrainConfig(threads=bad)
+
+
+def test_weights_clipped_before_the_first_forward(ds):
+    """The initial weights are clipped before the first forward pass (the original clips before every forward
+    pass), and after every step; a call that trains nothing leaves them alone."""
+    w_max = 0.05
+    model = lenet(ds)
+    assert max(float(p.detach().abs().max()) for p in model.parameters()) > w_max
+    t = Trainer(model, cfg(epochs=1, batch_size=128), scheme=rquant(8, w_max), w_max=w_max)
+    t.fit(ds.train_x[:128], ds.train_y[:128], stop_after=0)
+    assert max(float(p.detach().abs().max()) for p in model.parameters()) > w_max
+    seen = []
+    inner = t.step
+    t.step = lambda tr, x, y: seen.append(max(float(p.detach().abs().max()) for p in tr.model.parameters())) \
+        or inner(tr, x, y)
+    t.fit(ds.train_x[:256], ds.train_y[:256])
+    w32 = torch.tensor(w_max, dtype=torch.float32).item()
+    assert len(seen) == 2 and all(m <= w32 for m in seen)
+    assert max(float(p.detach().abs().max()) for p in model.parameters()) <= w32
+    # float training (no scheme) clips its parameters the same way
+    m2 = lenet(ds)
+    t2 = Trainer(m2, cfg(epochs=1, batch_size=128), w_max=w_max)
+    first = []
+    inner2 = t2.step
+    t2.step = lambda tr, x, y: first.append(max(float(p.detach().abs().max()) for p in tr.model.parameters())) \
+        or inner2(tr, x, y)
+    t2.fit(ds.train_x[:128], ds.train_y[:128])
+    assert first == [pytest.approx(first[0])] and first[0] <= w32
+
+
 # -------------------------------------------------------------------------------------------------- lr schedule
 
 def _lrs(**kw):
@@ -204,6 +311,48 @@ def test_lr_multistep_at_two_three_four_fifths():
         assert lrs[e] == pytest.approx(v, rel=1e-12), e
     lrs = _lrs(epochs=4, lr=1.0, milestones=(0.5,), gamma=0.5)
     assert lrs == [1.0, 1.0, 0.5, 0.5]
+
+
+def test_lr_milestones_at_floor_of_two_three_four_fifths():
+    """The multistep drops at epochs floor(2E/5), floor(3E/5), floor(4E/5) (0-based; the original's integer
+    milestones), for every E up to 300: integer arithmetic in the test, no float rounding."""
+    for epochs in range(1, 301):
+        c = TrainConfig(epochs=epochs, progress=False)
+        assert c.milestone_epochs() == [2 * epochs // 5, 3 * epochs // 5, 4 * epochs // 5], epochs
+        t = Trainer(nn.Linear(2, 2), c)
+        ks = [sum(e >= m for m in (2 * epochs // 5, 3 * epochs // 5, 4 * epochs // 5)) for e in range(epochs)]
+        assert [t.lr_at(e) for e in range(epochs)] == [0.05 * 0.1 ** k for k in ks], epochs
+    # where rounding and the floor disagree: E = 2 (milestones 0, 1, 1), E = 7 (2, 4, 5)
+    assert _lrs(epochs=2, lr=1.0) == [pytest.approx(0.1), pytest.approx(0.001)]
+    assert _lrs(epochs=7, lr=1.0) == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
+    with pytest.raises(ValueError, match="milestones"):
+        TrainConfig(milestones=(0.5, 1.5))
+
+
+def test_recipe_records_the_schedule_and_its_deviations():
+    from bitbench.configs.suite import load_suite
+
+    paper = TrainConfig(epochs=250)
+    r = paper.recipe()
+    assert r["deviations"] == [] and r["milestones"] == [100, 150, 200] and r["threads"] == 1
+    assert r["backend"] == paper.identity()["backend"]
+    cos = TrainConfig(schedule="cosine").recipe()
+    assert "milestones" not in cos and any("lr schedule 'cosine'" in d for d in cos["deviations"])
+    other = TrainConfig(milestones=(0.5,), lr=0.1, nesterov=False).recipe()["deviations"]
+    assert len(other) == 3 and "lr x0.1 at epochs [10]" in other[0]
+    # the default suite trains with a cosine schedule: recorded as a deviation; the CIFAR suites follow the paper
+    default = TrainConfig.from_dict(load_suite("default").train)
+    rec = create_defense("rquant").recipe(default)
+    assert rec["train"]["schedule"] == "cosine" and "deviations" not in rec["train"]
+    assert any("cosine" in d for d in rec["deviations"])
+    assert create_defense("rquant").recipe()["deviations"] == []  # without the training config: the defense's
+    for name in ("cifar10", "cifar100", "mnist"):
+        c = TrainConfig.from_dict(load_suite(name).train)
+        assert create_defense("randbet").recipe(c)["deviations"] == [], name
+    rb = create_defense("randbet:curriculum=step,w_max=0.1+secded").recipe(default)
+    assert rb["protection"] and len(rb["deviations"]) == 2 and rb["train"]["threads"] == 1
+    fl = create_defense("float32:w_max=none").recipe(default)
+    assert len(fl["deviations"]) == 2
 
 
 def test_lr_cosine_and_constant():

@@ -237,7 +237,7 @@ def test_api_errors():
         bitbench.evaluate_model(model, (x, y[:5]), patterns=1)
     with pytest.raises(UsageError, match="is adversarial: give attack_data"):
         bitbench.evaluate_model(model, (x, y), attack="bfa_n2")
-    with pytest.raises(UsageError, match=r"fails on the tensors images of shape \[1, 9, 9\]"):
+    with pytest.raises(UsageError, match=r"fails on the tensors inputs of shape \[1, 9, 9\]"):
         bitbench.evaluate_model(model, (torch.rand(10, 1, 9, 9), y), patterns=1)
     with pytest.raises(UsageError, match=r"returns \[2, 3\] for 2 images; expected logits \[N, classes\] with at "
                                          r"least 7 classes"):

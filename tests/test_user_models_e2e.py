@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ from bitbench import cli
 from bitbench.configs.fileio import sha256_file
 from bitbench.configs.registries import DATASETS, MODELS
 from bitbench.data import DataError, load_dataset
-from bitbench.user_model import tensor_digest
+from bitbench.user_model import checkpoint_weights_digest, tensor_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,6 +106,11 @@ def user(tmp_path_factory):
     return {"root": root, "site": site, "data": data, "ckpt": root / "net.pt", "build": usernet.build}
 
 
+def records_of(stdout: str) -> list[dict]:
+    """The records in ``run --format json``'s output (a list of cells, each with its models' records)."""
+    return [r for c in json.loads(stdout) for r in c["records"]]
+
+
 def bench(args, cwd, *, site=None, check=0):
     env = dict(os.environ, BITBENCH_CACHE=str(cwd / "cache"))
     env["PYTHONPATH"] = os.pathsep.join(([str(site)] if site else []) + [ROOT])
@@ -123,12 +129,12 @@ def test_module_function_and_api_give_the_same_record(user):
     the same inputs, return the same record (every number, the configuration hash; only date/timings differ)."""
     p = bench(["run", "--model", "usernet:build", "--checkpoint", str(user["ckpt"]), "--dataset", "npz",
                "--data-dir", str(user["data"]), *RUN], user["root"])
-    (cli_rec,) = json.loads(p.stdout)
+    (cli_rec,) = records_of(p.stdout)
     assert cli_rec["model"] == "usernet:build" and cli_rec["model_source"] == "user"
     assert cli_rec["dataset"] == "npz" and cli_rec["n_eval"] == 297 and cli_rec["eval_split"] == "test[0:297]"
     assert cli_rec["checkpoint"] == str(user["ckpt"]) and cli_rec["train_seed"] is None
     assert cli_rec["timings"]["train"] == 0 and cli_rec["timings"]["trained_now"] is False
-    assert cli_rec["clean_err"] < 0.3, "the user's checkpoint (trained briefly) is far better than chance"
+    assert cli_rec["clean"]["err"] < 0.3, "the user's checkpoint (trained briefly) is far better than chance"
     rec = bitbench.evaluate_model(user["build"](), load_dataset("npz", str(user["data"])), format="rquant",
                                   attack="random_p0.02", patterns=4, checkpoint=str(user["ckpt"]),
                                   name="usernet:build")
@@ -140,15 +146,15 @@ def test_module_function_and_api_give_the_same_record(user):
     net.load_state_dict(torch.load(user["ckpt"], weights_only=True))
     mem = bitbench.evaluate_model(net, load_dataset("npz", str(user["data"])), format="rquant",
                                   attack="random_p0.02", patterns=4, name="usernet:build")
-    assert mem.per_pattern_rerr == cli_rec["per_pattern_rerr"] and mem.clean_err == cli_rec["clean_err"]
+    assert mem.per_pattern_rerr == cli_rec["patterns"]["rerr"] and mem.clean_err == cli_rec["clean"]["err"]
     assert mem.weights_sha256 == cli_rec["weights_sha256"] and mem.checkpoint_sha256 is None
     assert mem.config_hash != cli_rec["config_hash"]
     # a file path reference builds the same model: same numbers
     p = bench(["run", "--model", "./usernet.py:build:width=8", "--checkpoint", "net.pt", "--dataset", "npz",
                "--data-dir", "digits.npz", *RUN], user["root"])
-    (by_file,) = json.loads(p.stdout)
+    (by_file,) = records_of(p.stdout)
     assert by_file["model"] == "./usernet.py:build" and by_file["model_options"] == {"width": 8}
-    assert by_file["per_pattern_rerr"] == cli_rec["per_pattern_rerr"]
+    assert by_file["patterns"]["rerr"] == cli_rec["patterns"]["rerr"]
 
 
 def test_entry_point_plugins_for_model_and_dataset(user):
@@ -163,11 +169,11 @@ def test_entry_point_plugins_for_model_and_dataset(user):
     assert data["name"] == "userdata" and data["summary"] == "The user's digits (an .npz file)."
     p = bench(["run", "--model", "usernet", "--checkpoint", str(user["ckpt"]), "--dataset", "userdata",
                "--data-dir", str(user["data"]), *RUN], user["root"], site=user["site"])
-    (rec,) = json.loads(p.stdout)
+    (rec,) = records_of(p.stdout)
     assert rec["model"] == "usernet" and rec["dataset"] == "userdata" and rec["model_source"] == "user"
     ref = bitbench.evaluate_model(user["build"](), load_dataset("npz", str(user["data"])), format="rquant",
                                   attack="random_p0.02", patterns=4, checkpoint=str(user["ckpt"]))
-    assert rec["per_pattern_rerr"] == ref.per_pattern_rerr and rec["clean_err"] == ref.clean_err
+    assert rec["patterns"]["rerr"] == ref.per_pattern_rerr and rec["clean"]["err"] == ref.clean_err
 
 
 def test_plugins_in_process(user, monkeypatch):
@@ -259,7 +265,7 @@ def test_training_recipes_are_refused_for_a_user_checkpoint(user, tmp_path, caps
     # without --defense: the suite's storage formats, with a note on the recipes left out
     assert cli.main(args + ["--format", "json"]) == 0
     out = capsys.readouterr()
-    assert [r["defense"] for r in json.loads(out.out)] == [
+    assert [r["defense"] for r in records_of(out.out)] == [
         "normal", "rquant", "float32", "bfloat16", "rquant:granularity=channel", "rquant:bits=4,granularity=group:32",
         "rquant+secded"]
     assert "clip, randbet:p=0.1, clip+radar of suite 'default' are training recipes" in out.err
@@ -289,24 +295,25 @@ def test_rerun_a_leaderboard_entry_on_its_checkpoint(tmp_path, capsys):
     assert cli.main(["train", "--save-weights", str(tmp_path / "w"), *common]) == 0
     capsys.readouterr()
     assert cli.main(["run", "--format", "json", *common]) == 0
-    records = json.loads(capsys.readouterr().out)
+    records = records_of(capsys.readouterr().out)
     files = sorted(str(p) for p in (tmp_path / "res").rglob("*.json"))
     (weights,) = (tmp_path / "w").glob("*.pt")
-    assert weights.name == "tiny-lenet-clip.pt"
+    assert weights.name == "tiny-lenet-clip-seed0.pt"
     assert records[0]["weights_sha256"] == tensor_digest(torch.load(weights, weights_only=True))
-    path = submit(files, out_dir=tmp_path / "entries", suite_file=suite, checkpoint=weights)
+    path = submit(files, out_dir=tmp_path / "entries", suite_file=suite, checkpoints=[weights],
+                  weights_digest=checkpoint_weights_digest)
     entry = load_entry(path, bitbench.load_suite(suite))
-    assert entry["checkpoint"]["path"] == "../../w/tiny-lenet-clip.pt"
-    assert entry["checkpoint"]["sha256"] == sha256_file(weights)
-    assert "model_source" not in entry  # trained here: the default
+    assert entry["checkpoints"] == [{"path": "../../w/tiny-lenet-clip-seed0.pt", "sha256": sha256_file(weights),
+                                     "train_seed": 0}]
+    assert entry["model_source"] == "trained"
 
     assert cli.main(["run", "--entry", str(path), "--format", "json", *common]) == 0
     out = capsys.readouterr()
-    again = json.loads(out.out)
+    again = records_of(out.out)
     assert "entry lenet-clip: 2/2 results reproduced exactly" in out.err
     for old, new in zip(records, again):
-        assert new["per_pattern_rerr"] == old["per_pattern_rerr"] and new["clean_err"] == old["clean_err"]
-        assert new["model_source"] == "trained" and new["checkpoint_sha256"] == entry["checkpoint"]["sha256"]
+        assert new["patterns"]["rerr"] == old["patterns"]["rerr"] and new["clean"]["err"] == old["clean"]["err"]
+        assert new["model_source"] == "trained" and new["checkpoint_sha256"] == entry["checkpoints"][0]["sha256"]
         assert new["weights_sha256"] == old["weights_sha256"] and new["defense"] == "clip"
         assert new["timings"]["trained_now"] is False
 
@@ -316,30 +323,50 @@ def test_rerun_a_leaderboard_entry_on_its_checkpoint(tmp_path, capsys):
     torch.save(sd, other)
     assert cli.main(["run", "--entry", str(path), "--checkpoint", str(other), *common]) == 2
     assert "differs from the entry's" in capsys.readouterr().err
+    # an entry whose numbers the checkpoint does not reproduce: exit 3, the verdict on stdout
+    edited = json.loads(path.read_text())
+    from bitbench.configs.entry import result_summary
+
+    r0 = edited["results"][0]
+    r0["per_model"]["rerr"][0][0] = min(1.0, r0["per_model"]["rerr"][0][0] + 0.01)
+    r0["summary"]["rerr"] = result_summary(r0["per_model"]["rerr"], f"tiny|lenet-clip|{r0['attack']}|rerr")
+    path.write_text(json.dumps(edited))
+    assert cli.main(["run", "--entry", str(path), *common]) == 3
+    out = capsys.readouterr().out
+    assert "entry lenet-clip: 1/2 results reproduced exactly; differ: random_p0.01:patterns=3 model 0 (rerr)" in out
     assert cli.main(["run", "--entry", str(path), "--defense", "rquant", *common]) == 2
     assert "cannot be combined with --defense" in capsys.readouterr().err
     bare = json.loads(path.read_text())
-    del bare["checkpoint"]
+    bare["checkpoints"] = []
     path.write_text(json.dumps(bare))
     assert cli.main(["run", "--entry", str(path), *common]) == 2
     assert "names no checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change,expect", [
-    ({"checkpoint": {"path": "w.pt"}}, "checkpoint.sha256: missing"),
-    ({"checkpoint": {"path": "w.pt", "sha256": "ABC"}}, "checkpoint.sha256: expected 64 lowercase hex digits"),
-    ({"checkpoint": {"path": "", "sha256": "0" * 64}}, "checkpoint.path: expected a non-empty string"),
-    ({"checkpoint": {"path": "w.pt", "sha256": "0" * 64, "url": "x"}}, "checkpoint.url: unknown field"),
-    ({"checkpoint": "w.pt"}, "checkpoint: expected an object"),
+    ({"checkpoints": [{"path": "w.pt", "train_seed": 0}]}, r"checkpoints\[0\]: expected \{path, sha256, train_seed\}"),
+    ({"checkpoints": [{"path": "w.pt", "sha256": "ABC", "train_seed": 0}]},
+     r"checkpoints\[0\]\.sha256: expected 64 lowercase hex digits"),
+    ({"checkpoints": [{"path": "", "sha256": "0" * 64, "train_seed": 0}]}, r"checkpoints\[0\]\.path: expected a "
+                                                                         "relative path"),
+    ({"checkpoints": [{"path": "/etc/w.pt", "sha256": "0" * 64, "train_seed": 0}]},
+     r"checkpoints\[0\]\.path: expected a path relative to the entry's folder"),
+    ({"checkpoints": [{"path": "w.pt", "sha256": "0" * 64, "train_seed": 5}]},
+     r"checkpoints\[0\]\.train_seed: 5 is not one of the entry's train_seeds \[0\]"),
+    ({"checkpoints": "w.pt"}, "checkpoints: expected a list of objects"),
     ({"model_source": "cloud"}, 'model_source: expected one of "trained", "user"'),
 ])
-def test_entry_checkpoint_and_model_source_fields(change, expect):
+def test_entry_checkpoint_and_model_source_fields(tmp_path, change, expect):
     from bitbench.configs.entry import EntryError, validate_entry
 
-    with open(os.path.join(ROOT, "leaderboard", "entries", "default", "lenet-clip.json")) as f:
-        entry = json.load(f)
-    suite = bitbench.load_suite("default")
-    validate_entry(dict(entry, checkpoint={"path": "w/lenet.pt", "sha256": "0" * 64}, model_source="user"), suite)
+    from test_leaderboard import make_entry  # noqa: E402  (the hand-made entries of the leaderboard tests)
+
+    (tmp_path / "toy.toml").write_text('name = "toy"\ndataset = "mnist5k"\nmodel = "lenet"\nrates = [0.001, 0.01, '
+                                       '0.1]\npatterns = 3\neval_split = "test[0:1000]"\n')
+    suite = bitbench.load_suite(str(tmp_path / "toy.toml"))
+    entry = make_entry()
+    validate_entry(dict(entry, checkpoints=[{"path": "w/lenet.pt", "sha256": "0" * 64, "train_seed": 0}],
+                        model_source="user"), suite)
     with pytest.raises(EntryError, match=expect):
         validate_entry(dict(entry, **change), suite)
 
@@ -347,7 +374,7 @@ def test_entry_checkpoint_and_model_source_fields(change, expect):
 def test_submit_refuses_a_checkpoint_other_than_the_records(user, tmp_path, monkeypatch):
     """Records measured on one checkpoint file cannot be submitted with another file as their checkpoint."""
     from bitbench.configs.entry import EntryError
-    from bitbench.leaderboard.entries import checkpoint_field, load_record
+    from bitbench.leaderboard.entries import checkpoint_fields, load_record
 
     monkeypatch.chdir(user["root"])
     assert cli.main(["run", "--model", "usernet:build", "--checkpoint", str(user["ckpt"]), "--defense", "rquant",
@@ -356,27 +383,28 @@ def test_submit_refuses_a_checkpoint_other_than_the_records(user, tmp_path, monk
     (path,) = (tmp_path / "r").rglob("*.json")
     rec = load_record(path)
     assert rec.model_source == "user" and rec.checkpoint_sha256 == sha256_file(user["ckpt"])
-    assert f"usernet__build-user-{rec.weights_sha256[:12]}" in str(path)  # one results folder per set of weights
-    assert checkpoint_field(user["ckpt"], tmp_path, [rec])["sha256"] == rec.checkpoint_sha256
+    # one results folder per set of weights: a readable name, the spec's digest, the weights' digest
+    assert re.search(rf"/usernet__build-[0-9a-f]{{10}}-user-{rec.weights_sha256[:12]}/", str(path)), path
+    assert checkpoint_fields([user["ckpt"]], tmp_path, [rec])[0]["sha256"] == rec.checkpoint_sha256
     other = tmp_path / "other.pt"
     other.write_bytes(user["ckpt"].read_bytes() + b"\0")
-    with pytest.raises(EntryError, match="but the records were measured on .*net.pt with SHA-256"):
-        checkpoint_field(other, tmp_path, [rec])
+    with pytest.raises(EntryError, match="are not the weights the records were measured on: it holds none of"):
+        checkpoint_fields([other], tmp_path, [rec])
 
 
 def test_model_option_trains_another_architecture(tmp_path, capsys):
     """`--model` without a checkpoint trains that architecture with the defense's recipe (here a small ViT with
     weight clipping); its options replace the suite's model options."""
     args = ["run", "--model", "vit:depth=1,dim=32", "--defense", "clip", "--attack", "random_p0.01", "--epochs", "1",
-            "--patterns", "2", "--n-eval", "100", "--format", "json", "--no-progress", "--cache-dir",
+            "--seeds", "1", "--patterns", "2", "--n-eval", "100", "--format", "json", "--no-progress", "--cache-dir",
             str(tmp_path / "c"), "--results-dir", str(tmp_path / "r")]
     assert cli.main(args) == 0
-    (rec,) = json.loads(capsys.readouterr().out)
+    (rec,) = records_of(capsys.readouterr().out)
     assert rec["model"] == "vit" and rec["model_options"] == {"depth": 1, "dim": 32}
     assert rec["model_source"] == "trained" and rec["checkpoint"] is None and rec["train_seed"] == 0
     assert rec["n_params"] == 49 * 32 + 32 + 16 * 32 + (2 * 64 + 32 * 96 + 96 + 32 * 32 + 32 + 32 * 64 + 64
                                                         + 64 * 32 + 32) + 64 + 330
-    assert rec["clean_err"] < 0.85 and rec["timings"]["trained_now"] is True
+    assert rec["clean"]["err"] < 0.85 and rec["timings"]["trained_now"] is True
 
 
 def test_records_of_other_weights_are_not_reused(tmp_path):

@@ -5,17 +5,22 @@ data's device, so a CPU generator drives CUDA batches too (and gives the same au
 
 The paper's CIFAR recipe is ``Augment.from_config({'crop': 4, 'flip': True, 'autoaugment': True, 'cutout': 16},
 mean=ds.mean)`` (padding, cutout and AutoAugment fill with the dataset mean); MNIST used no augmentation. Order of
-application: crop, flip, AutoAugment (the CIFAR-10 policy, in plain torch: no torchvision), cutout.
+application: crop, flip, AutoAugment (the CIFAR-10 policy, in plain torch: no torchvision), cutout. As the
+original, which works on 8-bit images, padding and AutoAugment's shear and translation fill with the pixel level
+``floor(255 * mean)`` (computed in float32), Cutout with the mean itself, AutoAugment's rotation with grey (128).
 """
 from __future__ import annotations
 
 from typing import Iterator, Mapping
 
+import math
+
 import torch
 
 from bitbench.configs.errors import UsageError
 
-__all__ = ["random_crop", "random_hflip", "cutout", "autoaugment", "Augment", "batches", "CIFAR10_POLICY", "AA_OPS"]
+__all__ = ["random_crop", "random_hflip", "cutout", "autoaugment", "Augment", "batches", "CIFAR10_POLICY", "AA_OPS",
+           "fill_levels"]
 
 
 def _check(x: torch.Tensor) -> None:
@@ -27,6 +32,12 @@ def _gen_device(generator: torch.Generator | None) -> torch.device:
     if generator is None:
         raise ValueError("an explicit torch.Generator is required (the global RNG is never used)")
     return generator.device
+
+
+def fill_levels(fill) -> torch.Tensor:
+    """The 8-bit pixel levels of ``fill`` (values in [0, 1]): ``floor(255 * fill)`` computed in float32, as the
+    original casts its float32 mean to the integer fill colour of its 8-bit images."""
+    return torch.floor(torch.as_tensor(fill, dtype=torch.float32).flatten() * 255)
 
 
 def _fill_like(x: torch.Tensor, fill) -> torch.Tensor:
@@ -89,7 +100,9 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator, *, fill=0.0) 
 # The CIFAR-10 policy of Cubuk et al. (AutoAugment, CVPR 2019): 25 sub-policies of two (operation, probability,
 # magnitude index 0..9) each. Implemented here on tensors (no torchvision, no PIL). Images are handled as integer
 # pixel levels 0..255 (x * 255 rounded), every operation returns integer levels (rounded half to even, clamped to
-# 0..255), and the batch goes back to [0, 1] at the end.
+# 0..255), and the batch goes back to [0, 1] at the end. Rotation and shear compute what PIL computes for the
+# original (Image.rotate: nearest neighbour in 16.16 fixed point; Image.transform AFFINE: bicubic sampling); the
+# magnitudes are numpy.linspace's values.
 CIFAR10_POLICY = (
     (("invert", 0.1, 7), ("contrast", 0.2, 6)),
     (("rotate", 0.7, 2), ("translate_x", 0.3, 9)),
@@ -121,7 +134,8 @@ POLICIES = {"cifar10": CIFAR10_POLICY}
 
 
 def _lin(a: float, b: float, k: int) -> float:
-    return a + (b - a) * k / 9
+    """``numpy.linspace(a, b, 10)[k]`` (the original's magnitude tables): ``k * ((b - a) / 9) + a``, ``b`` at 9."""
+    return float(b) if k == 9 else k * ((b - a) / 9) + a
 
 
 # magnitude index k (0..9) -> the operation's parameter; SIGNED operations get a random sign per image
@@ -130,7 +144,7 @@ MAGNITUDES = {
     "shear_y": lambda k, size: _lin(0.0, 0.3, k),
     "translate_x": lambda k, size: _lin(0.0, 150 / 331, k) * size,  # pixels
     "translate_y": lambda k, size: _lin(0.0, 150 / 331, k) * size,
-    "rotate": lambda k, size: _lin(0.0, 30.0, k),                # degrees, counter-clockwise
+    "rotate": lambda k, size: _lin(0.0, 30.0, k),                # degrees, counter-clockwise (no random sign)
     "color": lambda k, size: _lin(0.0, 0.9, k),                  # enhancement factor 1 +- m
     "contrast": lambda k, size: _lin(0.0, 0.9, k),
     "brightness": lambda k, size: _lin(0.0, 0.9, k),
@@ -139,8 +153,9 @@ MAGNITUDES = {
     "solarize": lambda k, size: _lin(256.0, 0.0, k),              # threshold (levels >= it are inverted)
     "autocontrast": lambda k, size: 0.0, "equalize": lambda k, size: 0.0, "invert": lambda k, size: 0.0,
 }
-SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "color", "contrast", "brightness",
-          "sharpness"}
+SIGNED = {"shear_x", "shear_y", "translate_x", "translate_y", "color", "contrast", "brightness", "sharpness"}
+GEOMETRIC = {"shear_x", "shear_y", "translate_x", "translate_y", "rotate"}
+ROTATE_FILL = 128.0  # the original rotates an RGBA copy and composites it onto grey (128) where nothing was sampled
 
 
 def _finish(u: torch.Tensor) -> torch.Tensor:
@@ -251,12 +266,52 @@ def _mat(m: torch.Tensor, entries) -> torch.Tensor:
     return a
 
 
+def _pil_bicubic(v1, v2, v3, v4, d):
+    """PIL's cubic convolution (a = -1) of four samples at offset ``d`` from ``v2``, its operation order in
+    float64."""
+    p1 = v2
+    p2 = -v1 + v3
+    p3 = 2 * (v1 - v2) + v3 - v4
+    p4 = -v1 + v2 - v3 + v4
+    return p1 + d * (p2 + d * (p3 + d * p4))
+
+
+def _affine_bicubic(u: torch.Tensor, a: list, fill: torch.Tensor) -> torch.Tensor:
+    """PIL's ``Image.transform(size, AFFINE, a, BICUBIC, fillcolor=fill)`` of a batch with one matrix ``a`` (six
+    floats): output pixel (x, y) samples the input at ``(a0 (x+.5) + a1 (y+.5) + a2, a3 (x+.5) + a4 (y+.5) + a5)``
+    (pixel edges at integers, origin at the top-left corner); a source outside [0, W) x [0, H) gives ``fill``;
+    inside, the 4x4 neighbours (edge-clamped) around the sample minus half a pixel are interpolated by rows then
+    columns, and the result is truncated to 0..255 (float64 throughout)."""
+    n, c, h, w = u.shape
+    dev = u.device
+    xs = (torch.arange(w, dtype=torch.float64, device=dev) + 0.5)[None, :]
+    ys = (torch.arange(h, dtype=torch.float64, device=dev) + 0.5)[:, None]
+    sx = a[0] * xs + a[1] * ys + a[2]  # H, W
+    sy = a[3] * xs + a[4] * ys + a[5]
+    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    sx, sy = sx - 0.5, sy - 0.5
+    x0, y0 = torch.floor(sx), torch.floor(sy)
+    dx, dy = sx - x0, sy - y0
+    x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
+    src = u.to(torch.float64)
+    rows = []
+    for j in range(-1, 3):
+        r = (y0 + j).clamp(0, h - 1)
+        taps = [src[:, :, r, (x0 + i).clamp(0, w - 1)] for i in range(-1, 3)]  # N, C, H, W each
+        rows.append(_pil_bicubic(*taps, dx))
+    v = _pil_bicubic(*rows, dy)
+    v = torch.where(v <= 0, torch.zeros_like(v), torch.where(v >= 255, torch.full_like(v, 255.0), torch.trunc(v)))
+    return torch.where(inside, v.to(u.dtype), fill.view(1, c, 1, 1).to(u.dtype))
+
+
 def aa_shear_x(u, m, fill):
-    return _affine(u, _mat(m, {(0, 1): m.double()}), fill)  # source x = x + m * y
+    """PIL's affine (1, m, 0, 0, 1, 0) about the top-left corner, bicubic: source x = x + m y."""
+    return _per_magnitude(u, m, lambda uu, v: _affine_bicubic(uu, [1.0, v, 0.0, 0.0, 1.0, 0.0], fill))
 
 
 def aa_shear_y(u, m, fill):
-    return _affine(u, _mat(m, {(1, 0): m.double()}), fill)  # source y = y + m * x
+    """PIL's affine (1, 0, 0, m, 1, 0) about the top-left corner, bicubic: source y = m x + y."""
+    return _per_magnitude(u, m, lambda uu, v: _affine_bicubic(uu, [1.0, 0.0, 0.0, v, 1.0, 0.0], fill))
 
 
 def aa_translate_x(u, m, fill):
@@ -267,11 +322,53 @@ def aa_translate_y(u, m, fill):
     return _affine(u, _mat(m, {(1, 2): -m.double()}), fill)  # content moves down by m pixels
 
 
+def _pil_rotate_fixed(degrees: float, w: int, h: int) -> list[int] | None:
+    """The 16.16 fixed-point coefficients of PIL's ``Image.rotate(degrees)`` of a W x H image (about its centre,
+    counter-clockwise, nearest neighbour); None for a multiple of 360 degrees (PIL copies the image)."""
+    angle = degrees % 360.0
+    if angle == 0:
+        return None
+    t = -math.radians(angle)
+    a = [round(math.cos(t), 15), round(math.sin(t), 15), 0.0, round(-math.sin(t), 15), round(math.cos(t), 15), 0.0]
+    cx, cy = w / 2, h / 2
+    a[2] = a[0] * -cx + a[1] * -cy + a[2] + cx
+    a[5] = a[3] * -cx + a[4] * -cy + a[5] + cy
+
+    def fix(v: float) -> int:
+        return math.floor(v * 65536.0 + 0.5)
+
+    return [fix(a[0]), fix(a[1]), fix(a[2] + a[0] * 0.5 + a[1] * 0.5), fix(a[3]), fix(a[4]),
+            fix(a[5] + a[3] * 0.5 + a[4] * 0.5)]
+
+
 def aa_rotate(u, m, fill):
-    t = torch.deg2rad(m.double())
-    cs, sn = torch.cos(t), torch.sin(t)
-    # counter-clockwise on screen (y axis pointing down): the source of p is R(theta) p with that orientation
-    return _affine(u, _mat(m, {(0, 0): cs, (0, 1): -sn, (1, 0): sn, (1, 1): cs}), fill)
+    """PIL's ``Image.rotate(m)`` (degrees, counter-clockwise about the centre, nearest neighbour computed in 16.16
+    fixed point: output (x, y) reads input ``((A2 + x A0 + y A1) >> 16, (A5 + x A3 + y A4) >> 16)``); pixels with no
+    source are grey (128), whatever ``fill`` (the original composites the rotated image onto grey)."""
+    n, c, h, w = u.shape
+
+    def rot(uu, v):
+        f = _pil_rotate_fixed(v, w, h)
+        if f is None:
+            return uu.clone()
+        xs = torch.arange(w, dtype=torch.int64, device=u.device)[None, :]
+        ys = torch.arange(h, dtype=torch.int64, device=u.device)[:, None]
+        col = torch.div(f[2] + xs * f[0] + ys * f[1], 65536, rounding_mode="floor")
+        row = torch.div(f[5] + xs * f[3] + ys * f[4], 65536, rounding_mode="floor")
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        out = uu[:, :, row.clamp(0, h - 1), col.clamp(0, w - 1)]
+        return torch.where(inside, out, torch.full_like(out, ROTATE_FILL))
+
+    return _per_magnitude(u, m, rot)
+
+
+def _per_magnitude(u: torch.Tensor, m: torch.Tensor, fn) -> torch.Tensor:
+    """``fn(images, magnitude)`` on the images of each distinct magnitude (a Python float), in place of a loop."""
+    out = torch.empty_like(u)
+    for v in sorted(set(m.tolist())):
+        idx = (m == v).nonzero().flatten().to(u.device)
+        out[idx] = fn(u[idx], float(v))
+    return out
 
 
 AA_OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("aa_")}
@@ -281,8 +378,9 @@ def autoaugment(x: torch.Tensor, generator: torch.Generator, policy: str = "cifa
     """AutoAugment with the CIFAR-10 policy on a float batch in [0, 1], in plain torch.
 
     Per image: one of the 25 sub-policies uniformly, each of its two operations applied with its probability and
-    magnitude (a random sign for the signed ones), in order. Geometric operations fill with ``fill`` (a number or
-    one value per channel, in [0, 1]; the paper: the dataset mean). All randomness comes from ``generator``."""
+    magnitude (a random sign for the signed ones; rotation has none), in order. Shear and translation fill with
+    ``fill`` (a number or one value per channel, in [0, 1]; the paper: the dataset mean) as the 8-bit level
+    :func:`fill_levels`; rotation fills with grey (128). All randomness comes from ``generator``."""
     _check(x)
     if policy.lower() not in POLICIES:
         raise UsageError(f"augment: unknown AutoAugment policy {policy!r}; known: {sorted(POLICIES)}")
@@ -293,7 +391,7 @@ def autoaugment(x: torch.Tensor, generator: torch.Generator, policy: str = "cifa
     coin = torch.rand(n, 2, generator=generator, device=dev).cpu()
     sign = torch.randint(0, 2, (n, 2), generator=generator, device=dev).cpu().mul(2).sub(1)
     u = (x.detach().clamp(0, 1) * 255).round()
-    fill_t = (torch.as_tensor(fill, dtype=u.dtype, device=u.device).flatten().expand(c) * 255).round()
+    fill_t = fill_levels(fill).expand(c).to(device=u.device, dtype=u.dtype)
     for j in range(2):
         groups: dict = {}
         for i in range(n):
@@ -305,7 +403,8 @@ def autoaugment(x: torch.Tensor, generator: torch.Generator, policy: str = "cifa
                 groups[name][1].append(mag * int(sign[i, j]) if name in SIGNED else mag)
         for name, (idx, mags) in groups.items():
             it = torch.tensor(idx, device=u.device)
-            mt = torch.tensor(mags, dtype=u.dtype, device=u.device)
+            # geometric magnitudes stay binary64 (the original's numpy values); the others as the images' dtype
+            mt = torch.tensor(mags, dtype=torch.float64 if name in GEOMETRIC else u.dtype, device=u.device)
             u[it] = AA_OPS[name](u[it], mt, fill_t)
     return u.div_(255.0).to(x.dtype)
 
@@ -365,8 +464,8 @@ class Augment:
         return not (self.crop or self.flip or self.cutout or self.autoaugment)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.crop:
-            x = random_crop(x, self.crop, generator, fill=self.fill)
+        if self.crop:  # the original pads its 8-bit image with the level floor(255 * mean)
+            x = random_crop(x, self.crop, generator, fill=(fill_levels(self.fill) / 255).tolist())
         if self.flip:
             x = random_hflip(x, generator)
         if self.autoaugment:

@@ -28,7 +28,7 @@ import os
 import numpy as np
 import torch
 
-from .loaders import DataError, Dataset, _check_n_eval, channel_stats
+from .dataset import DataError, Dataset, channel_stats, check_n_eval
 
 __all__ = ["load_mnist5k", "load_sklearn_digits", "MNIST5K_PATH", "class_rank_split"]
 
@@ -84,7 +84,7 @@ def class_rank_split(labels: np.ndarray, train_end, attack_start) -> tuple[np.nd
 def _build(name: str, images: np.ndarray, labels: np.ndarray, scale: float, split, n_eval, info) -> Dataset:
     train, test, attack = split
     if n_eval is not None:
-        test = test[:_check_n_eval(n_eval, len(test))]
+        test = test[:check_n_eval(n_eval, len(test))]
     x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
 

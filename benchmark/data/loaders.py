@@ -15,6 +15,9 @@ factories can build their `Dataset` with `dataset_from_arrays`). Built-in names 
 - ``h5``             the original code's HDF5 files ``train_images.h5, train_labels.h5, test_images.h5,
                      test_labels.h5`` in ``data_dir`` (images NHWC float32 in [0, 1]; the single dataset in each
                      file is used, whatever its name).
+- ``text``           token windows for language models: the embedded corpus (four books of the King James
+                     Version, public domain; `benchmark.data.text`) or a local UTF-8 text file in ``data_dir``
+                     (byte tokens, vocabulary 256).
 - ``npz``            one generic ``.npz`` or HDF5 file with ``train_images, train_labels, test_images,
                      test_labels`` (NHWC or NCHW, uint8 0..255 or float in [0, 1]; optional ``num_classes``);
                      ``data_dir`` is the file or a folder holding exactly one ``.npz``/``.h5``/``.hdf5``.
@@ -36,71 +39,20 @@ import os
 import pickle
 import struct
 import tarfile
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from bitbench.configs.errors import UsageError
+from bitbench.configs.errors import load_failure_text
 from bitbench.configs.registries import DATASETS, register_dataset
 from bitbench.configs.spec import SpecError
 
+from .dataset import (MAX_CLASSES, DataError, Dataset, channel_stats, check_n_eval, finalize,  # noqa: F401
+                      split_eval_attack, to_labels, to_nchw_float)
+
 __all__ = ["Dataset", "DataError", "list_datasets", "describe_datasets", "load_dataset", "dataset_from_arrays",
            "split_eval_attack", "default_data_dir", "register_dataset", "reads_local_files"]
-
-
-class DataError(UsageError):
-    """A dataset is missing, malformed, or cannot be loaded (the message says what was expected, and where)."""
-
-
-@dataclass
-class Dataset:
-    """Images as float32 N,C,H,W in [0, 1]; labels int64. ``test_*`` is the evaluation split; ``attack_*`` the
-    attacker's split for gradient-guided attacks, disjoint from the evaluation split."""
-
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    attack_x: torch.Tensor
-    attack_y: torch.Tensor
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    info: dict = field(default_factory=dict)
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.train_x.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.train_x.shape[2])
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.train_x.shape[1:])  # type: ignore[return-value]
-
-    def digest(self, *splits: str) -> str:
-        """``sha256:<hex>`` of the content of ``splits`` (default all: 'train', 'test', 'attack'): images and labels
-        (dtype, shape, bytes) and the class count. Configuration hashes use it, never a path: a changed file
-        changes the hash, a moved one does not."""
-        import hashlib
-
-        h = hashlib.sha256(f"classes={self.num_classes}".encode())
-        for split in splits or ("train", "test", "attack"):
-            for t in (getattr(self, f"{split}_x"), getattr(self, f"{split}_y")):
-                t = t.contiguous()
-                h.update(f"|{split}|{t.dtype}|{list(t.shape)}|".encode())
-                if t.numel():
-                    h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-        return "sha256:" + h.hexdigest()
-
-    def __repr__(self) -> str:  # keep it short: no tensor dumps
-        return (f"Dataset(name={self.name!r}, train={tuple(self.train_x.shape)}, test={tuple(self.test_x.shape)}, "
-                f"attack={tuple(self.attack_x.shape)}, num_classes={self.num_classes})")
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
@@ -125,143 +77,6 @@ def describe_datasets() -> dict[str, str]:
 
 def default_data_dir() -> str:
     return os.environ.get("BITBENCH_DATA") or os.path.join(os.getcwd(), "data")
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-def _to_nchw_float(x: np.ndarray, what: str, layout: str = "auto") -> torch.Tensor:
-    """Validate an image array and return float32 N,C,H,W in [0, 1].
-
-    Accepts N,H,W (one channel), N,H,W,C or N,C,H,W with C in {1, 3, 4}; uint8 / integer 0..255 (divided by 255)
-    or float in [0, 1]. ``layout`` 'nhwc' / 'nchw' forces the 4-d layout; 'auto' picks the square spatial pair,
-    then the side with a channel count."""
-    x = np.asarray(x)
-    if x.ndim == 3:
-        x = x[:, None]
-        layout = "nchw"
-    if x.ndim != 4:
-        raise DataError(f"{what}: expected images of shape N,H,W or N,H,W,C or N,C,H,W, got shape {x.shape}")
-    if layout == "auto":
-        nhwc = x.shape[1] == x.shape[2] and x.shape[3] in (1, 3, 4)
-        nchw = x.shape[2] == x.shape[3] and x.shape[1] in (1, 3, 4)
-        if nhwc and nchw:
-            layout = "nhwc" if x.shape[3] <= x.shape[1] else "nchw"
-        elif nhwc or nchw:
-            layout = "nhwc" if nhwc else "nchw"
-        elif x.shape[3] in (1, 3, 4):
-            layout = "nhwc"
-        elif x.shape[1] in (1, 3, 4):
-            layout = "nchw"
-        else:
-            raise DataError(f"{what}: cannot tell the channel axis of shape {x.shape} "
-                            "(expected 1, 3 or 4 channels first or last)")
-    if layout == "nhwc":
-        x = x.transpose(0, 3, 1, 2)
-    if x.shape[0] == 0 or min(x.shape[2:]) < 1:
-        raise DataError(f"{what}: empty image array of shape {x.shape}")
-    if x.dtype == np.uint8:
-        out = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
-    elif np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi > 255:
-            raise DataError(f"{what}: integer pixel values must lie in 0..255, found [{lo}, {hi}]")
-        out = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).div_(255.0)
-    elif np.issubdtype(x.dtype, np.floating):
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.all(np.isfinite(x)):
-            raise DataError(f"{what}: image values contain NaN or inf")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1e-6 or hi > 1.0 + 1e-6:
-            raise DataError(f"{what}: float pixel values must lie in [0, 1] (uint8 0..255 is also accepted), "
-                            f"found [{lo:.4g}, {hi:.4g}]")
-        out = torch.from_numpy(x).clamp_(0.0, 1.0)
-    else:
-        raise DataError(f"{what}: unsupported image dtype {x.dtype}")
-    return out.contiguous()
-
-
-def _to_labels(y: np.ndarray, n: int, what: str, num_classes: int | None = None) -> torch.Tensor:
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise DataError(f"{what}: labels must be one-dimensional (N or N,1), got shape {y.shape}")
-    if y.shape[0] != n:
-        raise DataError(f"{what}: {y.shape[0]} labels for {n} images")
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise DataError(f"{what}: labels must be integers")
-    elif not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{what}: unsupported label dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if n and y.min() < 0:
-        raise DataError(f"{what}: label out of range: found {int(y.min())} (labels must be >= 0)")
-    if num_classes is not None and n and y.max() >= num_classes:
-        raise DataError(f"{what}: label out of range: found {int(y.max())}, "
-                        f"expected 0..{num_classes - 1} ({num_classes} classes)")
-    return torch.from_numpy(y)
-
-
-def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of N,C,H,W images, accumulated in float64 in chunks."""
-    c = x.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, x.shape[0], 8192):
-        chunk = x[i:i + 8192].to(torch.float64)
-        s += chunk.sum(dim=(0, 2, 3))
-        s2 += chunk.square().sum(dim=(0, 2, 3))
-    cnt = x.shape[0] * x.shape[2] * x.shape[3]
-    mean = s / cnt
-    std = (s2 / cnt - mean.square()).clamp_min(0).sqrt().clamp_min(1e-8)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
-def split_eval_attack(n_test: int, n_eval: int | None = None) -> tuple[slice, slice, str]:
-    """The evaluation / attacker split rule for a test set of ``n_test`` images (indices in file order).
-
-    n_test >= 10,000: attacker = the last 1,000, evaluation = the rest (paper: eval 0..8999, attacker 9000..9999).
-    Smaller: attacker = the last max(1, n_test // 10). ``n_eval`` keeps only the first n_eval evaluation images."""
-    if n_test < 2:
-        raise DataError(f"need at least 2 test images to form evaluation and attacker splits, got {n_test}")
-    n_attack = 1000 if n_test >= 10000 else max(1, n_test // 10)
-    avail = n_test - n_attack
-    rule = (f"evaluation = test images 0..{avail - 1}, attacker = the last {n_attack} test images "
-            f"({n_test - n_attack}..{n_test - 1})")
-    if n_eval is not None:
-        n_eval = _check_n_eval(n_eval, avail)
-        rule += f"; evaluation limited to the first {n_eval}"
-    else:
-        n_eval = avail
-    return slice(0, n_eval), slice(avail, n_test), rule
-
-
-def _check_n_eval(n_eval: int, avail: int) -> int:
-    if not isinstance(n_eval, (int, np.integer)) or isinstance(n_eval, bool) or n_eval < 1:
-        raise DataError(f"n_eval must be a positive integer, got {n_eval!r}")
-    if n_eval > avail:
-        raise DataError(f"n_eval={n_eval} exceeds the {avail} evaluation images available")
-    return int(n_eval)
-
-
-def finalize(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-             num_classes: int, *, n_eval: int | None, info: dict) -> Dataset:
-    """Apply the local-dataset eval/attacker rule to a (train, test) pair and build the `Dataset`."""
-    if tuple(train_x.shape[1:]) != tuple(test_x.shape[1:]):
-        raise DataError(f"{name}: train images {tuple(train_x.shape[1:])} and test images "
-                        f"{tuple(test_x.shape[1:])} differ in shape")
-    ev, at, rule = split_eval_attack(test_x.shape[0], n_eval)
-    mean, std = channel_stats(train_x)
-    info = dict(info)
-    info.setdefault("split", rule)
-    info["sizes"] = {"train": int(train_x.shape[0]), "test": int(ev.stop - ev.start),
-                     "attack": int(at.stop - at.start), "test_total": int(test_x.shape[0])}
-    info["n_train"] = int(train_x.shape[0])
-    info["eval_split"] = f"test[{ev.start}:{ev.stop}]"
-    info["attack_split"] = f"test[{at.start}:{at.stop}]"
-    return Dataset(name=name, train_x=train_x, train_y=train_y,
-                   test_x=test_x[ev], test_y=test_y[ev], attack_x=test_x[at], attack_y=test_y[at],
-                   num_classes=int(num_classes), mean=mean, std=std, info=info)
 
 
 # ----------------------------------------------------------------------------------------------- MNIST (IDX)
@@ -330,10 +145,10 @@ def _load_mnist(data_dir: str, n_eval: int | None) -> Dataset:
     arrs = {}
     for key, p in files.items():
         arrs[key] = read_idx(p, expect_ndim=3 if key.endswith("images") else 1)
-    tx = _to_nchw_float(arrs["train_images"], files["train_images"], layout="nchw")
-    ty = _to_labels(arrs["train_labels"], tx.shape[0], files["train_labels"], 10)
-    sx = _to_nchw_float(arrs["test_images"], files["test_images"], layout="nchw")
-    sy = _to_labels(arrs["test_labels"], sx.shape[0], files["test_labels"], 10)
+    tx = to_nchw_float(arrs["train_images"], files["train_images"], layout="nchw")
+    ty = to_labels(arrs["train_labels"], tx.shape[0], files["train_labels"], 10)
+    sx = to_nchw_float(arrs["test_images"], files["test_images"], layout="nchw")
+    sy = to_labels(arrs["test_labels"], sx.shape[0], files["test_labels"], 10)
     return finalize("mnist", tx, ty, sx, sy, 10, n_eval=n_eval,
                     info={"source": os.path.abspath(d), "files": {k: os.path.basename(v) for k, v in files.items()}})
 
@@ -420,7 +235,7 @@ def _read_cifar_part(name: str, files: list[str], read, source: str) -> tuple[np
             raise DataError(f"{where}: 'data' must be uint8 of shape N,3072, got {x.dtype} {x.shape}")
         if y.shape != (x.shape[0],):
             raise DataError(f"{where}: {y.shape} labels for {x.shape[0]} images")
-        _to_labels(y, x.shape[0], where, spec["classes"])  # validates range
+        to_labels(y, x.shape[0], where, spec["classes"])  # validates range
         xs.append(x)
         ys.append(y.astype(np.int64))
     return np.concatenate(xs).reshape(-1, 3, 32, 32), np.concatenate(ys)
@@ -431,8 +246,8 @@ def _load_cifar(name: str, data_dir: str, n_eval: int | None) -> Dataset:
     source, read = _cifar_reader(name, data_dir)
     trx, try_ = _read_cifar_part(name, spec["train"], read, source)
     tex, tey = _read_cifar_part(name, spec["test"], read, source)
-    return finalize(name, _to_nchw_float(trx, source, "nchw"), torch.from_numpy(try_),
-                    _to_nchw_float(tex, source, "nchw"), torch.from_numpy(tey), spec["classes"], n_eval=n_eval,
+    return finalize(name, to_nchw_float(trx, source, "nchw"), torch.from_numpy(try_),
+                    to_nchw_float(tex, source, "nchw"), torch.from_numpy(tey), spec["classes"], n_eval=n_eval,
                     info={"source": os.path.abspath(source), "labels": spec["label_key"]})
 
 
@@ -481,14 +296,15 @@ def _load_h5(data_dir: str, n_eval: int | None) -> Dataset:
         raise DataError(f"h5: missing {', '.join(missing)} in {os.path.abspath(data_dir)}. Expected the original "
                         f"code's files {', '.join(_H5_FILES)} (images NHWC float32 in [0, 1], integer labels)")
     a = {f: _h5_single(p) for f, p in paths.items()}
-    tx = _to_nchw_float(a["train_images.h5"], paths["train_images.h5"], "nhwc" if a["train_images.h5"].ndim == 4
+    tx = to_nchw_float(a["train_images.h5"], paths["train_images.h5"], "nhwc" if a["train_images.h5"].ndim == 4
                         else "auto")
-    sx = _to_nchw_float(a["test_images.h5"], paths["test_images.h5"], "nhwc" if a["test_images.h5"].ndim == 4
+    sx = to_nchw_float(a["test_images.h5"], paths["test_images.h5"], "nhwc" if a["test_images.h5"].ndim == 4
                         else "auto")
-    ty = _to_labels(a["train_labels.h5"], tx.shape[0], paths["train_labels.h5"])
-    sy = _to_labels(a["test_labels.h5"], sx.shape[0], paths["test_labels.h5"])
+    ty = to_labels(a["train_labels.h5"], tx.shape[0], paths["train_labels.h5"])
+    sy = to_labels(a["test_labels.h5"], sx.shape[0], paths["test_labels.h5"])
     k = _infer_classes(ty, sy, where=data_dir)
     return finalize("h5", tx, ty, sx, sy, k, n_eval=n_eval, info={"source": os.path.abspath(data_dir)})
+
 
 
 _NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
@@ -528,7 +344,7 @@ def _load_generic(data_dir: str, n_eval: int | None) -> Dataset:
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"npz: cannot read {path} ({type(e).__name__}: {e})") from None
+        raise DataError(f"npz: cannot read {path} ({load_failure_text(e)})") from None
     missing = [k for k in _NPZ_KEYS if k not in arrs]
     if missing:
         raise DataError(f"npz: {path} lacks {', '.join(missing)}; expected keys {', '.join(_NPZ_KEYS)} "
@@ -539,6 +355,8 @@ def _load_generic(data_dir: str, n_eval: int | None) -> Dataset:
         if nc.size != 1 or not np.issubdtype(nc.dtype, np.integer) or int(nc.reshape(())) < 1:
             raise DataError(f"npz: {path}: num_classes must be a positive integer scalar, got {nc!r}")
         given = int(nc.reshape(()))
+        if given > MAX_CLASSES:
+            raise DataError(f"npz: {path}: num_classes is {given:,}; at most {MAX_CLASSES:,} classes")
     return dataset_from_arrays("npz", arrs["train_images"], arrs["train_labels"], arrs["test_images"],
                                arrs["test_labels"], num_classes=given, n_eval=n_eval, where=path,
                                info={"source": os.path.abspath(path)})
@@ -552,10 +370,10 @@ def dataset_from_arrays(name: str, train_images, train_labels, test_images, test
     test images are split into evaluation and attacker images by :func:`split_eval_attack`. ``where`` names the
     source in error messages (default: ``name``)."""
     where = where or name
-    tx = _to_nchw_float(np.asarray(train_images), f"{where}:train_images")
-    sx = _to_nchw_float(np.asarray(test_images), f"{where}:test_images")
-    ty = _to_labels(train_labels, tx.shape[0], f"{where}:train_labels", num_classes)
-    sy = _to_labels(test_labels, sx.shape[0], f"{where}:test_labels", num_classes)
+    tx = to_nchw_float(np.asarray(train_images), f"{where}:train_images")
+    sx = to_nchw_float(np.asarray(test_images), f"{where}:test_images")
+    ty = to_labels(train_labels, tx.shape[0], f"{where}:train_labels", num_classes)
+    sy = to_labels(test_labels, sx.shape[0], f"{where}:test_labels", num_classes)
     k = _infer_classes(ty, sy, given=num_classes, where=where)
     return finalize(name, tx, ty, sx, sy, k, n_eval=n_eval, info=dict(info or {}))
 
@@ -579,7 +397,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, n_eval: int | None =
         raise DataError(f"dataset {entry.name!r} ({entry.source}) returned a {type(ds).__name__}, expected a "
                         "bitbench.data.Dataset (build one with bitbench.data.dataset_from_arrays)")
     if n_eval is not None and "n_eval" not in entry.params:
-        n = _check_n_eval(n_eval, int(ds.test_y.shape[0]))
+        n = check_n_eval(n_eval, int(ds.test_y.shape[0]))
         ds.test_x, ds.test_y = ds.test_x[:n], ds.test_y[:n]
         ds.info = dict(ds.info, eval_split=f"{ds.info.get('eval_split', 'test')}[0:{n}]")
     return ds
@@ -654,3 +472,23 @@ _local("cifar100", "Local CIFAR-100 python files (fine labels); eval = test 0..8
 _local("h5", "Local HDF5 files of the original code (train_images.h5, train_labels.h5, test_images.h5, "
              "test_labels.h5)", _load_h5)
 _local("npz", "One local .npz/.h5 file with train_images, train_labels, test_images, test_labels", _load_generic)
+
+
+@register_dataset("text")
+def text(data_dir: str | None = None, n_eval: int | None = None, context: int = 128,
+         stride: int | None = None) -> Dataset:
+    """Text for language models, windows of byte tokens: embedded public-domain text, or a UTF-8 file (data_dir)
+
+    The embedded corpus: four books of the King James Version, split by chapter; a local file: split 80/10/10 by
+    bytes (train / attacker / evaluation).
+
+    Args:
+        data_dir: a UTF-8 text file (or a folder holding one .txt file); none: the embedded corpus.
+        n_eval: keep only the first n_eval evaluation windows.
+        context: tokens per window (the model's input length T).
+        stride: tokens between the starts of training windows (none: context / 2); evaluation and attacker
+            windows never overlap.
+    """
+    from .text import load_text
+
+    return load_text(data_dir, n_eval=n_eval, context=context, stride=stride)

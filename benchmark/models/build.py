@@ -6,6 +6,11 @@ A *model spec* is either
 * a reference to a builder in the user's code, ``package.module:function`` (imported like ``import
   package.module``, from the current folder too) or ``path/to/file.py:function``, optionally followed by
   options: ``mymodels:build:width=32``.
+* a model source (:mod:`.adapters`): ``transformers:ViTForImageClassification:config.json`` (a Hugging Face
+  model class built from a local config file, random weights).
+
+A model that is not registered here is adapted (:func:`.adapters.adapt_model`): its forward may return a
+``ModelOutput``, dict, dataclass or tuple, and take its input by keyword; the benchmark sees the logits tensor.
 
 A builder is a class or function returning an ``nn.Module``. It gets ``num_classes``, ``in_channels`` and
 ``image_size`` (from the dataset) and ``mean``/``std`` (a fixed whitening layer) only where its signature accepts
@@ -29,6 +34,8 @@ import torch.nn as nn
 from bitbench.configs.errors import UsageError
 from bitbench.configs.registries import MODELS
 from bitbench.configs.spec import SpecError, format_value, parse_spec, parse_value
+
+from .adapters import adapt_model, model_source_of
 
 __all__ = ["build_model", "resolve_model", "is_reference", "ModelBuilder", "describe_models", "DATA_ARGS"]
 
@@ -118,6 +125,10 @@ def resolve_model(spec: str, **options) -> ModelBuilder:
     if not isinstance(spec, str) or not spec.strip():
         raise SpecError(f"a model spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
+    source = model_source_of(spec)
+    if source is not None:  # transformers:Class:config.json (benchmark.models.adapters)
+        name, builder, parsed, accepts = source.resolve(spec.split(":", 1)[1])
+        return ModelBuilder(name, builder, {**parsed, **options}, accepts | frozenset(options), registered=False)
     if is_reference(spec):
         head, rest = spec.split(":", 1)
         attr, _, opts = rest.partition(":")
@@ -151,29 +162,32 @@ def resolve_model(spec: str, **options) -> ModelBuilder:
     return ModelBuilder(entry.name, entry.obj, {**chosen, **options}, accepts, registered=True)
 
 
-def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int,
+def build_model(name: str, *, num_classes: int, in_channels: int | None = None, image_size: int | None = None,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int | None = None,
                 **options) -> nn.Module:
     """Build a model from a spec (registered name or ``module:function`` reference, see the module docstring).
 
-    ``num_classes``, ``in_channels``, ``image_size``, ``mean``/``std`` (one value per input channel; a fixed
-    `Normalize` first) go to builders that accept them; ``options`` (e.g. ``norm='rgn'``, ``width=32``,
+    ``num_classes`` (for a language model: the vocabulary), ``in_channels``, ``image_size`` (images only; None for
+    token inputs), ``mean``/``std`` (one value per input channel; a fixed `Normalize` first) go to builders that
+    accept them; ``options`` (e.g. ``norm='rgn'``, ``width=32``,
     ``depth=3``) to the builder. ``seed``: initialize inside ``torch.random.fork_rng`` seeded with it (the global
     RNG state is unchanged afterwards); ``None`` uses the global RNG as any torch module does. The returned module
     carries ``build_spec`` (the arguments) so that ``build_model(**model.build_spec)`` rebuilds it."""
     mb = resolve_model(name, **options)
     if (mean is None) != (std is None):
         raise UsageError("give both mean and std (or neither)")
-    if mean is not None and len(tuple(mean)) != in_channels:
+    if mean is not None and in_channels is not None and len(tuple(mean)) != in_channels:
         raise UsageError(f"mean has {len(tuple(mean))} values for {in_channels} input channels")
     width = mb.options.get("width")
     if width is not None and (isinstance(width, bool) or int(width) != width or width < 1):
         raise UsageError(f"width must be a positive integer, got {width!r}")
     if num_classes < 2:
         raise UsageError(f"num_classes must be >= 2, got {num_classes}")
-    data = dict(num_classes=int(num_classes), in_channels=int(in_channels), image_size=int(image_size),
+    data = dict(num_classes=int(num_classes), in_channels=None if in_channels is None else int(in_channels),
+                image_size=None if image_size is None else int(image_size),
                 mean=None if mean is None else tuple(float(v) for v in mean),
                 std=None if std is None else tuple(float(v) for v in std))
+    data = {k: v for k, v in data.items() if v is not None or k in ("mean", "std")}  # token inputs: no image args
     args = {k: v for k, v in data.items() if mb.takes(k) and (v is not None or k not in ("mean", "std"))}
     args.update({k: v for k, v in mb.options.items() if k not in DATA_ARGS})
     if "norm" in args and args["norm"] is not None:
@@ -187,6 +201,8 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
     if not isinstance(model, nn.Module):
         raise UsageError(f"model {name!r}: the builder returned a {type(model).__name__}, expected a "
                          "torch.nn.Module")
+    if not mb.registered:  # the user's code or another library: outputs and inputs as the ecosystem has them
+        adapt_model(model)
     model.build_spec = {"name": mb.name, **data, **{k: v for k, v in args.items() if k not in data}, "seed": seed}
     return model
 

@@ -3,10 +3,14 @@
 protections are SEC-DED ECC words (:mod:`.secded`) and RADAR-style group checksums (:mod:`.radar`). Third-party
 protections register with ``bitbench.register_protection`` or the entry-point group ``bitbench.protections``."""
 
+from bitbench.configs.registries import DEFENSES
+
 from .base import (POLICIES, CheckRegion, ProtectedDefense, ProtectedModel, Protection, Recovery, Stage,  # noqa: F401
-                   zero_codes)
+                   protect, zero_codes)
 from .secded import SECDED  # noqa: F401
 from .radar import RADAR  # noqa: F401
 
+DEFENSES.set_composer(protect)   # 'defense+protection' specs compose here
+
 __all__ = ["POLICIES", "CheckRegion", "ProtectedDefense", "ProtectedModel", "Protection", "Recovery", "Stage",
-           "zero_codes", "SECDED", "RADAR"]
+           "zero_codes", "protect", "SECDED", "RADAR"]

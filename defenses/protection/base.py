@@ -24,7 +24,7 @@ trains exactly as its base (same checkpoint) and only its deployed memory differ
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -32,8 +32,9 @@ from bitbench import kernels
 from bitbench.configs.spec import SpecError, join_stages
 
 from ..base import Defense
+from ..memory import MEMORY_MEMBERS, Memory, Recovery
 
-__all__ = ["POLICIES", "Protection", "Stage", "CheckRegion", "Recovery", "ProtectedModel", "ProtectedDefense",
+__all__ = ["POLICIES", "Protection", "Stage", "CheckRegion", "Recovery", "ProtectedModel", "ProtectedDefense", "protect",
            "zero_codes", "check_policy"]
 
 POLICIES = ("zero", "keep", "fail")
@@ -50,7 +51,7 @@ def zero_codes(qm) -> torch.Tensor:
     """The word of weight 0 for every word of ``qm``, in its memory format: affine codes are encoded with their
     contexts (the nearest code to 0 inside each segment's range); float formats hold +0.0."""
     flat = torch.zeros(qm.n_words, dtype=qm.scheme.compute_dtype, device=qm.device)
-    ctx = qm._ctx_on(qm.device)
+    ctx = qm.ctx_on(qm.device)
     codes, _, _ = qm.scheme.quantize(flat, qm.segments, context=ctx, check=False)
     return codes.to(qm.device)
 
@@ -99,6 +100,12 @@ class Protection:
     registry_name: str = "protection"
     policy: str = "zero"
     reads_raw: bool = False   # decodes the raw memory read (ECC): only as the first stage
+    #: the per-pattern counts the stage reports, ``{name: doc}`` (recorded as ``<stage>.<name>``)
+    counts: dict = {}
+    #: the count of the units (words, groups) the stage flags, if any
+    flagged: str | None = None
+    #: ratios over all patterns, ``{name: [numerator count, denominator count]}`` (e.g. a detection rate)
+    ratios: dict = {}
 
     def bind(self, qm) -> Stage:
         """The stage for quantized memory ``qm`` (its clean check words computed)."""
@@ -109,31 +116,31 @@ class Protection:
         r = stage.region
         return {"name": self.registry_name, "spec": getattr(self, "spec", self.registry_name),
                 "params": dict(getattr(self, "params", {})), "check_words": r.n_words, "check_bits": r.n_bits,
-                "stored": r.stored, "policy": self.policy}
+                "stored": r.stored, "policy": self.policy, "counts": dict(self.counts), "flagged": self.flagged,
+                "ratios": {k: list(v) for k, v in self.ratios.items()}}
 
     def __repr__(self) -> str:
         return f"<protection {getattr(self, 'spec', type(self).__name__)}>"
 
 
-@dataclass
-class Recovery:
-    """One decoded pattern: ``codes`` (what the model loads), ``failed`` (policy ``fail`` met a detected error),
-    ``stats`` (counts: ``flips`` = bits flipped in the whole image, ``residual`` = data bits that differ from the
-    stored data after decoding, and each stage's ``<stage>.<count>``), ``seconds`` (decode time)."""
+def _delegate(name: str):
+    def get(self):
+        return getattr(self.base, name)
 
-    codes: torch.Tensor
-    failed: bool = False
-    stats: dict = field(default_factory=dict)
-    seconds: float = 0.0
+    return property(get, doc=f"The protected memory's ``{name}``.")
 
 
-class ProtectedModel:
-    """A quantized memory with its protection stages (see the module docstring).
+class ProtectedModel(Memory):
+    """A quantized memory with its protection stages (see the module docstring): a :class:`~.memory.Memory`.
 
-    Everything a :class:`~bitbench.defenses.QuantizedModel` offers (codes, layout, decoding, ``flip_deltas``,
-    ``load_into``) is the base memory's: attacks flip data words as before. ``check_regions`` are the stored check
-    regions, in image order; :meth:`recover` decodes a perturbed image.
+    The members every memory offers (:data:`~bitbench.defenses.memory.MEMORY_MEMBERS`: codes, layout, decoding,
+    ``flip_deltas``, ``load_into``) are the protected memory's: attacks flip data words as before.
+    ``check_regions`` are the stored check regions, in image order; :meth:`recover` decodes a perturbed image
+    (its :class:`Recovery` counts: ``flips`` = bits flipped in the whole image, ``residual`` = data bits that differ
+    from the stored data after decoding, and each stage's ``<stage>.<count>``).
     """
+
+    decodes = True
 
     def __init__(self, qm, protections):
         if isinstance(qm, ProtectedModel):
@@ -153,13 +160,12 @@ class ProtectedModel:
                 st.region.offset = offset
                 offset += st.region.n_words
                 self.check_regions.append(st.region)
-        self.image_words = offset
+        self._image_words = offset
         self._zero = None
 
-    def __getattr__(self, name):  # the base memory's attributes and methods (only called for names not found here)
-        if name == "base":
-            raise AttributeError(name)
-        return getattr(self.base, name)
+    @property
+    def image_words(self) -> int:
+        return self._image_words
 
     def __repr__(self) -> str:
         return f"ProtectedModel({self.base!r} + {self.spec})"
@@ -234,6 +240,10 @@ class ProtectedModel:
         return ProtectedModel(self.base.to(device), self.protections)
 
 
+for _m in MEMORY_MEMBERS:   # explicit delegation of the memory interface (the protected words are the base's)
+    setattr(ProtectedModel, _m, _delegate(_m))
+
+
 class ProtectedDefense(Defense):
     """A defense whose deployed memory is protected: it trains, and is stored, exactly as its base defense (the
     same checkpoint); :meth:`quantize` returns a :class:`ProtectedModel`."""
@@ -279,18 +289,26 @@ class ProtectedDefense(Defense):
     def train(self, *a, **kw):
         return self.base.train(*a, **kw)
 
-    def recipe(self) -> dict:
-        return dict(self.base.recipe(), protection=self.protection_spec)
+    def recipe(self, train=None) -> dict:
+        return dict(self.base.recipe(train), protection=self.protection_spec)
 
     def supplied_recipe(self) -> dict:
         return dict(self.base.supplied_recipe(), protection=self.protection_spec)
-
-    def protect(self, protections):
-        raise SpecError(f"{self.spec!r} is already protected: name every protection in one spec")
 
     def protect_memory(self, qm) -> ProtectedModel:
         """``qm`` (the base defense's deployed memory) with this defense's protections."""
         return ProtectedModel(qm, self.protections)
 
-    def quantize(self, model, include=None, exclude=None) -> ProtectedModel:
-        return self.protect_memory(self.base.quantize(model, include=include, exclude=exclude))
+    def quantize(self, model, include=None, exclude=None, *, trained_here: bool = False) -> ProtectedModel:
+        return self.protect_memory(self.base.quantize(model, include=include, exclude=exclude,
+                                                      trained_here=trained_here))
+
+
+def protect(defense: Defense, protections) -> ProtectedDefense:
+    """``defense`` with its deployed memory protected by ``protections`` (the stages after ``+`` in a spec:
+    ``rquant+secded``): the defense registry's composer."""
+    if isinstance(defense, ProtectedDefense):
+        raise SpecError(f"{defense.spec!r} is already protected: name every protection in one spec")
+    if not isinstance(defense, Defense):
+        raise SpecError(f"{getattr(defense, 'spec', defense)!r} cannot be combined with protections")
+    return ProtectedDefense(defense, protections)

@@ -51,13 +51,18 @@ class RADAR(Protection):
             'fail' (the inference fails).
     """
 
+    counts = {"flagged": "groups whose signature mismatched", "flips": "data bits flipped",
+              "detected_flips": "flipped data bits inside flagged groups"}
+    flagged = "flagged"
+    ratios = {"detection": ["detected_flips", "flips"]}
+
     def __init__(self, group: int = 16, bits: int = 2, bit: int | None = None, key: int = 0, secure: bool = True,
                  policy: str = "zero"):
         self.group = _positive_int(group, "group")
         self.bits = _positive_int(bits, "bits", 16)
-        self.bit = None if bit is None else int(bit)
-        if self.bit is not None and (isinstance(bit, bool) or self.bit < 0):
+        if bit is not None and (isinstance(bit, bool) or not isinstance(bit, int) or bit < 0):
             raise SpecError(f"bit must be a bit index >= 0 (0 = LSB) or none (the MSB), got {bit!r}")
+        self.bit = None if bit is None else int(bit)
         if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < 1 << 62:
             raise SpecError(f"key must be an integer in [0, 2^62), got {key!r}")
         self.key = int(key)

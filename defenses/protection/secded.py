@@ -35,6 +35,10 @@ class SECDED(Protection):
     """
 
     reads_raw = True   # the syndromes are those of the raw read: the first stage
+    counts = {"corrected": "codewords with one error, corrected", "detected": "codewords with a detected, "
+              "uncorrectable error", "silent": "codewords whose data is wrong after decoding without detection "
+              "(miscorrected or missed)"}
+    flagged = "detected"
 
     def __init__(self, word: int = 64, policy: str = "keep"):
         if isinstance(word, bool) or not isinstance(word, int) or not 1 <= word <= 1024:
