@@ -41,16 +41,53 @@ def workers_for(ctx, n: int) -> int:
     return max(1, min(n, cap))
 
 
-def _train_one(suite: dict, suite_path, options: dict, spec: str, seed: int) -> tuple[int, float]:
-    """Worker: train (or find) the checkpoint of ``spec`` for ``seed`` as the sequential harness would."""
+class _Prefixed:
+    """A text stream that starts every line written to ``stream`` with ``prefix`` (a worker's epoch lines)."""
+
+    def __init__(self, stream, prefix: str):
+        self.stream, self.prefix = stream, prefix
+
+    def write(self, text: str) -> int:
+        lines = text.splitlines(keepends=True)
+        self.stream.write("".join(self.prefix + line if line.strip() else line for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _train_one(suite: dict, suite_path, options: dict, spec: str, seed: int, epoch_lines: bool) -> tuple[int, float]:
+    """Worker: train (or find) the checkpoint of ``spec`` for ``seed`` as the sequential harness would.
+
+    With ``epoch_lines`` (the parent shows progress and its stderr is not a terminal) the training prints its one
+    line per finished epoch, each starting with ``[spec seed k] ``; its other messages stay in the parent, warnings
+    excepted."""
+    import sys
+
     from .context import RunContext, RunOptions
     from .deployment import Deployer
 
+    stderr = sys.stderr  # a worker process trains several seeds one after the other: restore it after each
+    if epoch_lines:
+        sys.stderr = _Prefixed(stderr, f"[{spec} seed {seed}] ")
+        options = dict(options, progress=True)
+
+    def log(msg: str) -> None:
+        if msg.startswith("warning:"):
+            print(msg, file=sys.stderr, flush=True)
+
     opt = RunOptions(**options)
-    ctx = RunContext(Suite(**suite, path=suite_path), opt)
-    t0 = time.perf_counter()
-    Deployer(ctx).deploy(spec, seed)
-    return seed, time.perf_counter() - t0
+    opt.log = log
+    try:
+        ctx = RunContext(Suite(**suite, path=suite_path), opt)
+        t0 = time.perf_counter()
+        Deployer(ctx).deploy(spec, seed)
+        return seed, time.perf_counter() - t0
+    finally:
+        sys.stderr = stderr
 
 
 def train_side_by_side(deployer, spec: str, seeds: list) -> set:
@@ -64,12 +101,13 @@ def train_side_by_side(deployer, spec: str, seeds: list) -> set:
     fields = {f.name for f in dataclasses.fields(ctx.opt)}
     options = {k: getattr(ctx.opt, k) for k in fields}
     options.update(progress=False, device="cpu")
+    epoch_lines = bool(ctx.opt.progress and ctx.opt.log is None and ctx.dist.is_main and not _stderr_is_tty())
     suite = ctx.suite.to_dict()
     ctx.log(f"[{spec}] training the models of seeds {', '.join(map(str, missing))} side by side: {n} processes, "
             "one core each")
     done = set()
     with cf.ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_one, suite, ctx.suite.path, options, spec, s): s for s in missing}
+        futures = {pool.submit(_train_one, suite, ctx.suite.path, options, spec, s, epoch_lines): s for s in missing}
         try:
             for f in cf.as_completed(futures):
                 try:
@@ -85,3 +123,12 @@ def train_side_by_side(deployer, spec: str, seeds: list) -> set:
                 f.cancel()
             raise
     return done
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):
+        return False
