@@ -104,7 +104,7 @@ def _metrics_option(p: argparse.ArgumentParser) -> None:
                    help="also measure this metric on every pattern (repeatable; see `list metrics`; e.g. changed, "
                         "topk_err:k=5, perplexity, or a plug-in's)")
     p.add_argument("--std", action="store_true",
-                   help="show mean ± sd (spread over chips) and the model and chip spreads instead of mean [95% CI]")
+                   help="show mean ± sd (spread over chips) and the model and chip spreads instead of mean [95%% CI]")
     p.add_argument("--outcomes", action="store_true",
                    help="also show the outcome classes per pattern: masked, silent data corruption (SDC), detected or "
                         "unrecoverable (DUE)")

@@ -212,3 +212,24 @@ def test_bad_train_workers_is_a_usage_error(tmp_path):
     finally:
         del os.environ["BITBENCH_TRAIN_WORKERS"]
     assert "BITBENCH_TRAIN_WORKERS='0' must be an integer >= 1" in p.stderr
+
+
+def _subcommands():
+    import argparse
+
+    from bitbench.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_subcommand_prints_its_help(command, capsys):
+    """`--help` of every subcommand renders (a '%' in a help text once crashed argparse's formatting)."""
+    from bitbench.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m benchmark " + command)
