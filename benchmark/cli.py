@@ -504,7 +504,7 @@ def cmd_train(args) -> int:
     seeds = [args.seed] if args.seed is not None else h.seeds()
     for d in defenses:
         if args.seed is None:
-            h.deployer.prepare(d)   # the missing models of the seeds side by side where there are cores
+            h.prepare(d)   # the missing models of the seeds side by side where there are cores
         for seed in seeds:
             dep = h.deploy(d, seed)
             err = h.clean_error(d, seed)

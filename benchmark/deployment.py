@@ -192,19 +192,21 @@ class Deployer:
         key = stable_hash(self.model_identity(defense, seed))
         return not self.ctx.opt.retrain and os.path.exists(self.checkpoint_path(defense, key))
 
-    def prepare(self, defense_spec: str) -> None:
-        """Train the run's missing models of a defense side by side where the machine allows
-        (:mod:`.parallel`); :meth:`deploy` then loads them."""
+    def base_to_prepare(self, defense_spec: str) -> str | None:
+        """The canonical spec of the trained model behind ``defense_spec`` when several of its seeds may still need
+        training in this run (None: nothing to train side by side: a supplied model, one seed, or deployed)."""
         if self.supplied is not None or len(self.seeds()) < 2:
-            return
-        from .parallel import train_side_by_side
-
+            return None
         spec = self.canonical_defense(defense_spec)
         defense = create_defense(spec)
         base = self.canonical_defense(getattr(defense, "base", defense).spec)
         if any((base, s) in self._deployed for s in self.seeds()):
-            return
-        self._trained_elsewhere |= {(base, s) for s in train_side_by_side(self, base, self.seeds())}
+            return None
+        return base
+
+    def trained_elsewhere(self, base: str, seeds) -> None:
+        """Note that the checkpoints of ``base`` for ``seeds`` were written by worker processes of this run."""
+        self._trained_elsewhere |= {(base, s) for s in seeds}
 
     def deploy(self, defense_spec: str, seed: int | None = None) -> DeployedModel:
         """Train (or load the cached, verified checkpoint of) the defended model of training seed ``seed``

@@ -187,10 +187,17 @@ class Harness:
         return self.store.cell_hash(dep, attack, self.metrics)
 
     # -- cells -------------------------------------------------------------------------------------------------
+    def prepare(self, defense_spec: str) -> None:
+        """Train the missing models of a defense's training seeds side by side where the machine has the cores
+        (:mod:`.parallel`); later deployments load them."""
+        from .parallel import prepare
+
+        prepare(self.deployer, defense_spec)
+
     def run_cells(self, defense_spec: str, attack_spec: str) -> list[ResultRecord]:
         """One record per trained model (the suite's training seeds) of the cell (defense, attack); missing models
         are trained side by side where the machine has the cores (:mod:`.parallel`)."""
-        self.deployer.prepare(defense_spec)
+        self.prepare(defense_spec)
         return [self.run_cell(defense_spec, attack_spec, seed=s) for s in self.seeds()]
 
     def run_cell(self, defense_spec: str, attack_spec: str, *, seed: int | None = None, indices=None,

@@ -20,7 +20,7 @@ import time
 from bitbench.configs.errors import UsageError
 from bitbench.configs.suite import Suite
 
-__all__ = ["train_side_by_side", "workers_for"]
+__all__ = ["prepare", "train_side_by_side", "workers_for"]
 
 
 def workers_for(ctx, n: int) -> int:
@@ -88,6 +88,14 @@ def _train_one(suite: dict, suite_path, options: dict, spec: str, seed: int, epo
         return seed, time.perf_counter() - t0
     finally:
         sys.stderr = stderr
+
+
+def prepare(deployer, defense_spec: str) -> None:
+    """Train the run's missing models of a defense side by side where the machine allows; the deployer then loads
+    them (``deployer.deploy``)."""
+    base = deployer.base_to_prepare(defense_spec)
+    if base is not None:
+        deployer.trained_elsewhere(base, train_side_by_side(deployer, base, deployer.seeds()))
 
 
 def train_side_by_side(deployer, spec: str, seeds: list) -> set:
