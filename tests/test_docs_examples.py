@@ -61,23 +61,6 @@ REDIRECTS = {">", ">>", "<", "2>", "2>&1"}
 #: Optional packages: an example that fails only for want of one of them is skipped, naming the install command.
 OPTIONAL = {"cupy": "pip install -e '.[gpu]'", "matplotlib": "pip install -e '.[plot]'"}
 
-#: Blocks of README.md that do not run yet, by a text each contains. README.md is the old lab notebook, to be replaced by
-#: a front page whose examples must all run (or carry `title="not run: ..."`); until then these are expected to
-#: fail (strict: a block that passes, or an entry that matches no block, fails the test). Delete this table with the
-#: new front page.
-README_PENDING = {
-    "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e '.[test]' && "
-    "python -m benchmark run --defense randbet --attack random_p0.01":
-        "installs packages (python3 -m venv, pip): needs title=\"not run: ...\"",
-    "python -m pytest -q": "runs the test suite itself: needs title=\"not run: ...\"",
-    "python -m benchmark run --model mypkg.nets:build --checkpoint model.pt --defense rquant --attack random_p0.01":
-        "mypkg and model.pt exist nowhere (docs/user-models.md writes its own)",
-    "rec = bitbench.evaluate_model(model, (x_test, y_test)":
-        "the evaluate_model fragment uses model, x_test, y_test that it does not define",
-    "# one machine, 4 GPUs (nccl); on CPUs the gloo backend is used":
-        "needs 4 GPUs, two nodes and CIFAR-10 on disk: needs title=\"not run: ...\"",
-}
-
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 TITLE = re.compile(r"""\btitle=(?:"([^"]*)"|'([^']*)')""")
 FILE_NAME = re.compile(r"^(?!/)(?!.*\.\.)[\w./-]+\.\w+$")
@@ -109,12 +92,6 @@ class Block:
     @property
     def file(self) -> str | None:
         return self.title if self.title and not self.not_run and FILE_NAME.match(self.title) else None
-
-    @property
-    def pending(self) -> str | None:
-        if self.rel != "README.md":
-            return None
-        return next((why for text, why in README_PENDING.items() if text in self.text), None)
 
 
 def fenced_blocks(page: Path) -> list[Block]:
@@ -303,22 +280,11 @@ def runner(tmp_path_factory):
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=[b.id for b in ALL_BLOCKS])
 def test_example(block: Block, runner: Runner):
     out = runner.outcome(block)
-    if block.pending:
-        if out.status == "failed":
-            pytest.xfail(f"README.md is being rewritten; this block {block.pending}")
-        pytest.fail(f"{block.id} no longer fails ({out.status}): remove its entry from README_PENDING")
     if out.status == "not run":
         pytest.skip(f"{block.id}: not run: {out.message}")
     if out.status == "skipped":
         pytest.skip(f"{block.id}: {out.message}")
     assert out.status in ("passed", "written"), f"{block.id} ({block.lang}): {out.message}"
-
-
-def test_readme_pending_entries_name_blocks():
-    """Every README_PENDING entry names a block of README.md (a stale entry would hide nothing, but mislead)."""
-    texts = [b.text for b in ALL_BLOCKS if b.rel == "README.md"]
-    stale = [k for k in README_PENDING if not any(k in t for t in texts)]
-    assert not stale, f"README_PENDING names no block of README.md: {stale}; delete these entries"
 
 
 # -- the rules themselves --------------------------------------------------------------------------------------------

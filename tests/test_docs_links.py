@@ -95,8 +95,24 @@ def _is_external(target: str) -> bool:
     return bool(re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", target))
 
 
+PLOT = re.compile(r"leaderboard/plots/(?P<suite>[\w.-]+?)(?:-flips)?\.png")
+
+
+def pending_plot(dest: Path, repo: Path = REPO) -> str | None:
+    """The suite of a generated leaderboard plot (``leaderboard/plots/<suite>.png``) that may be missing because its
+    suite has no entries yet (they are regenerated from records, and the plot with them); None for any other file."""
+    try:
+        m = PLOT.fullmatch(dest.relative_to(repo).as_posix())
+    except ValueError:
+        return None
+    if m is None or any((repo / "leaderboard" / "entries" / m.group("suite")).glob("*.json")):
+        return None
+    return m.group("suite")
+
+
 def broken_links(path: Path, repo: Path = REPO, docs: Path = DOCS) -> list[str]:
-    """What does not resolve among the links of ``path`` (a file of the repository ``repo``)."""
+    """What does not resolve among the links of ``path`` (a file of the repository ``repo``). A link to the plot of
+    a suite without entries (:func:`pending_plot`) is not counted: :func:`test_pending_plots` reports it."""
     bad = []
     cache: dict[Path, set[str]] = {}
     for line, target in links(path):
@@ -110,7 +126,8 @@ def broken_links(path: Path, repo: Path = REPO, docs: Path = DOCS) -> list[str]:
                 bad.append(f"{where}: points outside the repository")
                 continue
             if not dest.exists():
-                bad.append(f"{where}: {dest.relative_to(repo)} does not exist")
+                if pending_plot(dest, repo) is None:
+                    bad.append(f"{where}: {dest.relative_to(repo)} does not exist")
                 continue
             if path.parent == docs and docs not in dest.parents:
                 bad.append(f"{where}: docs/ pages may link only inside docs/ (the docs site has nothing else); "
@@ -164,3 +181,25 @@ def test_api_page_documents_every_public_name():
     documented = set(re.findall(r"^:::\s+(\S+)\s*$", api, re.M))
     missing = [f"{mod}.{name}" for name, mod in sorted(bitbench._API.items()) if f"{mod}.{name}" not in documented]
     assert not missing, f"docs/api.md lacks ::: entries for {missing}"
+
+
+def test_pending_plots():
+    """A linked leaderboard plot may be missing only while its suite has no entries (the entries and the plot are
+    regenerated together); that state is reported as an expected failure, never passed silently."""
+    pending = sorted({f"{p.relative_to(REPO)}:{line}: {target} (suite {suite!r} has no entries)"
+                      for p in doc_files() for line, target in links(p) if not _is_external(target)
+                      for suite in [pending_plot((p.parent / unquote(target.partition("#")[0])).resolve())]
+                      if suite is not None and not (p.parent / unquote(target.partition("#")[0])).exists()})
+    if pending:
+        pytest.xfail("plots pending regeneration of their suite's entries: " + "; ".join(pending))
+
+
+def test_pending_plot_rule(tmp_path):
+    repo = tmp_path.resolve()
+    (repo / "leaderboard" / "entries" / "cifar10").mkdir(parents=True)
+    (repo / "leaderboard" / "entries" / "cifar10" / "row.json").write_text("{}")
+    (repo / "README.md").write_text("![a](leaderboard/plots/default.png) ![b](leaderboard/plots/cifar10.png) "
+                                    "![c](leaderboard/plots/other/x.png)\n")
+    bad = broken_links(repo / "README.md", repo, repo / "docs")
+    assert pending_plot(repo / "leaderboard" / "plots" / "default.png", repo) == "default"
+    assert len(bad) == 2 and "cifar10.png does not exist" in bad[0] and "other/x.png" in bad[1], bad
