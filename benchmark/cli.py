@@ -430,8 +430,13 @@ def _run_grid(args, h, defenses, attacks, tables) -> int:
         out = {"cells": cells_json(records), "tolerable": [r.analysis for r in runs]}
         if profile is not None:
             out["voltage_profile"] = profile.to_json()
-            out["voltage"] = voltage_table(runs, profile).to_dict("records")
-            out["precision"] = precision_table(runs, profile).to_dict("records")
+            from bitbench.configs.energy import precision_tradeoff, voltage_energy
+
+            out["voltage"] = [{"defense": r.defense, "bits": r.bits, "spec": r.analysis["spec"],
+                               **voltage_energy(profile, r.result).to_json()} for r in runs]
+            out["precision"] = precision_tradeoff([{"name": r.defense, "bits": r.bits, "tolerable": r.result,
+                                                    "clean_err": r.clean_err, "spec": r.analysis["spec"]}
+                                                   for r in runs], profile)
             out["profiled"] = [{k: (v.to_json() if hasattr(v, "to_json") else [b.to_json() for b in v]
                                     if k == "ci95" else v) for k, v in d.items() if k != "records"}
                                for d in profiled]
