@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 
-from bitbench.configs.energy import (Bounded, TolerableRate, analysis_json, check_analysis, energy_model,
+from bitbench.configs.energy import (Bounded, analysis_json, check_analysis, energy_model,
                                      format_bounded, precision_tradeoff, tolerable_cell, tolerable_rate,
                                      tolerable_verdict, tolerable_voltage, voltage_energy)
 from bitbench.configs.errors import UsageError
@@ -25,7 +25,7 @@ from bitbench.configs.suite import stable_hash
 from . import __version__
 
 __all__ = ["TolerableRun", "run_tolerable", "is_analysis", "tolerable_table", "voltage_table", "precision_table",
-           "orderings_line", "voltage_voltages", "run_profiled_voltages"]
+           "orderings_line", "run_profiled_voltages", "profiled_table", "energy_note"]
 
 
 def is_analysis(attack) -> bool:
@@ -153,7 +153,7 @@ def voltage_table(runs: list[TolerableRun], profile):
                      "p*": format_bounded(r.result.p_star, lambda x: f"{100 * x:.3g}%"),
                      "V_min [95% CI]": _volt_cell(ve.v_min, ve.v_min_ci95),
                      "energy saved [95% CI]": _pct_cell(ve.saving, ve.saving_ci95),
-                     f"vs nominal": f"{profile.nominal_voltage:g} V"})
+                     "vs nominal": f"{profile.nominal_voltage:g} V"})
     return pd.DataFrame(rows)
 
 
@@ -203,10 +203,6 @@ def _passing(r: TolerableRun):
 
 
 # ------------------------------------------------------------------------------------------ profiled error maps
-def voltage_voltages(profile) -> list:
-    return list(profile.voltages)
-
-
 def run_profiled_voltages(h, defense_spec: str, analysis_spec: str, profile) -> dict:
     """V_min measured on a folder of profiled error maps: at each voltage the defense's models are evaluated on that
     voltage's map (``errmap:file=<map>,tile=true`` with the suite's patterns: its cells and flip directions), then
@@ -238,7 +234,7 @@ def run_profiled_voltages(h, defense_spec: str, analysis_spec: str, profile) -> 
 def profiled_table(rows: list[dict], profile):
     import pandas as pd
 
-    from bitbench.configs.energy import _saving
+    from bitbench.configs.energy import energy_saving as _saving
 
     out = []
     for d in rows:

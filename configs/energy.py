@@ -63,7 +63,7 @@ from .voltage import VoltageProfile
 __all__ = ["Bounded", "TolerableRate", "VoltageEnergy", "tolerable_rate", "tolerable_from_matrices", "tolerable_voltage", "vmin_at_rate",
            "voltage_energy", "energy_ratio", "energy_model", "precision_tradeoff", "format_bounded",
            "format_tolerable", "ENERGY_MODEL_V2", "TOLERABLE_FORMAT", "TOLERABLE_FIELD", "analysis_json",
-           "check_analysis", "tolerable_cell", "tolerable_verdict", "analysis_title", "budget_text", "ENERGY_MODEL_PROFILE", "EPS"]
+           "check_analysis", "energy_saving", "tolerable_cell", "tolerable_verdict", "analysis_title", "budget_text", "ENERGY_MODEL_PROFILE", "EPS"]
 
 EPS = 1e-12                 # slack when comparing a mean RErr with its threshold (fractions)
 ENERGY_MODEL_V2 = ("assumed: dynamic energy per access proportional to V^2 (the first-order CMOS model), "
@@ -433,6 +433,12 @@ def energy_ratio(profile: VoltageProfile, v: float) -> float:
 def _saving(profile: VoltageProfile, v: Bounded, scale: float = 1.0) -> Bounded:
     """1 - scale * E(V) / E(V_nom): decreasing in V."""
     return _monotone(v, lambda u: 1.0 - scale * energy_ratio(profile, u), increasing=False)
+
+
+def energy_saving(profile: VoltageProfile, v: Bounded) -> Bounded:
+    """The energy per access saved at voltage ``v`` (a :class:`Bounded`, volts) against the nominal voltage:
+    1 - E(v) / E(V_nominal), the relation flipped (a lower voltage saves more)."""
+    return _saving(profile, v)
 
 
 @dataclass
