@@ -205,7 +205,8 @@ def _passing(r: TolerableRun):
 # ------------------------------------------------------------------------------------------ profiled error maps
 def run_profiled_voltages(h, defense_spec: str, analysis_spec: str, profile) -> dict:
     """V_min measured on a folder of profiled error maps: at each voltage the defense's models are evaluated on that
-    voltage's map (``errmap:file=<map>,tile=true`` with the suite's patterns: its cells and flip directions), then
+    voltage's map (``errmap:file=<map>,tile=true`` with the analysis's patterns and base_seed, i.e. the suite's: its
+    cells and flip directions; a stuck-at map gives the same pattern at every placement), then
     :func:`bitbench.configs.energy.tolerable_voltage` with the analysis's budget and reference. Returns
     ``{"defense", "bits", "v_min", "ci95", "voltages", "mean_rerr", "records"}``."""
     if profile.kind != "error_maps":
@@ -217,7 +218,7 @@ def run_profiled_voltages(h, defense_spec: str, analysis_spec: str, profile) -> 
         if "," in path:
             raise UsageError(f"--voltage-profile: the error map path {path!r} contains ',' (the spec separator); "
                              "rename it")
-        cell = h.run_cells(dspec, f"errmap:file={path},tile=true")
+        cell = h.run_cells(dspec, f"errmap:file={path},tile=true,patterns={an.patterns},base_seed={an.base_seed}")
         recs += cell
         mats.append([r.per_pattern("rerr") for r in cell])
     clean = [r.clean_err for r in recs[:len(h.seeds())]]
