@@ -24,8 +24,9 @@ from .bfa_adaptive import AdaptiveBFA  # noqa: F401
 from .tbfa import TargetedBFA  # noqa: F401
 from .budget import BudgetAttack  # noqa: F401
 from .advbet import AdvBET, AdvBETStep  # noqa: F401
+from .tolerable import TolerableRateAnalysis  # noqa: F401
 
 __all__ = ["Attack", "Perturbation", "ATTACKS", "SpecError", "create_attack", "list_attacks", "register_attack",
            "RandomBitErrors", "RandomMSBErrors", "ActRandomErrors", "ActRandomMSBErrors", "ErrorMap", "ErrorMapError",
            "load_error_map", "save_error_map",
-           "BFA", "AdaptiveBFA", "TargetedBFA", "BudgetAttack", "AdvBET", "AdvBETStep"]
+           "BFA", "AdaptiveBFA", "TargetedBFA", "BudgetAttack", "AdvBET", "AdvBETStep", "TolerableRateAnalysis"]

@@ -84,7 +84,7 @@ class Attack:
     filled in) and ``spec`` (canonical spec string).
     """
 
-    kind: str = "random"          # 'random' or 'adversarial'
+    kind: str = "random"          # 'random', 'adversarial' or 'analysis' (a search over other cells: tolerable)
     registry_name: str = "attack"
     rate: float | None = None      # bit error rate (random attacks), for result records
     flips: int | None = None       # bit-flip budget (adversarial attacks), for result records

@@ -13,7 +13,8 @@ An error map describes an SRAM array of ``rows`` rows, each holding ``words_per_
 
 * ``.npz`` with exactly one of: ``p`` (float probabilities), ``p01`` and ``p10`` (float, same shape: separate
   0->1 and 1->0 probabilities per cell), ``stuck`` (integer stuck-at map); an archive with a single unnamed array
-  (``arr_0``, as ``np.savez(path, a)`` writes) is read like a ``.npy`` file. :func:`save_error_map` writes valid
+  (``arr_0``, as ``np.savez(path, a)`` writes) is read like a ``.npy`` file. The metadata arrays of a profiled map
+  (``voltage_v``, ``nominal_voltage_v``: :mod:`bitbench.configs.voltage`) are ignored here. :func:`save_error_map` writes valid
   files.
 
 Boolean arrays, other shapes, NaN/infinite or out-of-range probabilities, stuck values other than -1/0/1, and maps with
@@ -58,6 +59,7 @@ from bitbench.configs.errors import load_failure_text
 from bitbench.configs.fileio import sha256_bytes
 from bitbench.configs.spec import SpecError
 from bitbench.configs.suite import MAX_PATTERNS
+from bitbench.configs.voltage import MAP_METADATA_KEYS
 
 from .base import Attack, Perturbation, check_indices, check_int, check_out
 from .random_errors import layer_patterns
@@ -165,7 +167,7 @@ def _parse_error_map(raw: bytes, source: str) -> ErrorMapData:
     if isinstance(loaded, np.ndarray):
         return _from_array(loaded, source)
     with loaded as z:
-        keys = set(z.files)
+        keys = set(z.files) - set(MAP_METADATA_KEYS)  # a profiled map's voltage metadata (configs.voltage)
         try:
             if keys == {"arr_0"}:
                 return _from_array(z["arr_0"], source)

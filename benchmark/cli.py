@@ -110,6 +110,16 @@ def _metrics_option(p: argparse.ArgumentParser) -> None:
                         "unrecoverable (DUE)")
 
 
+def _energy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--voltage-profile", default=None, metavar="FILE|DIR",
+                   help="turn each tolerable rate (--attack tolerable:budget=...) into the lowest safe supply voltage "
+                        "V_min and the energy saved: a curve file (CSV: voltage_v, ber or ber_01 + ber_10, optional "
+                        "energy), a folder of profiled error maps (one .npz per voltage, evaluated on their cells), "
+                        "or a packaged profile (example_sram: synthetic); docs/energy.md")
+    p.add_argument("--nominal-voltage", type=float, default=None, metavar="VOLTS",
+                   help="the voltage savings are measured against (default: the profile's nominal_voltage_v)")
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="the architecture instead of the suite's: a registered model with options (vit, "
@@ -151,11 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "defense come from the entry; --checkpoint gives another location of the file of an entry "
                         "of one model) and compare every number; prints the verdict after the table and exits with "
                         "3 when a result was not reproduced")
+    _energy_options(p)
     _metrics_option(p)
     _common(p)
 
     p = sub.add_parser("suite", help="run the full grid of a suite and print the comparison table")
     p.add_argument("suite", help="packaged suite name (default, mnist, cifar10, cifar100) or configs/<name>.toml")
+    _energy_options(p)
     _metrics_option(p)
     _common(p, suite_positional=True)
 
@@ -364,9 +376,86 @@ def cmd_run(args) -> int:
             h.check_defense(create_defense(h.canonical_defense(d)))
         if note and _is_main(args):
             print(note, file=sys.stderr)
-    h.preflight(defenses, attacks)
-    records = [r for d in defenses for a in attacks for r in h.run_cells(d, a)]
-    _emit(run_tables(records, "sd" if args.std else "ci", args.outcomes), args.format, records, args)
+    return _run_grid(args, h, defenses, attacks,
+                     lambda recs: run_tables(recs, "sd" if args.std else "ci", args.outcomes))
+
+
+def _split_analyses(h, attacks) -> tuple[list, list]:
+    """(ordinary attacks, analysis specs such as tolerable:budget=0.01)."""
+    from .energy import is_analysis
+
+    plain, analyses = [], []
+    for a in attacks:
+        (analyses if is_analysis(h.canonical_attack(a)[1]) else plain).append(a)
+    return plain, analyses
+
+
+def _load_voltage_profile(args, analyses):
+    path = getattr(args, "voltage_profile", None)
+    if path is None:
+        if getattr(args, "nominal_voltage", None) is not None:
+            raise UsageError("--nominal-voltage applies to a --voltage-profile; give one")
+        return None
+    if not analyses:
+        raise UsageError("--voltage-profile turns a tolerable bit error rate into V_min and the energy saved: add "
+                         "--attack tolerable:budget=0.01 (see `python -m benchmark list attacks tolerable`)")
+    from bitbench.configs.voltage import load_profile
+
+    return load_profile(path, nominal_voltage=args.nominal_voltage)
+
+
+def _run_grid(args, h, defenses, attacks, tables) -> int:
+    """Every (defense, attack) cell, then the analyses (tolerable rates; V_min and energy with a voltage profile);
+    prints the tables."""
+    from .energy import (energy_note, orderings_line, precision_table, profiled_table, run_profiled_voltages,
+                         run_tolerable, tolerable_table, voltage_table)
+    from .tables import render
+
+    plain, analyses = _split_analyses(h, attacks)
+    profile = _load_voltage_profile(args, analyses)  # a bad profile fails before any training
+    h.preflight(defenses, plain + [h.canonical_attack(a)[1].rate_spec(h.canonical_attack(a)[1].p_lo)
+                                   for a in analyses])
+    records = [r for d in defenses for a in plain for r in h.run_cells(d, a)]
+    runs = [run_tolerable(h, d, a) for a in analyses for d in defenses]
+    profiled = [run_profiled_voltages(h, d, a, profile) for a in analyses for d in defenses] \
+        if profile is not None and profile.kind == "error_maps" else []
+    if not _is_main(args):
+        return 0
+    if not runs:
+        _emit(tables(records), args.format, records, args)
+        return 0
+    if args.format == "json":
+        from .tables import cells_json
+
+        out = {"cells": cells_json(records), "tolerable": [r.analysis for r in runs]}
+        if profile is not None:
+            out["voltage_profile"] = profile.to_json()
+            from bitbench.configs.energy import precision_tradeoff, voltage_energy
+
+            out["voltage"] = [{"defense": r.defense, "bits": r.bits, "spec": r.analysis["spec"],
+                               **voltage_energy(profile, r.result).to_json()} for r in runs]
+            out["precision"] = precision_tradeoff([{"name": r.defense, "bits": r.bits, "tolerable": r.result,
+                                                    "clean_err": r.clean_err, "spec": r.analysis["spec"]}
+                                                   for r in runs], profile)
+            out["profiled"] = [{k: (v.to_json() if hasattr(v, "to_json") else [b.to_json() for b in v]
+                                    if k == "ci95" else v) for k, v in d.items() if k != "records"}
+                               for d in profiled]
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    parts = tables(records) if records else []
+    parts = [parts] if not isinstance(parts, list) else parts
+    parts.append(tolerable_table(runs))
+    text = [render(parts, args.format)]
+    line = orderings_line(runs)
+    if line:
+        text.append(line)
+    if profile is not None:
+        text.append(render(voltage_table(runs, profile), args.format))
+        if profiled:
+            text.append(render(profiled_table(profiled, profile), args.format))
+        text.append(render(precision_table(runs, profile), args.format))
+        text.append(energy_note(profile))
+    print("\n\n".join(text))
     return 0
 
 
@@ -480,10 +569,7 @@ def cmd_suite(args) -> int:
         raise UsageError(f"suite {suite.name!r} needs defenses and rates or attacks")
     _validate_specs(suite.defenses, attacks)
     h = _harness(args, suite)
-    h.preflight(suite.defenses, attacks)
-    records = [r for d in suite.defenses for a in attacks for r in h.run_cells(d, a)]
-    _emit(suite_tables(records, "sd" if args.std else "ci"), args.format, records, args)
-    return 0
+    return _run_grid(args, h, suite.defenses, attacks, lambda recs: suite_tables(recs, "sd" if args.std else "ci"))
 
 
 def cmd_train(args) -> int:

@@ -55,13 +55,15 @@ from typing import Callable
 
 import numpy as np
 
+from .schema import KINDS, Field, FormatError, list_of, show_value
 from .spec import canonical_rate
 from .stats import DEFAULT_N_BOOT, Resamples, _check_n_boot, _check_seed, _matrix
 from .voltage import VoltageProfile
 
-__all__ = ["Bounded", "TolerableRate", "VoltageEnergy", "tolerable_rate", "tolerable_voltage", "vmin_at_rate",
+__all__ = ["Bounded", "TolerableRate", "VoltageEnergy", "tolerable_rate", "tolerable_from_matrices", "tolerable_voltage", "vmin_at_rate",
            "voltage_energy", "energy_ratio", "energy_model", "precision_tradeoff", "format_bounded",
-           "format_tolerable", "ENERGY_MODEL_V2", "ENERGY_MODEL_PROFILE", "EPS"]
+           "format_tolerable", "ENERGY_MODEL_V2", "TOLERABLE_FORMAT", "TOLERABLE_FIELD", "analysis_json",
+           "check_analysis", "energy_saving", "tolerable_cell", "tolerable_verdict", "analysis_title", "budget_text", "ENERGY_MODEL_PROFILE", "EPS"]
 
 EPS = 1e-12                 # slack when comparing a mean RErr with its threshold (fractions)
 ENERGY_MODEL_V2 = ("assumed: dynamic energy per access proportional to V^2 (the first-order CMOS model), "
@@ -301,18 +303,7 @@ def tolerable_rate(evaluate: Callable, budget: float, reference, p_lo: float, p_
                 hi = mid
 
     def summarize():
-        rates = sorted(mats)
-        x = np.log(np.asarray(rates))
-        full = np.asarray([[float(mats[p].mean(axis=1).mean()) for p in rates]])
-        point = _crossings(x, full, np.asarray([thr]))[0]
-        M, C = shape[0]
-        if M == 1 and C == 1:
-            ci = (point, point)
-        else:
-            res = Resamples.draw(M, C, seed=seed, n_boot=n_boot)
-            reps = np.stack([res.means(mats[p]) for p in rates], axis=1)
-            ci = _ci_of(_crossings(x, reps, _thresholds(res, ref_mean, ref_models, budget)))
-        return rates, x, full[0], point, ci
+        return _summarize(mats, shape[0], thr, ref_mean, ref_models, budget, seed, n_boot)
 
     rates, x, means, point, ci = summarize()
     while ci_rtol is not None and len(mats) < max_evals:
@@ -330,7 +321,27 @@ def tolerable_rate(evaluate: Callable, budget: float, reference, p_lo: float, p_
         for p in sorted(todo)[:max_evals - len(mats)]:
             ev(p)
         rates, x, means, point, ci = summarize()
-    M, C = shape[0]
+    return _result(mats, shape[0], rates, means, point, ci, budget, thr, ref_mean, ref_models, rtol, n_boot, seed)
+
+
+def _summarize(mats: dict, shape, thr, ref_mean, ref_models, budget, seed, n_boot):
+    """The point estimate and the crossed-bootstrap interval (in log p) of evaluated matrices ``{rate: M x C}``."""
+    rates = sorted(mats)
+    x = np.log(np.asarray(rates))
+    full = np.asarray([[float(mats[p].mean(axis=1).mean()) for p in rates]])
+    point = _crossings(x, full, np.asarray([thr]))[0]
+    M, C = shape
+    if M == 1 and C == 1:
+        ci = (point, point)
+    else:
+        res = Resamples.draw(M, C, seed=seed, n_boot=n_boot)
+        reps = np.stack([res.means(mats[p]) for p in rates], axis=1)
+        ci = _ci_of(_crossings(x, reps, _thresholds(res, ref_mean, ref_models, budget)))
+    return rates, x, full[0], point, ci
+
+
+def _result(mats, shape, rates, means, point, ci, budget, thr, ref_mean, ref_models, rtol, n_boot, seed):
+    M, C = shape
     fails = [p for p, m in zip(rates, means) if m > thr + EPS]
     bracket = None
     if math.isfinite(point):
@@ -340,6 +351,26 @@ def tolerable_rate(evaluate: Callable, budget: float, reference, p_lo: float, p_
                          [_rate_bound(ci[0], rates[0], rates[-1]), _rate_bound(ci[1], rates[0], rates[-1])],
                          budget, thr, ref_mean, ref_models, rates, [float(m) for m in means], len(mats), bracket,
                          float(rtol), M, C, n_boot, seed)
+
+
+def tolerable_from_matrices(matrices: dict, budget: float, reference, *, seed: int, rtol: float = 0.05,
+                            n_boot: int = DEFAULT_N_BOOT) -> TolerableRate:
+    """The estimate and interval of :func:`tolerable_rate` from matrices already evaluated, ``{rate: models x chips
+    RErr}`` (no search: what a stored analysis is checked against; the same numbers for the same matrices, seed and
+    n_boot)."""
+    budget = _check_budget(budget)
+    n_boot, seed = _check_n_boot(n_boot), _check_seed(seed)
+    if not matrices:
+        raise ValueError("no evaluated rates")
+    mats = {canonical_rate(float(p)): _matrix(m, f"matrices[{p!r}]") for p, m in matrices.items()}
+    shapes = {m.shape for m in mats.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"every rate needs the same models and chips, got shapes {sorted(shapes)}")
+    shape = shapes.pop()
+    ref_mean, ref_models = _reference(reference, shape[0])
+    thr = ref_mean + budget
+    rates, x, means, point, ci = _summarize(mats, shape, thr, ref_mean, ref_models, budget, seed, n_boot)
+    return _result(mats, shape, rates, means, point, ci, budget, thr, ref_mean, ref_models, rtol, n_boot, seed)
 
 
 def format_tolerable(t: TolerableRate) -> str:
@@ -402,6 +433,12 @@ def energy_ratio(profile: VoltageProfile, v: float) -> float:
 def _saving(profile: VoltageProfile, v: Bounded, scale: float = 1.0) -> Bounded:
     """1 - scale * E(V) / E(V_nom): decreasing in V."""
     return _monotone(v, lambda u: 1.0 - scale * energy_ratio(profile, u), increasing=False)
+
+
+def energy_saving(profile: VoltageProfile, v: Bounded) -> Bounded:
+    """The energy per access saved at voltage ``v`` (a :class:`Bounded`, volts) against the nominal voltage:
+    1 - E(v) / E(V_nominal), the relation flipped (a lower voltage saves more)."""
+    return _saving(profile, v)
 
 
 @dataclass
@@ -522,3 +559,130 @@ def precision_tradeoff(rows, profile: VoltageProfile, *, reference_bits: int = 8
         d["reference_bits"] = reference_bits
         out.append(d)
     return out
+
+
+# ------------------------------------------------------------------------------ the analysis: file and declaration
+TOLERABLE_FORMAT = "bitbench.tolerable/1"
+_ANALYSIS_KEYS = ("format", "suite", "model", "defense", "bits", "spec", "train_seeds", "pattern_seeds", "budget",
+                  "reference", "reference_err", "reference_per_model", "threshold", "rates", "per_model_rerr",
+                  "p_star", "ci95", "evaluations", "bracket", "rtol", "n_boot", "seed", "config_hash", "version",
+                  "date")
+
+#: The one declaration of the tolerable rate's column: the ``run`` table, the entry field (``tolerable``: a list of
+#: analyses, :func:`check_analysis`), LEADERBOARD.md and the website take title, doc and direction from it.
+TOLERABLE_FIELD = Field("tolerable", list_of(KINDS["dict"]), "record", "tolerable bit error rate analyses "
+                        f"(`{TOLERABLE_FORMAT}` objects, docs/energy.md): p* = the highest rate whose mean RErr stays "
+                        "within `budget` of the reference clean error, with its 95% interval and the RErr matrices "
+                        "of every evaluated rate (rechecked on read)", default=[], title="Tolerable p",
+                        fmt="text", entry="entry", lower_is_better=False)
+
+
+def _bounded_json(b: Bounded) -> dict:
+    return {"value": b.value, "rel": b.rel}
+
+
+def _bounded_of(d, where: str) -> Bounded:
+    if not isinstance(d, dict) or set(d) != {"value", "rel"}:
+        raise FormatError(where, f"expected {{value, rel}}, got {show_value(d)}")
+    try:
+        return Bounded(d["value"], d["rel"])
+    except ValueError as e:
+        raise FormatError(where, str(e)) from None
+
+
+def analysis_json(t: TolerableRate, matrices: dict, *, suite: str, model: str, defense: str, bits: int, spec: str,
+                  train_seeds: list, pattern_seeds: list | None, reference: str, config_hash: str, version: str,
+                  date: str) -> dict:
+    """The file / entry object of one analysis (:data:`TOLERABLE_FORMAT`): ``t`` with the matrices it came from
+    (``{rate: models x chips RErr}``), the identity of the row and ``reference`` ('own' or 'normal')."""
+    rates = list(t.rates)
+    return {"format": TOLERABLE_FORMAT, "suite": suite, "model": model, "defense": defense, "bits": int(bits),
+            "spec": spec, "train_seeds": list(train_seeds), "pattern_seeds": pattern_seeds, "budget": t.budget,
+            "reference": reference, "reference_err": t.reference, "reference_per_model": t.reference_per_model,
+            "threshold": t.threshold, "rates": rates,
+            "per_model_rerr": [[[float(v) for v in row] for row in np.asarray(matrices[p], dtype=float).tolist()]
+                               for p in rates],
+            "p_star": _bounded_json(t.p_star), "ci95": [_bounded_json(b) for b in t.ci95],
+            "evaluations": t.evaluations, "bracket": t.bracket, "rtol": t.rtol, "n_boot": t.n_boot,
+            "seed": t.seed, "config_hash": config_hash, "version": version, "date": date}
+
+
+def check_analysis(a, where: str = "tolerable") -> TolerableRate:
+    """Validate an analysis object and recompute p* and its interval from its matrices (an edit never matches);
+    returns the recomputed :class:`TolerableRate`. Raises :class:`~.schema.FormatError`."""
+    if not isinstance(a, dict):
+        raise FormatError(where, f"expected an object, got {show_value(a)[:80]}")
+    if a.get("format") != TOLERABLE_FORMAT:
+        raise FormatError(f"{where}.format", f"expected {TOLERABLE_FORMAT!r}, got {show_value(a.get('format'))}")
+    if set(a) != set(_ANALYSIS_KEYS):
+        missing, extra = sorted(set(_ANALYSIS_KEYS) - set(a)), sorted(set(a) - set(_ANALYSIS_KEYS))
+        raise FormatError(where, f"fields differ from the format's: missing {missing}, unknown {extra}")
+    for k in ("suite", "model", "defense", "spec", "config_hash", "version", "date"):
+        if not KINDS["str"].check(a[k]):
+            raise FormatError(f"{where}.{k}", f"expected a non-empty string, got {show_value(a[k])}")
+    if a["reference"] not in ("own", "normal"):
+        raise FormatError(f"{where}.reference", f"expected 'own' or 'normal', got {show_value(a['reference'])}")
+    for k in ("budget", "reference_err", "threshold"):
+        if not KINDS["frac"].check(a[k]) and not (k == "threshold" and KINDS["num"].check(a[k])):
+            raise FormatError(f"{where}.{k}", f"expected a fraction, got {show_value(a[k])}")
+    rates, mats = a["rates"], a["per_model_rerr"]
+    if not list_of(KINDS["frac"]).check(rates) or not rates or rates != sorted(set(rates)):
+        raise FormatError(f"{where}.rates", "expected the evaluated rates, ascending, each once")
+    if not isinstance(mats, list) or len(mats) != len(rates):
+        raise FormatError(f"{where}.per_model_rerr", f"expected one models x chips matrix per rate ({len(rates)})")
+    n_models = len(a["train_seeds"]) if isinstance(a["train_seeds"], list) else -1
+    for i, m in enumerate(mats):
+        if not isinstance(m, list) or len(m) != n_models or not all(list_of(KINDS["frac"]).check(r) and r
+                                                                   for r in m):
+            raise FormatError(f"{where}.per_model_rerr[{i}]", f"expected {n_models} lists (one per model of "
+                                                              "train_seeds) of RErr fractions, one per chip")
+    ref = a["reference_per_model"] if a["reference"] == "own" else a["reference_err"]
+    if a["reference"] == "own" and not (list_of(KINDS["frac"]).check(ref) and len(ref) == n_models):
+        raise FormatError(f"{where}.reference_per_model", "reference 'own': one clean error per model expected")
+    if not KINDS["posint"].check(a["n_boot"]) or not KINDS["count"].check(a["seed"]):
+        raise FormatError(f"{where}.n_boot", "expected the bootstrap's replicates (>= 1) and seed (>= 0)")
+    if not KINDS["num"].check(a["rtol"]) or a["rtol"] <= 0:
+        raise FormatError(f"{where}.rtol", f"expected a positive number, got {show_value(a['rtol'])}")
+    try:
+        t = tolerable_from_matrices(dict(zip(rates, mats)), a["budget"], ref, seed=a["seed"], rtol=a["rtol"],
+                                    n_boot=a["n_boot"])
+    except ValueError as e:
+        raise FormatError(where, str(e)) from None
+    stored = [_bounded_of(a["p_star"], f"{where}.p_star")] + [
+        _bounded_of(b, f"{where}.ci95[{i}]") for i, b in enumerate(a["ci95"] if isinstance(a["ci95"], list)
+                                                                   and len(a["ci95"]) == 2 else [None, None])]
+    for got, want, k in zip([t.p_star, *t.ci95], stored, ("p_star", "ci95[0]", "ci95[1]")):
+        if got.rel != want.rel or not math.isclose(got.value, want.value, rel_tol=1e-9, abs_tol=1e-15):
+            raise FormatError(f"{where}.{k}", f"{show_value(want.to_json())} is not what the stored RErr matrices "
+                                              f"give ({show_value(got.to_json())}): the analysis was edited or "
+                                              "damaged")
+    if a["evaluations"] != len(rates) or abs(a["threshold"] - t.threshold) > 1e-12:
+        raise FormatError(f"{where}.evaluations", "evaluations / threshold do not match the stored rates and budget")
+    return t
+
+
+def budget_text(budget: float) -> str:
+    """``0.01`` -> ``'+1 point'``, ``0.025`` -> ``'+2.5 points'``."""
+    pts = f"{budget * 100:.3g}"
+    return f"+{pts} point" + ("" if pts == "1" else "s")
+
+
+def tolerable_cell(p_star: Bounded, ci95) -> str:
+    """The table cell of p* (every table: run, LEADERBOARD.md, the website's text): ``'0.81% [0.62%, 0.95%]'``."""
+    return f"{format_bounded(p_star, _pct)} [{format_bounded(ci95[0], _pct)}, {format_bounded(ci95[1], _pct)}]"
+
+
+def tolerable_verdict(p_star: Bounded, budget: float, reference: str) -> str:
+    """``'tolerates p ≤ 0.81% at +1 point'`` (``'... over normal'`` for the normal row's reference)."""
+    ref = "" if reference == "own" else " over normal"
+    at = f"at {budget_text(budget)}{ref}"
+    if p_star.rel == "<":
+        return f"fails at every evaluated rate {at} (p* < {_pct(p_star.value)})"
+    if p_star.rel == ">":
+        return f"tolerates every evaluated rate {at} (p* > {_pct(p_star.value)})"
+    return f"tolerates p ≤ {_pct(p_star.value)} {at}"
+
+
+def analysis_title(a: dict) -> str:
+    """The column title of one kind of analysis: ``'Tolerable p +1 point'`` (``'... over normal'``)."""
+    return f"{TOLERABLE_FIELD.title} {budget_text(a['budget'])}" + ("" if a["reference"] == "own" else " over normal")

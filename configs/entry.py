@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from .cells import Cell
+from .energy import TOLERABLE_FIELD, check_analysis
 from .metrics import field_from_declaration
 from .record import BUILTIN_PATTERN_FIELDS, CURVE_METRICS, MODEL_SOURCES, RECORD_FIELDS, protection_summary
 from .schema import KINDS, Field, FieldSet, FormatError, Kind, is_int, is_num, list_of, optional, \
@@ -112,6 +113,7 @@ ENTRY_FIELDS = FieldSet([
     Field("reported_by", Kind("by", lambda v: v in REPORTED_BY, "one of \"benchmark\", \"paper\""), "record",
           "`benchmark`: reproduced here; `paper`: copied from a paper (marked † in tables)"),
     Field("notes", _notes, "record", "remarks shown under the table", default=[]),
+    TOLERABLE_FIELD,
 ])
 
 RESULT_FIELDS = FieldSet([
@@ -223,9 +225,10 @@ def _same(cells, key: str, *, approx: bool = False):
 
 
 def entry_from_cells(cells: list, suite: Suite, *, name: str | None = None, citation: str | None = None,
-                     link: str | None = None, checkpoints: list | None = None) -> dict:
+                     link: str | None = None, checkpoints: list | None = None, tolerable: list | None = None) -> dict:
     """Build (and validate against ``suite``) one entry from cells of the same suite, model and defense, each over
-    the same trained models."""
+    the same trained models; ``tolerable``: tolerable-rate analyses of the same models (``bitbench.tolerable/1``
+    objects, :mod:`.energy`), carried as the entry's ``tolerable``."""
     if not cells:
         raise EntryError("results", "no result records given")
     for key in ("suite", "dataset", "eval_split", "model", "model_options", "defense", "defense_params", "bits",
@@ -274,6 +277,8 @@ def entry_from_cells(cells: list, suite: Suite, *, name: str | None = None, cita
         "device": uniq("device"), "date": max(r.date for r in records),
         "citation": citation, "link": link, "reported_by": "benchmark", "notes": [],
     }
+    if tolerable:
+        entry["tolerable"] = sorted(tolerable, key=lambda a: (a["budget"], a["reference"], a["spec"]))
     for res in results:
         res["summary"] = {f.name: result_summary(res["per_model"][f.name], _summary_identity(entry, res, f.name))
                           for f in projected_fields(entry["metrics"]) if f.summary and f.name in res["per_model"]}
@@ -376,7 +381,39 @@ def validate_entry(entry: Any, suite: Suite | None = None) -> dict:
     ps = entry.get("pattern_seeds")
     if ps is not None and ps != list(range(proto["base_seed"], proto["base_seed"] + proto["patterns"])):
         raise EntryError("pattern_seeds", f"expected base_seed .. base_seed + patterns - 1, got {show_value(ps)[:80]}")
+    _check_tolerable(entry)
     return entry
+
+
+def _check_tolerable(entry: dict) -> None:
+    """Each analysis: valid and recomputed (:func:`.energy.check_analysis`), of this entry's suite, model, defense,
+    models and chips; its RErr at a rate the entry reports equals the entry's; its own reference is the models'
+    clean errors."""
+    seen = set()
+    for i, a in enumerate(entry.get("tolerable") or []):
+        w = f"tolerable[{i}]"
+        check_analysis(a, w)
+        if entry["reported_by"] == "paper":
+            raise EntryError(w, "rows reported by a paper were not measured here: no tolerable-rate analysis")
+        for k in ("suite", "model", "defense", "bits", "train_seeds", "pattern_seeds"):
+            if a[k] != entry.get(k):
+                raise EntryError(f"{w}.{k}", f"{show_value(a[k])[:80]} differs from the entry's "
+                                             f"{show_value(entry.get(k))[:80]}: an analysis of other models or chips")
+        key = (a["budget"], a["reference"], a["spec"])
+        if key in seen:
+            raise EntryError(w, f"a second analysis {a['spec']!r} with the same budget and reference")
+        seen.add(key)
+        pmc = entry.get("per_model_clean_err")
+        if a["reference"] == "own" and pmc is not None and any(
+                abs(x - y) > _SUMMARY_TOL for x, y in zip(a["reference_per_model"], pmc)):
+            raise EntryError(f"{w}.reference_per_model", "differs from the entry's per_model_clean_err")
+        for r in entry["results"]:
+            if r.get("rate") is None or "rerr" not in r.get("per_model", {}):
+                continue
+            for p, mat in zip(a["rates"], a["per_model_rerr"]):
+                if same_rate(p, r["rate"]) and mat != r["per_model"]["rerr"]:
+                    raise EntryError(f"{w}.per_model_rerr", f"at p = {p!r} differs from the entry's result "
+                                                            f"{r['attack']}: not the same evaluation")
 
 
 def _bad(path: str, want: str, v):

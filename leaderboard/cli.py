@@ -25,7 +25,8 @@ __all__ = ["add_submit_arguments", "run_submit", "add_leaderboard_arguments", "r
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("result_files", nargs="+", metavar="RESULT_FILE",
-                        help="harness result records (JSON), one per attack/rate, same suite/model/defense")
+                        help="harness result records (JSON), one per attack/rate, same suite/model/defense; also "
+                             "tolerable-rate analyses (tolerable.json files of `run --attack tolerable:...`)")
     parser.add_argument("--name", default=None, help="row name, also the file name (default: <model>-<defense>)")
     parser.add_argument("--citation", default=None, help="how to cite the defense")
     parser.add_argument("--link", default=None, help="URL of the paper or code")

@@ -14,6 +14,7 @@ from typing import Iterable
 from bitbench.configs.cells import group_cells
 from bitbench.configs.entry import (NAME_RE, EntryError, default_entry_name, entry_from_cells,
                                     show_value, validate_entry)
+from bitbench.configs.energy import TOLERABLE_FORMAT, check_analysis
 from bitbench.configs.errors import UsageError
 from bitbench.configs.fileio import JSONFileError, atomic_write_text, read_json, sha256_file
 from bitbench.configs.record import RecordError, ResultRecord
@@ -160,13 +161,15 @@ def load_record(path: str | os.PathLike) -> ResultRecord:
 
 
 def entry_from_records(records: list[ResultRecord], suite: Suite, *, name: str | None = None,
-                       citation: str | None = None, link: str | None = None, checkpoints: list | None = None) -> dict:
+                       citation: str | None = None, link: str | None = None, checkpoints: list | None = None,
+                       tolerable: list | None = None) -> dict:
     """Build (and validate against ``suite``) one entry from result records of one suite, model and defense: one
-    record per (attack, trained model); every attack's records of the same models."""
+    record per (attack, trained model); every attack's records of the same models; ``tolerable``: analysis objects
+    (``bitbench.tolerable/1``) of the same models."""
     if not records:
         raise EntryError("results", "no result records given")
     return entry_from_cells(group_cells(records), suite, name=name, citation=citation, link=link,
-                            checkpoints=checkpoints)
+                            checkpoints=checkpoints, tolerable=tolerable)
 
 
 def checkpoint_fields(checkpoints, entry_dir: str | os.PathLike, records, weights_digest=None) -> list[dict]:
@@ -230,7 +233,21 @@ def submit(result_files, *, name: str | None = None, citation: str | None = None
         if key in seen:
             raise EntryError("results", f"{p} is given twice")
         seen[key] = p
-    records = [load_record(p) for p in paths]
+    analyses, record_paths = [], []
+    for p in paths:
+        data = _read_json(p)
+        if isinstance(data, dict) and data.get("format") == TOLERABLE_FORMAT:
+            try:
+                check_analysis(data)
+            except EntryError as e:
+                raise e.with_source(p) from None
+            analyses.append(data)
+        else:
+            record_paths.append(p)
+    if not record_paths:
+        raise EntryError("results", "only tolerable-rate analyses given; an entry needs the result records of every "
+                                    "rate of the suite too")
+    records = [load_record(p) for p in record_paths]
     suites = sorted({r.suite for r in records})
     if len(suites) > 1:
         raise EntryError("suite", f"the records are of several suites ({', '.join(suites)}); one entry holds one suite")
@@ -239,5 +256,6 @@ def submit(result_files, *, name: str | None = None, citation: str | None = None
         raise EntryError("name", f"expected letters, digits, '.', '_' or '-' (a file name), got {show_value(name)}")
     root = Path(out_dir) if out_dir is not None else DEFAULT_ENTRIES_DIR
     cks = checkpoint_fields(list(checkpoints or ()), root / suite.name, records, weights_digest)
-    entry = entry_from_records(records, suite, name=name, citation=citation, link=link, checkpoints=cks)
+    entry = entry_from_records(records, suite, name=name, citation=citation, link=link, checkpoints=cks,
+                               tolerable=analyses)
     return write_entry(entry, root / suite.name / f"{entry['name']}.json")

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from bitbench.configs.energy import TOLERABLE_FIELD, Bounded, analysis_title, tolerable_cell
 from bitbench.configs.entry import ENTRY_FIELDS, RESULT_FIELDS, entry_pattern_fields
 from bitbench.configs.fileio import atomic_write_text
 from bitbench.configs.record import RECORD_FIELDS
@@ -92,6 +93,9 @@ def suite_table(entries: list[dict], suite: Suite):
         for v in row] + [(headline_result(e, suite) or {}).get("summary", {}).get(n, {}).get("mean")
                          for e in entries])}
     head = format_rate(suite.headline_rate) if suite.headline_rate is not None else "–"
+    tolerable = list(dict.fromkeys(((a["budget"], a["reference"]), analysis_title(a))
+                                   for e in entries for a in e.get("tolerable") or []))
+    tolerable.sort()
     rows, notes = [], []  # notes: distinct footnote texts, numbered in order of first appearance
     for rank, e in ranked_entries(entries, suite):
         marks = [PAPER_MARK] if e["reported_by"] == "paper" else []
@@ -120,6 +124,10 @@ def suite_table(entries: list[dict], suite: Suite):
             row[f"RErr {md_code(a)}"] = _cell(_RERR, result_of(e, a), "rerr")
         for n, f in metrics.items():
             row[f"{markdown_text(f.title)} {head}"] = _cell(f, headline_result(e, suite), n)
+        for key, title in tolerable:
+            a = next((x for x in e.get("tolerable") or [] if (x["budget"], x["reference"]) == key), None)
+            row[markdown_text(title)] = MISSING if a is None else markdown_text(tolerable_cell(
+                Bounded(**a["p_star"]), [Bounded(**b) for b in a["ci95"]]))
         row["Marks"] = " ".join(marks)
         rows.append(row)
     return pd.DataFrame(rows), notes, metrics
@@ -245,7 +253,10 @@ def _suite_section(suite: Suite, entries: list[dict], plot_link: str | None = No
             "robust test error (wrong on the clean OR the bit-error-perturbed model) at bit error rate p; "
             + ("Mem +%: check bits of a protected memory (`+secded`, `+radar`) per data bit; Decode ms: its decode "
                "time per pattern, mean over the rates; " if any(e.get("memory_overhead") for e in entries) else "")
-            + extra + f"{MISSING}: not available.", ""]
+            + extra + (f"{TOLERABLE_FIELD.title} +b points: the highest bit error rate p* whose mean RErr stays "
+                       "within b points of the row's own clean error (over normal: of the normal row's), with its "
+                       "95% interval (docs/energy.md); " if any(e.get("tolerable") for e in entries) else "")
+            + f"{MISSING}: not available.", ""]
     papers = sorted({(e.get("citation") or "", e.get("link") or "") for e in entries if e["reported_by"] == "paper"})
     if papers:
         cites = "; ".join(f"{markdown_text(c)} ({safe_link(l) or markdown_text(l)})" if l else markdown_text(c)

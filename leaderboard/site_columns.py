@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from bitbench.configs.energy import Bounded, analysis_title, tolerable_cell
 from bitbench.configs.entry import entry_pattern_fields
 from bitbench.configs.schema import format_cell, format_number
 from bitbench.configs.suite import format_rate, same_rate
@@ -210,6 +211,19 @@ def _other_final(view: SuiteView, e: dict, attack: str, metric: str) -> Value | 
     return curve_value(view, e, result_of(e, attack), metric, -1)
 
 
+def _tolerable_value(view: SuiteView, e: dict, budget: float, reference: str) -> Value | None:
+    a = next((x for x in e.get("tolerable") or [] if (x["budget"], x["reference"]) == (budget, reference)), None)
+    if a is None:
+        return None
+    p, (lo, hi) = a["p_star"], a["ci95"]
+    bound = {"<": "<", ">": ">"}.get(p["rel"], "")
+    return Value(v=p["value"], bound=bound, lo=lo["value"] if lo["rel"] == "=" else None,
+                 hi=hi["value"] if hi["rel"] == "=" else None,
+                 interval=f"95% CI over {len(a['train_seeds'])} models x {len(a['per_model_rerr'][0][0])} chips",
+                 note=f"{tolerable_cell(Bounded(**p), [Bounded(**lo), Bounded(**hi)])}; {a['evaluations']} rates "
+                      f"evaluated ({a['spec']})")
+
+
 def _flip_rank(view: SuiteView, e: dict) -> Value | None:
     return _num(view.adversarial_rank.get(e["name"], (None, None))[0])
 
@@ -289,7 +303,16 @@ def _other_targets(view: SuiteView) -> list[_Param]:
     return [_Param((a,), {"attack": a}) for a in view.adversarial[2]]
 
 
+def _tolerables(view: SuiteView) -> list[_Param]:
+    kinds = sorted({((a["budget"], a["reference"]), analysis_title(a)) for e in view.entries
+                    for a in e.get("tolerable") or []})
+    return [_Param(key, {"key": f"{key[0]:g}-{key[1]}", "title": title,
+                         "ref": "its own clean error" if key[1] == "own" else "the normal row's clean error",
+                         "budget": f"{100 * key[0]:g}"}) for key, title in kinds]
+
+
 EACH: dict[str, Callable[[SuiteView], list[_Param]]] = {
+    "tolerable": _tolerables,          # the tolerable-rate analyses the entries carry, by (budget, reference)
     "rate": _rates,                    # the suite's random bit error rates ({rate}, {rate_text})
     "nonfinite_rate": _nonfinite_rates,  # the rates where some entry had non-finite outputs
     "plain_attack": _plain_attacks,    # the suite's extra attacks without curves ({attack})
@@ -360,6 +383,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("budget_rank@{attack}", "Rank {attack}", _ADV, "int", "lower", "Rank group by RErr under {attack} "
            "(lower is better; ties where the paired difference is not significant)", _budget_rank,
            each="last_budget", role="id"),
+)
+
+COLUMNS += (
+    Column("tolerable@{key}", "{title}", ("energy",), "rate", "higher", "Tolerable bit error rate p*: the highest "
+           "rate whose mean RErr stays within {budget} points of {ref}, with its 95% interval (docs/energy.md)",
+           _tolerable_value, each="tolerable"),
 )
 
 TABLES: tuple[Table, ...] = (

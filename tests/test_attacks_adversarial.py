@@ -173,7 +173,14 @@ def _overrides(name, tmp_path, qm):
 def test_every_registered_attack_keeps_the_contract(env, name, tmp_path):
     qm, model = env.qm, env.model
     attack = create_attack(name, **_overrides(name, tmp_path, qm))
-    assert attack.kind in ("random", "adversarial")
+    assert attack.kind in ("random", "adversarial", "analysis")
+    if attack.kind == "analysis":   # a search over other attacks' cells (tolerable): it perturbs nothing itself
+        from bitbench.configs.errors import UsageError
+
+        with pytest.raises(UsageError, match="analysis"):
+            list(attack.perturbations(qm, model=model, data=env.data))
+        assert create_attack(attack.rate_spec(0.01)).kind == "random"
+        return
     clean = qm.codes.clone()
     model.train()
     model.zero_grad(set_to_none=True)

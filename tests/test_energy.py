@@ -296,3 +296,21 @@ def test_tolerable_voltage_on_profiled_maps():
     assert lo.value <= 0.7 <= hi.value
     assert tolerable_voltage(volts, mats, 0.5, 0.03, seed=2)["v_min"] == Bounded(0.5, "<=")
     assert tolerable_voltage(volts, mats, 0.0, 0.0, seed=2)["v_min"] == Bounded(1.0, ">")
+
+
+def test_stored_analysis_is_recomputed_from_its_matrices():
+    from bitbench.configs.energy import analysis_json, check_analysis, tolerable_from_matrices
+    from bitbench.configs.schema import FormatError
+
+    ev = Curve(sigmoid, M=3, C=10, seed=4)
+    t = tolerable_rate(ev, 0.01, [0.1, 0.1, 0.1], 1e-4, 0.2, seed=7, n_boot=200)
+    mats = {p: ev(p) for p in t.rates}
+    again = tolerable_from_matrices(mats, 0.01, [0.1, 0.1, 0.1], seed=7, n_boot=200)
+    assert again.p_star == t.p_star and again.ci95 == t.ci95 and again.rates == t.rates
+    a = analysis_json(t, mats, suite="s", model="m", defense="d", bits=8, spec="tolerable", train_seeds=[0, 1, 2],
+                      pattern_seeds=list(range(10)), reference="own", config_hash="h", version="v", date="2025")
+    assert check_analysis(json.loads(json.dumps(a))).p_star == t.p_star
+    bad = json.loads(json.dumps(a))
+    bad["p_star"]["value"] *= 1.01                 # an edited p*: not what the stored matrices give
+    with pytest.raises(FormatError, match="edited or damaged"):
+        check_analysis(bad)

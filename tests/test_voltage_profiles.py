@@ -162,8 +162,6 @@ def test_save_profiled_map_validates_before_writing(tmp_path):
         save_profiled_map(tmp_path / "x.npz", voltage_v=0.5, p=P, stuck=np.zeros((2, 2, 8)))
 
 
-@pytest.mark.xfail(strict=True, reason="the errmap attack's loader (attacks/error_map.py) refuses the metadata "
-                   "keys voltage_v / nominal_voltage_v; it must ignore them so a profile's maps can be evaluated")
 def test_profiled_maps_are_readable_by_the_errmap_attack(tmp_path):
     from bitbench.attacks.error_map import load_error_map
 
