@@ -573,8 +573,7 @@ def cmd_profile(args) -> int:
     h.preflight([args.defense], [attack])
     out = args.out or os.path.join(args.results_dir, "profiles", safe_name(suite.name), safe_name(h.model_name),
                                    safe_name(h.canonical_defense(args.defense)), safe_name(aspec))
-    if args.plot != "none" or args.out:
-        check_writable(out, "profile folder", option="--out")
+    check_writable(out, "profile folder", option="--out")   # profile.json goes there whatever --plot says
     prof = pf.run_profile(h, args.defense, attack)
     if not _is_main(args):
         return 0
