@@ -597,6 +597,13 @@ def cmd_profile(args) -> int:
                   file=sys.stderr)
     if args.format == "json":
         print(json.dumps(pf.profile_json(prof), indent=2))
+    elif args.format == "csv":   # one table, a region column first
+        import pandas as pd
+
+        from .tables import render
+
+        print(render(pd.concat([pf.profile_table(prof, r).assign(region=r) for r in prof.regions()])
+                     .pipe(lambda df: df[["region"] + [c for c in df.columns if c != "region"]]), "csv"))
     else:
         from .tables import render
 

@@ -170,8 +170,14 @@ def test_profile_command_end_to_end_and_cached(tmp_path):
     svg_bytes = (tmp_path / "prof" / "heatmap.svg").read_bytes()
 
     # Second run: every cell is reused from its record; the same picture, byte for byte.
-    p2 = _run(tmp_path, "--attack", "random_p0.1", "--out", "prof", "--format", "csv")
+    p2 = _run(tmp_path, "--attack", "random_p0.1", "--out", "prof", "--format", "markdown")
     assert "40 cells, 40 cached" in p2.stdout and "training" not in p2.stderr
+    assert "| classifier.1 |" in p2.stdout
+    # CSV: one table, the region first
+    p3 = _run(tmp_path, "--attack", "random_p0.1", "--out", "prof", "--format", "csv")
+    csv = p3.stdout.splitlines()
+    assert csv[0] == "region,layer,words," + ",".join(f"b{b}" for b in range(7, -1, -1)) and len(csv) == 6
+    assert csv[3].startswith("weights,classifier.1,48120,")
     assert (tmp_path / "prof" / "heatmap.svg").read_bytes() == svg_bytes
 
 
