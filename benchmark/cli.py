@@ -183,6 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     _common(p)
 
+    p = sub.add_parser("profile", help="vulnerability profile: RErr when only one layer and one bit position take "
+                                       "errors (table and heatmap)",
+                       description="Run the attack restricted to each (memory region, layer, bit position) and print "
+                                   "the RErr of each as a layers x bits table; write a heatmap (SVG, and PNG with "
+                                   "matplotlib) and the profile's JSON. Every cell is a cached result record. "
+                                   "See docs/vulnerability.md.")
+    p.add_argument("--defense", required=True, help="defense spec, e.g. rquant or rquant+secded (one)")
+    p.add_argument("--attack", default=None,
+                   help="random-error spec to profile: random_p0.1, random_p0.1:meta=exposed, random_msb_p0.1, "
+                        "act_random_p0.01 (default: random_p<the suite's headline rate>)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for heatmap.svg, heatmap.png and profile.json (default: "
+                        "<results-dir>/profiles/<suite>/<model>/<defense>/<attack>)")
+    p.add_argument("--plot", choices=("all", "svg", "png", "none"), default="all",
+                   help="heatmaps to write: all (SVG, and PNG when matplotlib is installed; default), svg, png, none")
+    _model_options(p)
+    _common(p)
+
     p = sub.add_parser("list", help="list defenses, protections (after '+' in a defense spec), attacks, metrics, "
                                     "datasets, models and suites")
     p.add_argument("what", nargs="?", default="all",
@@ -616,6 +634,77 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    """``profile``: the vulnerability profile of one defense under one random-error attack (:mod:`.profile`); by
+    default the suite's first model and its first :data:`~.profile.PROFILE_PATTERNS` chips."""
+    from bitbench.configs.fileio import atomic_write_json, atomic_write_text
+    from bitbench.configs.suite import load_suite
+
+    from . import profile as pf
+
+    suite = _override_model_dataset(args, load_suite(args.suite))
+    attack = args.attack
+    if attack is None:
+        if suite.headline_rate is None:
+            raise UsageError(f"suite {suite.name!r} has no headline rate: pass --attack, e.g. random_p0.1")
+        attack = f"random_p{suite.headline_rate!r}"
+    _validate_specs([args.defense], [attack])
+    if args.patterns is None:
+        suite = suite.replace(patterns=min(pf.PROFILE_PATTERNS, suite.patterns))
+    if args.seeds is None and args.train_seeds is None:
+        suite = suite.replace(train_seeds=suite.train_seeds[:1])
+    h = _harness(args, suite)
+    aspec, a = h.canonical_attack(attack)
+    pf.check_profile_attack(a)   # before any training
+    h.preflight([args.defense], [attack])
+    out = args.out or os.path.join(args.results_dir, "profiles", safe_name(suite.name), safe_name(h.model_name),
+                                   safe_name(h.canonical_defense(args.defense)), safe_name(aspec))
+    check_writable(out, "profile folder", option="--out")   # profile.json goes there whatever --plot says
+    prof = pf.run_profile(h, args.defense, attack)
+    if not _is_main(args):
+        return 0
+    written = []
+    path = os.path.join(out, "profile.json")
+    _write_after_work(lambda: atomic_write_json(path, pf.profile_json(prof)), path, "--out")
+    written.append(path)
+    if args.plot in ("all", "svg"):
+        path = os.path.join(out, "heatmap.svg")
+        _write_after_work(lambda: atomic_write_text(path, pf.profile_svg(prof)), path, "--out")
+        written.append(path)
+    if args.plot in ("all", "png"):
+        path = os.path.join(out, "heatmap.png")
+        if pf.profile_png(prof, path):
+            written.append(path)
+        elif args.plot == "png":
+            raise UsageError("--plot png needs matplotlib (pip install 'bitbench[test]' or matplotlib); --plot svg "
+                             "writes the heatmap without it")
+        else:
+            print("note: no PNG heatmap (matplotlib is not installed); the SVG has the same picture",
+                  file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(pf.profile_json(prof), indent=2))
+    elif args.format == "csv":   # one table, a region column first
+        import pandas as pd
+
+        from .tables import render
+
+        print(render(pd.concat([pf.profile_table(prof, r).assign(region=r) for r in prof.regions()])
+                     .pipe(lambda df: df[["region"] + [c for c in df.columns if c != "region"]]), "csv"))
+    else:
+        from .tables import render
+
+        cached = sum(1 for c in prof.cells if all(r.cached for r in c.records))
+        print(f"vulnerability profile: {prof.defense} x {prof.attack} on {prof.suite}/{prof.model}, "
+              f"{len(prof.train_seeds)} model(s) x {prof.patterns} patterns per cell, clean error "
+              f"{100 * prof.clean_err:.1f}%; RErr % when only that layer and bit position take errors "
+              f"({len(prof.cells)} cells, {cached} cached)")
+        for region in prof.regions():
+            print(f"\n{region}:")
+            print(render(pf.profile_table(prof, region), args.format))
+    print("wrote " + ", ".join(written), file=sys.stderr)
+    return 0
+
+
 def _write_after_work(write, path: str, option: str) -> None:
     """``write()`` a file the work produced (a folder checked before the work may have changed since): a failure is
     bad input naming the file and the option (exit 2), not a traceback; the work itself is kept (cached)."""
@@ -739,7 +828,7 @@ def main(argv=None) -> int:
         ap.print_help()
         return 2
     handlers = {"run": cmd_run, "suite": cmd_suite, "train": cmd_train, "list": cmd_list, "info": cmd_info,
-                "perf": cmd_perf}
+                "perf": cmd_perf, "profile": cmd_profile}
     try:
         if args.command in handlers:
             try:

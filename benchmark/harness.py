@@ -28,8 +28,8 @@ from .context import RunContext, RunOptions, default_cache_dir, device_name, git
 from .data import Augment
 from .deployment import DeployedModel, Deployer, is_storage_format
 from .distributed import DistContext
-from .evaluate import AttackEvaluation, evaluate_attack, predict
-from .metrics import BUILTIN_NAMES
+from .evaluate import AttackEvaluation, evaluate_attack, measure_memory, predict
+from .metrics import BUILTIN_METRICS, BUILTIN_NAMES
 from .records import RecordStore
 from .user_model import SuppliedModel, check_model_fits
 
@@ -79,6 +79,7 @@ class Harness:
         self.store = RecordStore(self.ctx, self.deployer)
         self.metrics = create_metrics(suite.metrics if metrics is None else metrics)
         self._attacks: dict[str, tuple] = {}  # one attack object per spec (an error map file is read once)
+        self._clean: dict = {}  # (defense, training seed, weights) -> clean predictions and metric values
 
     # -- the shared parts ------------------------------------------------------------------------------------------
     suite = property(lambda self: self.ctx.suite)
@@ -237,7 +238,7 @@ class Harness:
                                     else f" [model {dep.train_seed}]")
         ev = evaluate_attack(dep.model, dep.qm, attack, x, y, attack_data=(ax, ay),
                              progress=self.opt.progress and dist.is_main, indices=indices, metrics=self.metrics,
-                             desc=f"{label} {attack.spec}")
+                             desc=f"{label} {attack.spec}", clean=self._clean_measurement(dep, attack, x, y))
         if sharded:
             parts = dist.gather_objects(ev)
             rec = None
@@ -254,6 +255,18 @@ class Harness:
             atomic_write_json(path, rec.to_json())
             rec.path = path
         return rec
+
+    def _clean_measurement(self, dep: DeployedModel, attack, x, y):
+        """The clean memory's predictions and metric values on the evaluation split, measured once per deployed
+        model and shared by its cells (a profile's many cells, a rate sweep); None for an attack with a clean
+        baseline of its own (activations quantized), which the evaluator measures itself."""
+        if attack.clean_baseline is not None:
+            return None
+        key = (dep.defense.spec, dep.train_seed, dep.weights_digest)
+        if key not in self._clean:
+            dep.qm.load_into(dep.model)
+            self._clean[key] = measure_memory(dep.model, x, y.reshape(-1), list(BUILTIN_METRICS) + self.metrics)
+        return self._clean[key]
 
     def clean_error(self, defense_spec: str, seed: int | None = None) -> float:
         dep = self.deploy(defense_spec, seed)
