@@ -38,7 +38,7 @@ def ds():
 
 
 def _philox_mask(offsets, seed: int, p: float, bits):
-    """Reference xor masks of the flip rule with p01 = p10 = p (shared/design facts, written out): bit b of the word
+    """Reference xor masks of the flip rule with p01 = p10 = p (docs/patterns.md, written out): bit b of the word
     with global index i flips iff Philox4x32-10(counter = (i mod 2^32, i div 2^32, b div 4, 0), key = (seed mod 2^32,
     seed div 2^32))[b mod 4] < min(floor(p * 2^32), 2^32). ``offsets``: global indices (Python ints or int64);
     ``bits``: the attackable bit positions. Returns int64 masks, one per index."""
