@@ -104,7 +104,7 @@ def _metrics_option(p: argparse.ArgumentParser) -> None:
                    help="also measure this metric on every pattern (repeatable; see `list metrics`; e.g. changed, "
                         "topk_err:k=5, perplexity, or a plug-in's)")
     p.add_argument("--std", action="store_true",
-                   help="show mean ± sd (spread over chips) and the model and chip spreads instead of mean [95% CI]")
+                   help="show mean ± sd (spread over chips) and the model and chip spreads instead of mean [95%% CI]")
     p.add_argument("--outcomes", action="store_true",
                    help="also show the outcome classes per pattern: masked, silent data corruption (SDC), detected or "
                         "unrecoverable (DUE)")
@@ -182,10 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("perf", help="performance measurements (kernels, harness, train, attacks)")
-    p.add_argument("what", choices=("kernels", "harness", "train", "attacks", "all"))
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--json", action="store_true", help="one JSON record per row")
-    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
+    from . import perf
+
+    perf.add_arguments(p)
 
     from bitbench.leaderboard import cli as lcli
 
