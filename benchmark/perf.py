@@ -407,7 +407,7 @@ def perf_attacks(device="cpu", quick: bool = False, flips: int | None = None, mo
                  dataset: str | None = None, batch: int | None = None, baseline: bool = True) -> list[dict]:
     """ms per flip: BFA against the straightforward per-layer search (LeNet, embedded data, batch 128).
     ``model_spec``: another architecture at random initialization (not trained: the search's cost does not depend
-    on it), batch ``batch`` (default 128; a language model's windows: 8); rows carry ``params``, ``us_per_flip_per_mparam``
+    on it), batch ``batch`` (default 128; a language model's windows: 8); rows carry ``params``, ``cpu_ms_per_flip_per_mparam``
     (the per-flip time over the parameter count, for the scale table) and the peak resident memory.
     ``baseline=False``: no per-layer search (its whole-layer rewrites are slow on a large model)."""
     from bitbench.attacks import create_attack
@@ -467,7 +467,7 @@ def perf_attacks(device="cpu", quick: bool = False, flips: int | None = None, mo
     mine = dict(row, search="bitbench BFA (partial forward, cached ranking)", ms_per_flip=ms(wall, "ours"),
                 cpu_ms_per_flip=ms(cpu, "ours"))
     if model_spec is not None:
-        mine.update(us_per_flip_per_mparam=1e3 * ms(cpu, "ours") / (n_params / 1e6), peak_rss_mb=_rss_mb(),
+        mine.update(cpu_ms_per_flip_per_mparam=ms(cpu, "ours") / (n_params / 1e6), peak_rss_mb=_rss_mb(),
                     rss_at_start_mb=rss0, target="per-flip cost at most linear in the parameter count")
     if not baseline:
         return [mine]
@@ -519,6 +519,16 @@ def main(args) -> int:
 
     what = args.what
     dev = str(resolve_device(args.device))  # cpu, cuda, cuda:N (anything else: a usage error, exit 2)
+    spec = getattr(args, "model", None)
+    if spec is not None and what not in ("harness", "attacks"):
+        from bitbench.configs.errors import UsageError
+
+        raise UsageError(f"perf {what}: --model applies to 'harness' and 'attacks' only")
+    sized = {k: getattr(args, k, None) for k in ("n_eval", "batch", "patterns", "p", "flips", "dataset")}
+    if spec is None and any(v is not None for k, v in sized.items() if k in ("n_eval", "dataset")):
+        from bitbench.configs.errors import UsageError
+
+        raise UsageError("perf: --n-eval and --dataset apply with --model only")
     if what in ("kernels", "all"):
         from . import perf_kernels
 
@@ -530,16 +540,6 @@ def main(args) -> int:
             print("# kernels: random_flip vs one float uniform per bit (p = 1%, uint8 words)")
             print(perf_kernels.format_table(rows))
             print()
-    spec = getattr(args, "model", None)
-    if spec is not None and what not in ("harness", "attacks"):
-        from bitbench.configs.errors import UsageError
-
-        raise UsageError(f"perf {what}: --model applies to 'harness' and 'attacks' only")
-    sized = {k: getattr(args, k, None) for k in ("n_eval", "batch", "patterns", "p", "flips", "dataset")}
-    if spec is None and any(v is not None for k, v in sized.items() if k in ("n_eval", "dataset")):
-        from bitbench.configs.errors import UsageError
-
-        raise UsageError("perf: --n-eval and --dataset apply with --model only")
     if what in ("harness", "all"):
         kw = {"patterns": sized["patterns"] or (20 if spec is None else 5),
               "p": sized["p"] if sized["p"] is not None else (0.01 if spec is None else 1e-4)}
