@@ -90,7 +90,7 @@ class AdaptiveBFA(BFA):
         words = mem.words[a:b]
         raw = torch.where(allowed, g * d, torch.full_like(d, -torch.inf))   # first-order gain of each covered flip
         dev = raw.device
-        grp = st.group_of.to(dev)[words]
+        grp = st.group_of.to(dev)[words].to(torch.int64)
         up = ((mem.cur[words].to(torch.int64) >> bit) & 1) == 0             # the covered bit goes 0 -> 1
         change = torch.where(up, st.sign.to(dev)[words], -st.sign.to(dev)[words])
         key = grp * 2 + (change > 0).to(torch.int64)      # the partner of key q has key q ^ 1 (opposite change)

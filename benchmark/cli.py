@@ -212,10 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("perf", help="performance measurements (kernels, harness, train, attacks)")
-    p.add_argument("what", choices=("kernels", "harness", "train", "attacks", "all"))
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--json", action="store_true", help="one JSON record per row")
-    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
+    from . import perf
+
+    perf.add_arguments(p)
 
     from bitbench.leaderboard import cli as lcli
 

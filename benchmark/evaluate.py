@@ -281,8 +281,17 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
     clean_pred, clean_vals = clean
     clean_wrong = clean_pred != y
     n = y.shape[0]
-    with torch.inference_mode():
-        classes = int(flat_outputs(model(x[:1])).shape[1])
+    shape: dict = {}
+
+    def classes() -> int:
+        """The model's output classes: one forward of one input on first use (only failed patterns and curves
+        need them; on a large model that forward is a share of a pattern's time). The shape does not depend on
+        the weights the model holds then."""
+        if "classes" not in shape:
+            with torch.inference_mode():
+                shape["classes"] = int(flat_outputs(model(x[:1])).shape[1])
+        return shape["classes"]
+
     ev = AttackEvaluation(clean_err=clean_vals["err"], clean_nonfinite=clean_vals["nonfinite"],
                           clean_values={m.name: clean_vals[m.name] for m in plug if m.clean})
     buf = torch.empty_like(qm.codes)
@@ -309,7 +318,7 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
         metric = getattr(attack, "curve_metric", "err")
         target = getattr(attack, "curve_target", None)
         if target is None:
-            target = max(0.0, chance_error(y, classes) - CHANCE_MARGIN)
+            target = max(0.0, chance_error(y, classes()) - CHANCE_MARGIN)
         ev.target = {"metric": metric, "value": float(target)}
         incremental = IncrementalPredictor(model, qm.parameters_of(model), x, batch_size)
         obs_buf = torch.empty_like(qm.codes) if recover is not None else None
@@ -351,7 +360,7 @@ def evaluate_attack(model: nn.Module, qm, attack, x: torch.Tensor, y: torch.Tens
                 ev.decode_seconds.append(rec.seconds)
             if failed:  # the inference fails: every input counts as misclassified
                 pred = failed_predictions(y)
-                vals = failed_values(every, y, clean_pred, classes)
+                vals = failed_values(every, y, clean_pred, classes())
             else:
                 t_inf = time.perf_counter()
                 qm.load_into(model, codes, context=pert.context)

@@ -12,6 +12,13 @@
   layer's gradients, the whole layer rewritten and the whole model re-run for each trial), wall-clock and CPU time
   (robust to other processes on a shared machine), and whether both chose the same flips.
 
+``--model SPEC`` (harness, attacks): the same measurements on another architecture at random initialization
+(e.g. ``gpt:width=768,depth=14,heads=12``, about 100M parameters, on the embedded text; a non-text model on
+mnist5k), for the scale table of docs/performance.md: only 8-bit RQuant (and the protected memories), no original
+loop (its one float per bit does not fit a large memory), with the parameter count, the float32 size and the peak
+resident memory of the process (``peak_rss_mb``; ``act_mb``: what one clean forward of a batch added to it).
+``--n-eval``/``--batch``/``--patterns``/``--p``/``--flips`` size the measurement.
+
 These are benchmarks, not tests: numbers vary with the machine; the targets are stated next to them.
 """
 
@@ -19,13 +26,43 @@ from __future__ import annotations
 
 import copy
 import json
+import resource
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["perf_harness", "perf_train", "perf_attacks", "main"]
+__all__ = ["perf_harness", "perf_train", "perf_attacks", "main", "add_arguments"]
+
+
+def add_arguments(p) -> None:
+    """The ``perf`` command's arguments (on the argparse parser ``p``)."""
+    p.add_argument("what", choices=("kernels", "harness", "train", "attacks", "all"))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", action="store_true", help="one JSON record per row")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help="harness/attacks on this architecture at random initialization instead of LeNet (e.g. "
+                        "gpt:width=768,depth=14,heads=12: the scale table; the embedded text for gpt models)")
+    p.add_argument("--dataset", default=None, metavar="SPEC",
+                   help="the data of --model (default: text for a gpt model, else mnist5k)")
+    p.add_argument("--n-eval", type=int, default=None, help="evaluation inputs of --model (default 64)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="evaluation batch of --model (default: the harness's) and the attacker's batch of BFA")
+    p.add_argument("--patterns", type=int, default=None, help="patterns per timed loop (default 20; --model: 5)")
+    p.add_argument("--p", type=float, default=None, help="bit error rate of the harness (default 0.01; --model: "
+                                                         "0.0001)")
+    p.add_argument("--flips", type=int, default=None, help="BFA flips (default 20; --quick 5)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="attacks --model: skip the per-layer search (slow on a large model)")
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1 << 20) if sys.platform == "darwin" else r / 1024
 
 
 def _timeit(fn, repeats: int, warmup: int = 1, sync=None) -> float:
@@ -44,21 +81,27 @@ def _timeit(fn, repeats: int, warmup: int = 1, sync=None) -> float:
     return statistics.median(times)
 
 
-def _timeit_interleaved(fns: dict, repeats: int, warmup: int = 2, sync=None) -> dict:
-    """Median seconds of each function, measured in interleaved rounds (fair under a varying machine load)."""
+def _timeit_interleaved(fns: dict, repeats: int, warmup: int = 2, sync=None, cpu: dict | None = None) -> dict:
+    """Median seconds of each function, measured in interleaved rounds (fair under a varying machine load).
+    ``cpu``: a dict that receives the median CPU (process) seconds of each function too (with one thread: robust
+    to other processes' load)."""
     for _ in range(warmup):
         for f in fns.values():
             f()
     times = {k: [] for k in fns}
+    cpus = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
             if sync:
                 sync()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             f()
             if sync:
                 sync()
             times[k].append(time.perf_counter() - t)
+            cpus[k].append(time.process_time() - c)
+    if cpu is not None:
+        cpu.update({k: statistics.median(v) for k, v in cpus.items()})
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -76,6 +119,30 @@ def _lenet_setup(device, train_epochs: int = 0):
     model = build_model("lenet", num_classes=10, in_channels=1, image_size=28, mean=ds.mean, std=ds.std,
                         seed=0).to(device)
     return ds, model, rquant(8)
+
+
+def _model_setup(device, spec: str, dataset: str | None, n_eval: int | None):
+    """``(ds, model, act_mb)`` for ``--model``: the architecture at random initialization (seed 0) on its data
+    (``text`` for a gpt model: windows of its context; else mnist5k), the first ``n_eval`` evaluation inputs."""
+    from .data import load_dataset
+    from .models import build_model
+    from .models.build import resolve_model
+
+    name = resolve_model(spec).name
+    if dataset is None:
+        dataset = "text" if name == "gpt" or name.startswith("transformers:GPT") else "mnist5k"
+    ds = load_dataset(dataset, n_eval=n_eval or 64)
+    model = build_model(spec, **ds.model_args(), seed=0).to(device).eval()
+    return ds, model
+
+
+def _clean_forward_mb(model, x, batch_size) -> float:
+    """MiB the peak resident memory rose by during one clean forward pass of one batch (activations)."""
+    from .evaluate import predict
+
+    before = _rss_mb()
+    predict(model, x[:batch_size] if batch_size else x, batch_size)
+    return max(0.0, _rss_mb() - before)
 
 
 def _original_pattern_loop(model, scheme, x, y, p: float, seed: int, batch_size: int) -> float:
@@ -107,9 +174,12 @@ HARNESS_FORMATS = ("rquant", "rquant:granularity=channel", "rquant:bits=4,granul
 
 
 def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool = False,
-                 formats=HARNESS_FORMATS) -> list[dict]:
+                 formats=HARNESS_FORMATS, model_spec: str | None = None, dataset: str | None = None,
+                 n_eval: int | None = None, batch_size: int | None = None) -> list[dict]:
     """Per-pattern seconds: floor (clean inference), our loop for each memory format, the original loop; LeNet on
-    the embedded data. The first format (8-bit RQuant) is the one the original loop is compared with."""
+    the embedded data. The first format (8-bit RQuant) is the one the original loop is compared with.
+    ``model_spec``: another architecture at random initialization, 8-bit RQuant and the protected memories only,
+    no original loop; rows carry ``params``, ``fp32_mb`` and the process's ``peak_rss_mb`` (see the module doc)."""
     from bitbench.attacks import create_attack
     from bitbench.configs.registries import create_defense
     from bitbench.defenses.quantized_model import flatten_parameters
@@ -118,59 +188,82 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
     from .metrics import BUILTIN_METRICS
 
     device = torch.device(device)
-    ds, model, scheme = _lenet_setup(device)
+    rss0 = _rss_mb()
+    if model_spec is None:
+        ds, model, scheme = _lenet_setup(device)
+        name, dname = "lenet", "mnist5k"
+    else:
+        ds, model = _model_setup(device, model_spec, dataset, n_eval)
+        name, dname, formats = model_spec, ds.name, formats[:1]
     if quick:
         patterns = min(patterns, 5)
-    x, y = ds.test_x.to(device), ds.test_y.to(device)
-    orig_model = copy.deepcopy(model)
+    x, y = ds.test_x.to(device), ds.test_y.to(device).reshape(-1)   # labels flat: tokens of a language model
+    n_params = sum(q.numel() for q in model.parameters())
+    act_mb = _clean_forward_mb(model, x, batch_size) if model_spec is not None else None
+    orig_model = copy.deepcopy(model) if model_spec is None else None
     sync = _sync(device)
     attack = create_attack(f"random_p{p!r}", patterns=patterns)
     loops, words = {}, {}
     for spec in formats:
-        m = copy.deepcopy(orig_model)
+        m = copy.deepcopy(orig_model) if model_spec is None else model
         qm = create_defense(spec).quantize(m).to(device)
         flatten_parameters(qm.parameters_of(m))  # as the harness does
         qm.load_into(m)
-        clean = measure_memory(m, x, y, BUILTIN_METRICS)
+        clean = measure_memory(m, x, y, BUILTIN_METRICS, batch_size=batch_size)
 
         def ours(m=m, qm=qm, clean=clean):
-            evaluate_attack(m, qm, attack, x, y, clean=clean)
+            evaluate_attack(m, qm, attack, x, y, clean=clean, batch_size=batch_size)
         loops[spec], words[spec] = ours, qm.n_words
-    qm0 = create_defense(formats[0]).quantize(model)
-    flatten_parameters(qm0.parameters_of(model))
+    qm0 = create_defense(formats[0]).quantize(model) if model_spec is None else qm
+    if model_spec is None:
+        flatten_parameters(qm0.parameters_of(model))
     qm0.load_into(model)
 
     def floor():
         for _ in range(patterns):
-            predict(model, x)
-    t = _timeit_interleaved({"floor": floor, **loops}, 5, warmup=1, sync=sync)  # 5 rounds: 10 loops on a shared machine
+            predict(model, x, batch_size)
+    rounds = 5 if model_spec is None else 3
+    cpu = {}
+    t = _timeit_interleaved({"floor": floor, **loops}, rounds, warmup=1, sync=sync, cpu=cpu)  # 5 rounds: 10 loops on a shared machine
     t_floor = t["floor"] / patterns
-    n_orig = max(2, patterns // 4)
-
-    def orig():
-        for k in range(n_orig):
-            _original_pattern_loop(orig_model, scheme, x, y, p, 100 + k, batch_size=100)
-
-    t_orig = _timeit(orig, 2, warmup=1, sync=sync) / n_orig
-    base = {"device": str(device), "model": "lenet", "dataset": "mnist5k", "n_eval": int(y.shape[0]), "p": p}
+    base = {"device": str(device), "model": name, "dataset": dname, "n_eval": int(x.shape[0]), "p": p}
+    if model_spec is not None:
+        base.update(params=n_params, fp32_mb=4 * n_params / (1 << 20), act_mb=act_mb, threads=torch.get_num_threads())
     rows = [dict(base, loop="floor (clean inference)", words=words[formats[0]], ms_per_pattern=1e3 * t_floor,
-                 ratio_to_floor=1.0)]
+                 ratio_to_floor=1.0, cpu_ms_per_pattern=1e3 * cpu["floor"] / patterns, cpu_ratio=1.0)]
     for spec in formats:
         t_ours = t[spec] / patterns
         row = dict(base, loop=f"bitbench {spec}", words=words[spec], ms_per_pattern=1e3 * t_ours,
-                   ratio_to_floor=t_ours / t_floor, target="<= 1.15x floor")
-        if spec == formats[0]:
-            row["speedup_vs_original"] = t_orig / t_ours
+                   ratio_to_floor=t_ours / t_floor, cpu_ms_per_pattern=1e3 * cpu[spec] / patterns,
+                   cpu_ratio=cpu[spec] / cpu["floor"], target="<= 1.15x floor")
         rows.append(row)
-    rows.append(dict(base, loop="original (deepcopy+requant+uniform/bit+DataLoader)", words=words[formats[0]],
-                     ms_per_pattern=1e3 * t_orig, ratio_to_floor=t_orig / t_floor))
+    if model_spec is None:
+        n_orig = max(2, patterns // 4)
+
+        def orig():
+            for k in range(n_orig):
+                _original_pattern_loop(orig_model, scheme, x, y, p, 100 + k, batch_size=100)
+
+        t_orig = _timeit(orig, 2, warmup=1, sync=sync) / n_orig
+        rows[1]["speedup_vs_original"] = t_orig / (t[formats[0]] / patterns)
+        rows.append(dict(base, loop="original (deepcopy+requant+uniform/bit+DataLoader)", words=words[formats[0]],
+                         ms_per_pattern=1e3 * t_orig, ratio_to_floor=t_orig / t_floor))
     qm0.load_into(model)
-    rows += _perf_protected(model, qm0, attack, x, y, measure_memory(model, x, y, BUILTIN_METRICS), patterns, sync,
-                            dict(base, words=qm0.n_words), t_floor)
+    rows += _perf_protected(model, qm0, attack, x, y, measure_memory(model, x, y, BUILTIN_METRICS,
+                                                                     batch_size=batch_size),
+                            patterns, sync, dict(base, words=qm0.n_words), t_floor, batch_size, rounds)
+    if model_spec is not None:
+        peak = _rss_mb()
+        for r in rows:
+            r["peak_rss_mb"] = peak
+        rows[0]["rss_at_start_mb"] = rss0
+        rows[0]["memory_ratio"] = (peak - rss0) / (4 * n_params / (1 << 20) + act_mb)
+        rows[0]["target"] = "memory_ratio <= 2 (peak above the start / (float32 model + one batch's activations))"
     return rows
 
 
-def _perf_protected(model, qm, attack, x, y, clean, patterns, sync, base, floor) -> list[dict]:
+def _perf_protected(model, qm, attack, x, y, clean, patterns, sync, base, floor, batch_size=None,
+                    rounds: int = 3) -> list[dict]:
     """The evaluation loop on protected memories against the unprotected one (interleaved rounds, same patterns)."""
     from bitbench.configs.registries import create_protection
     from bitbench.defenses.protection import ProtectedModel
@@ -184,11 +277,12 @@ def _perf_protected(model, qm, attack, x, y, clean, patterns, sync, base, floor)
 
     def run(m, name):
         def f():
-            ev = evaluate_attack(model, m, attack, x, y, clean=clean)
+            ev = evaluate_attack(model, m, attack, x, y, clean=clean, batch_size=batch_size)
             decode[name] = ev.decode_ms
         return f
 
-    t = _timeit_interleaved({k: run(m, k) for k, m in loops.items()}, 3, warmup=1, sync=sync)
+    cpu = {}
+    t = _timeit_interleaved({k: run(m, k) for k, m in loops.items()}, rounds, warmup=1, sync=sync, cpu=cpu)
     t0 = t["unprotected"] / patterns
     rows = []
     labels = {"secded": "bitbench + secded (72, 64) ECC", "radar": "bitbench + radar (group 16 checksums)"}
@@ -196,7 +290,9 @@ def _perf_protected(model, qm, attack, x, y, clean, patterns, sync, base, floor)
         pm = loops[k]
         tk = t[k] / patterns
         rows.append(dict(base, loop=label, ms_per_pattern=1e3 * tk, ratio_to_floor=tk / floor,
-                         ratio_to_unprotected=tk / t0, decode_ms=decode.get(k), memory_overhead=pm.memory_overhead,
+                         ratio_to_unprotected=tk / t0, cpu_ms_per_pattern=1e3 * cpu[k] / patterns,
+                         cpu_ratio_to_unprotected=cpu[k] / cpu["unprotected"], decode_ms=decode.get(k),
+                         memory_overhead=pm.memory_overhead,
                          target="<= 1.3x unprotected" if k == "secded" else ""))
     return rows
 
@@ -263,14 +359,17 @@ def perf_train(device="cpu", quick: bool = False, repeats: int | None = None) ->
 
 
 def _bfa_per_layer(qm, model, x, y, tensors: list[int], flips: int) -> list[tuple[int, int, int]]:
-    """The straightforward per-layer BFA step loop (timing baseline): returns the (tensor, index, bit) flipped."""
+    """The straightforward per-layer BFA step loop (timing baseline): returns the (tensor, index, bit) flipped.
+    ``y``: one label per example, or per token of a language model (the loss: the task's cross-entropy)."""
     from bitbench import kernels
+    from bitbench.defenses.tasks import task_for
 
+    task = task_for(y)
     codes = qm.codes.clone()
     params = qm.parameters_of(model)
     out = []
     for _ in range(flips):
-        loss0 = F.cross_entropy(model(x), y)
+        loss0 = task.loss(model(x), y)
         grads = torch.autograd.grad(loss0, [params[t] for t in tensors])
         best = None
         for t, g in zip(tensors, grads):
@@ -288,7 +387,7 @@ def _bfa_per_layer(qm, model, x, y, tensors: list[int], flips: int) -> list[tupl
             saved = params[t].detach().clone()
             with torch.no_grad():
                 params[t].copy_(qm.decode_words(t, torch.arange(n), new).view_as(params[t]))
-                loss = F.cross_entropy(model(x), y).item()
+                loss = task.loss(model(x), y).item()
                 params[t].copy_(saved)
             if best is None or loss > best[0]:
                 best = (loss, t, w, b, new)
@@ -304,8 +403,13 @@ def _bfa_per_layer(qm, model, x, y, tensors: list[int], flips: int) -> list[tupl
     return out
 
 
-def perf_attacks(device="cpu", quick: bool = False, flips: int | None = None) -> list[dict]:
-    """ms per flip: BFA against the straightforward per-layer search (LeNet, embedded data, batch 128)."""
+def perf_attacks(device="cpu", quick: bool = False, flips: int | None = None, model_spec: str | None = None,
+                 dataset: str | None = None, batch: int | None = None, baseline: bool = True) -> list[dict]:
+    """ms per flip: BFA against the straightforward per-layer search (LeNet, embedded data, batch 128).
+    ``model_spec``: another architecture at random initialization (not trained: the search's cost does not depend
+    on it), batch ``batch`` (default 128; a language model's windows: 8); rows carry ``params``, ``cpu_ms_per_flip_per_mparam``
+    (the per-flip time over the parameter count, for the scale table) and the peak resident memory.
+    ``baseline=False``: no per-layer search (its whole-layer rewrites are slow on a large model)."""
     from bitbench.attacks import create_attack
     from bitbench.attacks.base import attack_batch
     from bitbench.attacks.bfa import attacked_tensors
@@ -313,20 +417,29 @@ def perf_attacks(device="cpu", quick: bool = False, flips: int | None = None) ->
     from bitbench.defenses.quantized_model import flatten_parameters
 
     device = torch.device(device)
-    ds, model, _ = _lenet_setup(device)
-    d = create_defense("rquant")
-    d.train(model, ds.train_x[:2000].to(device), ds.train_y[:2000].to(device),
-            TrainConfig(epochs=1, device=str(device), progress=False))
+    rss0 = _rss_mb()
+    if model_spec is None:
+        ds, model, _ = _lenet_setup(device)
+        d = create_defense("rquant")
+        d.train(model, ds.train_x[:2000].to(device), ds.train_y[:2000].to(device),
+                TrainConfig(epochs=1, device=str(device), progress=False))
+        name = "lenet"
+    else:
+        ds, model = _model_setup(device, model_spec, dataset, None)
+        d = create_defense("rquant")
+        name = model_spec
+        if batch is None and ds.train_y.dim() == 2:
+            batch = 8
     model.eval()
     qm = QuantizedModel.from_module(model, d.scheme()).to(device)
     qm.load_into(model)
     flatten_parameters(qm.parameters_of(model))
     flips = flips or (5 if quick else 20)
-    attack = create_attack(f"bfa_n{flips}:trials=1,stop=budget")
+    attack = create_attack(f"bfa_n{flips}:trials=1,stop=budget" + (f",batch={batch}" if batch else ""))
     data = (ds.attack_x.to(device), ds.attack_y.to(device))
     x, _ = attack_batch(data, attack.batch, attack.seed)
     with torch.no_grad():
-        y = model(x).argmax(1)
+        y = model(x).argmax(-1)
     tensors = attacked_tensors(qm, model)
     for p in qm.parameters_of(model):
         p.requires_grad_(True)
@@ -338,20 +451,33 @@ def perf_attacks(device="cpu", quick: bool = False, flips: int | None = None) ->
     def base():
         got["base"] = _bfa_per_layer(qm, model, x, y, tensors, flips)
 
-    wall, cpu = _timeit_wall_cpu({"ours": ours, "base": base}, 2 if quick else 5, sync=_sync(device))
-    same = [(e["tensor"], e["index"], e["bit"]) for e in got["ours"]] == got["base"]
-    n = {"ours": max(1, len(got["ours"])), "base": max(1, len(got["base"]))}
-    row = {"device": str(device), "model": "lenet", "threads": torch.get_num_threads(), "batch": int(x.shape[0]),
+    fns = {"ours": ours, "base": base} if baseline else {"ours": ours}
+    repeats = 2 if quick or model_spec is not None else 5
+    wall, cpu = _timeit_wall_cpu(fns, repeats, sync=_sync(device))
+    n_params = sum(q.numel() for q in model.parameters())
+    row = {"device": str(device), "model": name, "threads": torch.get_num_threads(), "batch": int(x.shape[0]),
            "flips": flips, "words": qm.n_words}
+    if model_spec is not None:
+        row.update(params=n_params, fp32_mb=4 * n_params / (1 << 20))
+    n = {k: max(1, len(got[k])) for k in got}
 
     def ms(d, k):
         return 1e3 * d[k] / n[k]
 
-    return [dict(row, search="bitbench BFA (partial forward, cached ranking)", ms_per_flip=ms(wall, "ours"),
-                 cpu_ms_per_flip=ms(cpu, "ours"), ratio=ms(wall, "ours") / ms(wall, "base"),
-                 cpu_ratio=ms(cpu, "ours") / ms(cpu, "base"), same_flips=same, target="<= 1.0x the per-layer search"),
-            dict(row, search="straightforward per-layer search", ms_per_flip=ms(wall, "base"),
-                 cpu_ms_per_flip=ms(cpu, "base"), ratio=1.0, cpu_ratio=1.0, same_flips=same)]
+    mine = dict(row, search="bitbench BFA (partial forward, cached ranking)", ms_per_flip=ms(wall, "ours"),
+                cpu_ms_per_flip=ms(cpu, "ours"))
+    if model_spec is not None:
+        mine.update(cpu_ms_per_flip_per_mparam=ms(cpu, "ours") / (n_params / 1e6), peak_rss_mb=_rss_mb(),
+                    rss_at_start_mb=rss0, target="per-flip cost at most linear in the parameter count")
+    if not baseline:
+        return [mine]
+    same = [(e["tensor"], e["index"], e["bit"]) for e in got["ours"]] == got["base"]
+    mine.update(ratio=ms(wall, "ours") / ms(wall, "base"), cpu_ratio=ms(cpu, "ours") / ms(cpu, "base"),
+                same_flips=same)
+    if model_spec is None:
+        mine["target"] = "<= 1.0x the per-layer search"
+    return [mine, dict(row, search="straightforward per-layer search", ms_per_flip=ms(wall, "base"),
+                       cpu_ms_per_flip=ms(cpu, "base"), ratio=1.0, cpu_ratio=1.0, same_flips=same)]
 
 
 def _timeit_wall_cpu(fns: dict, repeats: int, sync=None) -> tuple[dict, dict]:
@@ -382,7 +508,7 @@ def _print(rows: list[dict], as_json: bool, title: str) -> None:
 
     df = pd.DataFrame(rows).astype(object).where(lambda d: d.notna(), "")
     for c in df.columns:
-        df[c] = df[c].map(lambda v: f"{v:.3f}" if isinstance(v, float) else v)
+        df[c] = df[c].map(lambda v, c=c: (f"{v:g}" if c == "p" else f"{v:.3f}") if isinstance(v, float) else v)
     print(f"# {title}")
     print(df.to_markdown(index=False, tablefmt="simple"))
     print()
@@ -393,6 +519,16 @@ def main(args) -> int:
 
     what = args.what
     dev = str(resolve_device(args.device))  # cpu, cuda, cuda:N (anything else: a usage error, exit 2)
+    spec = getattr(args, "model", None)
+    if spec is not None and what not in ("harness", "attacks"):
+        from bitbench.configs.errors import UsageError
+
+        raise UsageError(f"perf {what}: --model applies to 'harness' and 'attacks' only")
+    sized = {k: getattr(args, k, None) for k in ("n_eval", "batch", "patterns", "p", "flips", "dataset")}
+    if spec is None and any(v is not None for k, v in sized.items() if k in ("n_eval", "dataset")):
+        from bitbench.configs.errors import UsageError
+
+        raise UsageError("perf: --n-eval and --dataset apply with --model only")
     if what in ("kernels", "all"):
         from . import perf_kernels
 
@@ -405,11 +541,22 @@ def main(args) -> int:
             print(perf_kernels.format_table(rows))
             print()
     if what in ("harness", "all"):
-        _print(perf_harness(dev, quick=args.quick), args.json,
-               "harness: ms per bit-error pattern (LeNet, embedded MNIST test split)")
+        kw = {"patterns": sized["patterns"] or (20 if spec is None else 5),
+              "p": sized["p"] if sized["p"] is not None else (0.01 if spec is None else 1e-4)}
+        title = "harness: ms per bit-error pattern (LeNet, embedded MNIST test split)"
+        if spec is not None:
+            kw.update(model_spec=spec, dataset=sized["dataset"], n_eval=sized["n_eval"], batch_size=sized["batch"])
+            title = f"harness: ms per bit-error pattern ({spec}, random initialization)"
+        _print(perf_harness(dev, quick=args.quick, **kw), args.json, title)
     if what in ("train", "all"):
         _print(perf_train(dev, quick=args.quick), args.json, "train: one step at batch 128")
     if what in ("attacks", "all"):
-        _print(perf_attacks(dev, quick=args.quick), args.json,
-               "attacks: BFA ms per flip (LeNet, batch 128, every weight a candidate) vs a per-layer search")
+        if spec is None:
+            rows = perf_attacks(dev, quick=args.quick, flips=sized["flips"], batch=sized["batch"])
+            title = "attacks: BFA ms per flip (LeNet, batch 128, every weight a candidate) vs a per-layer search"
+        else:
+            rows = perf_attacks(dev, quick=args.quick, flips=sized["flips"], model_spec=spec,
+                                dataset=sized["dataset"], batch=sized["batch"], baseline=not args.no_baseline)
+            title = f"attacks: BFA ms per flip ({spec}, random initialization, every weight a candidate)"
+        _print(rows, args.json, title)
     return 0

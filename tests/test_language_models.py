@@ -331,7 +331,7 @@ def test_lm_suite_runs_end_to_end_on_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--model", "vit"], "model vit fails on the text inputs of shape"),
+    (["--model", "vit"], "model vit fails on the text:stride=128 inputs of shape"),
     (["--dataset", "text:context=256"], "exceed the model's context of 128 positions"),
 ])
 def test_a_model_that_does_not_fit_the_data_exits_2_before_training(tmp_path, args, match):

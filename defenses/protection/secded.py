@@ -75,9 +75,22 @@ class SECDEDStage(Stage):
     def decode(self, cur, check, clean, pm, stats) -> bool:
         code, g, n = self.code, self.code.g, self.n_words
         err = kernels.bit_xor(cur, clean)
-        syn = code.syndromes(err, None if check is None else kernels.bit_xor(check, self.region.words))
-        hit = torch.nonzero(syn).view(-1)
-        kind, slot, bit = code.classify(syn[hit])
+        err_words = torch.nonzero(err).view(-1)
+        cerr = None if check is None else kernels.bit_xor(check, self.region.words)
+        # Only a codeword with a flipped bit (data or check) can have a nonzero syndrome (the code is linear):
+        # syndromes of those codewords alone, not of the whole memory.
+        parts = [torch.div(err_words, g, rounding_mode="floor")]
+        if cerr is not None:
+            parts.append(torch.nonzero(cerr).view(-1))
+        touched = torch.unique(torch.cat(parts))
+        cw_idx = (touched.unsqueeze(1) * g + torch.arange(g, device=cur.device)).view(-1)   # their words
+        ok = cw_idx < n
+        cw_err = torch.zeros(cw_idx.numel(), dtype=err.dtype, device=err.device)   # the tail past n counts as 0
+        cw_err[ok] = err[cw_idx[ok]]
+        syn = code.syndromes(cw_err, None if cerr is None else cerr[touched])
+        nz = syn != 0
+        hit, syn = touched[nz], syn[nz]
+        kind, slot, bit = code.classify(syn)
         fix = kind == DATA_FIXED
         words = hit[fix] * g + slot[fix]
         inside = words < n                       # a correction into the missing tail of the last codeword
@@ -90,11 +103,9 @@ class SECDEDStage(Stage):
             idx = idx[idx < n]
             cur[idx] = pm.zero_codes[idx]
         # codewords whose data may differ now: those with errors (a zero syndrome can hide >= 4) or a correction
-        touched = torch.unique(torch.cat([torch.div(torch.nonzero(err).view(-1), g, rounding_mode="floor"), hit]))
-        idx = (touched.unsqueeze(1) * g + torch.arange(g, device=cur.device)).view(-1)
-        ok = idx < n
-        differs = torch.zeros(idx.numel(), dtype=torch.bool, device=cur.device)
-        differs[ok] = cur[idx[ok]] != clean[idx[ok]]
+        # (both among ``touched``: a correction needs a nonzero syndrome)
+        differs = torch.zeros(cw_idx.numel(), dtype=torch.bool, device=cur.device)
+        differs[ok] = cur[cw_idx[ok]] != clean[cw_idx[ok]]
         cw_wrong = touched[differs.view(-1, g).any(1)]
         flagged = torch.zeros(code.codewords(n), dtype=torch.bool, device=cur.device)
         flagged[bad] = True
