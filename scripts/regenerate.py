@@ -1,8 +1,9 @@
 """Regenerate every published number from scratch: suites -> records -> entries (with checkpoints) -> tables.
 
     python scripts/regenerate.py [--suite default] [--suite lm] [--work DIR] [--reuse]
+    python scripts/regenerate.py --verify [--suite default] ...    # re-run every shipped row, nothing regenerated
 
-For each suite (default: ``default`` and ``lm``), in a fresh work folder (cache and results; ``--reuse`` keeps a
+For each suite (default: ``default``, ``vit`` and ``lm``), in a fresh work folder (cache and results; ``--reuse`` keeps a
 previous work folder's):
 
 1. ``python -m benchmark suite S`` (every defense x attack x rate; the records land in ``WORK/results/S``) and its
@@ -17,6 +18,10 @@ previous work folder's):
 5. the README's table between ``<!-- bitbench:table S begin -->`` and ``<!-- bitbench:table S end -->`` (where the
    README has such markers) and the suite's section of ``docs/results.md`` (between ``<!-- bitbench:results S
    begin/end -->``; the other suites' sections are kept), from the suite's printed tables.
+
+``--verify`` re-runs every shipped measured row of the suites with ``python -m benchmark run --entry FILE`` in a
+fresh cache (the entry's checkpoints, nothing trained) and writes the verdicts into the suite's "re-evaluated"
+section of ``docs/results.md``; it exits 1 when a row was not reproduced exactly.
 
 Every number comes from the records through the package's own commands; nothing is edited by pattern matching.
 Run it from a clean checkout (records carry the git revision), in the project's environment.
@@ -157,15 +162,55 @@ def results_page(page: str, outputs: dict) -> str:
     return page
 
 
+def verify(suites: list, work: Path) -> int:
+    """``run --entry`` on every shipped measured row of ``suites``; the verdicts go into docs/results.md."""
+    failed = 0
+    page = ROOT / "docs" / "results.md"
+    text = page.read_text() if page.exists() else RESULTS_HEAD
+    for s in suites:
+        lines = []
+        for path in sorted((ROOT / "leaderboard" / "entries" / s).glob("*.json")):
+            if json.loads(path.read_text()).get("reported_by") == "paper":
+                continue
+            cmd = [sys.executable, "-m", "benchmark", "run", "--entry", str(path), "--no-progress",
+                   "--cache-dir", str(work / "cache"), "--results-dir", str(work / "results")]
+            print("+", " ".join(cmd), file=sys.stderr, flush=True)
+            p = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
+            verdict = next((ln for ln in p.stdout.splitlines()[::-1] if ln.startswith("entry ")),
+                           f"entry {path.stem}: exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
+            failed += p.returncode != 0
+            lines.append(verdict)
+        begin, end = f"<!-- bitbench:verified {s} begin -->", f"<!-- bitbench:verified {s} end -->"
+        block = "\n".join([begin, f"`python scripts/regenerate.py --verify --suite {s}` "
+                            f"({datetime.date.today().isoformat()}): `python -m benchmark run --entry FILE` on "
+                            "every shipped row, from its checkpoints in a fresh cache:", "", "```", *lines, "```", end])
+        i, j = text.find(begin), text.find(end)
+        if i >= 0 and j > i:
+            text = text[:i] + block + text[j + len(end):]
+        else:
+            k = text.find(f"<!-- bitbench:results {s} end -->")
+            if k < 0:
+                text = text.rstrip("\n") + "\n\n" + block + "\n"
+            else:
+                k += len(f"<!-- bitbench:results {s} end -->")
+                text = text[:k] + "\n\n" + block + text[k:]
+    page.write_text(text)
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", action="append", default=None, help="suite to regenerate (repeatable; default: "
-                    "default and lm)")
+                    "default, vit and lm)")
     ap.add_argument("--work", default=None, help="work folder (cache, results, outputs; default: a new temporary one)")
     ap.add_argument("--reuse", action="store_true", help="reuse the work folder's cache and records")
+    ap.add_argument("--verify", action="store_true", help="only re-run every shipped row of the suites (run --entry)")
     args = ap.parse_args(argv)
-    suites = args.suite or ["default", "lm"]
+    suites = args.suite or ["default", "vit", "lm"]
     work = Path(args.work or tempfile.mkdtemp(prefix="bitbench-regen-")).resolve()
+    if args.verify:
+        work.mkdir(parents=True, exist_ok=True)
+        return verify(suites, work)
     if work.exists() and not args.reuse and any(work.iterdir()):
         sys.exit(f"{work} is not empty: give --reuse to continue from it, or another folder")
     work.mkdir(parents=True, exist_ok=True)
