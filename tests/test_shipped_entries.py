@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ENTRIES = REPO / "leaderboard" / "entries"
 # suites whose rows the project measures and ships with checkpoints (scripts/regenerate.py writes them)
-MEASURED_SUITES = ["default", "lm"]
+MEASURED_SUITES = ["default", "vit", "lm"]
 MAX_CHECKPOINT_BYTES = 4 << 20
 
 
