@@ -8,6 +8,7 @@ of the entry (the verdict says which differ), 130 interrupted (finished cells ar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -537,7 +538,8 @@ def _run_entry(args) -> int:
         h.supply_checkpoint(path, source=entry.get("model_source", "trained"))
         recs = [h.run_cell(entry["defense"], a) for a in attacks]
         verdicts += _compare_with_entry(entry, entry["train_seeds"].index(ck["train_seed"]), recs)
-        records += recs
+        # the table shows the entry's models side by side: each record stands for the entry's model of that seed
+        records += [dataclasses.replace(r, train_seed=ck["train_seed"]) for r in recs]
     same = sum(1 for ok, _ in verdicts if ok)
     differ = [what for ok, what in verdicts if not ok]
     line = f"entry {entry['name']}: {same}/{len(verdicts)} results reproduced exactly"

@@ -257,7 +257,9 @@ def perf_harness(device="cpu", patterns: int = 20, p: float = 0.01, quick: bool 
         for r in rows:
             r["peak_rss_mb"] = peak
         rows[0]["rss_at_start_mb"] = rss0
-        rows[0]["memory_ratio"] = (peak - rss0) / (4 * n_params / (1 << 20) + act_mb)
+        # ru_maxrss is the process's lifetime peak: in a process that peaked higher before the measurement (a
+        # test session, say) the ratio is not measurable here -- None, never a made-up 0
+        rows[0]["memory_ratio"] = (peak - rss0) / (4 * n_params / (1 << 20) + act_mb) if peak > rss0 else None
         rows[0]["target"] = "memory_ratio <= 2 (peak above the start / (float32 model + one batch's activations))"
     return rows
 

@@ -25,7 +25,10 @@ def test_harness_rows_of_a_language_model():
     for r in rows:
         assert r["params"] == n == r["words"] and r["n_eval"] == 2 and r["dataset"] == "text"
         assert r["fp32_mb"] == pytest.approx(4 * n / 2**20) and r["peak_rss_mb"] > 0 and r["cpu_ms_per_pattern"] > 0
-    assert rows[0]["memory_ratio"] > 0 and rows[0]["act_mb"] >= 0
+    # the peak is the process's lifetime maximum: measurable only where this measurement raised it
+    ratio = rows[0]["memory_ratio"]
+    assert (ratio is None) == (rows[0]["peak_rss_mb"] <= rows[0]["rss_at_start_mb"]) and (ratio is None or ratio > 0)
+    assert rows[0]["act_mb"] >= 0
     assert rows[2]["decode_ms"] > 0 and rows[2]["memory_overhead"] == 0.125 and rows[2]["cpu_ratio_to_unprotected"] > 0
 
 
