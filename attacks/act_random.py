@@ -24,7 +24,7 @@ from bitbench.configs.registries import register_attack
 from bitbench.configs.suite import MAX_PATTERNS
 
 from .activations import ActivationFaults
-from .base import Attack, Perturbation, check_indices, check_int, check_out, check_rate
+from .base import Attack, FixedChips, Perturbation, check_indices, check_int, check_out, check_rate
 from .random_errors import _RATE, layer_patterns
 from .selection import parse_bit_positions
 
@@ -33,7 +33,7 @@ __all__ = ["ActRandomErrors", "ActRandomMSBErrors"]
 
 @register_attack("act_random", pattern=r"act_random_p" + _RATE,
                  pattern_help="act_random_p{p} (bit errors at rate p in the stored layer outputs)")
-class ActRandomErrors(Attack):
+class ActRandomErrors(FixedChips, Attack):
     """Random bit errors at rate p in the stored layer outputs (activations); the weights stay clean.
 
     Pattern k uses seed base_seed + k; the clean error is that of the activation-quantized model.
@@ -66,15 +66,6 @@ class ActRandomErrors(Attack):
         self.faults = ActivationFaults(format, self.layers, self.faulty, calib, msb_only=self.msb_only,
                                        only_bits=self.bit)
         self.rate = self.p
-
-    def num_perturbations(self) -> int:
-        return self.patterns
-
-    def seed(self, k: int) -> int:
-        return self.base_seed + k
-
-    def seeds(self) -> list[int]:
-        return [self.seed(k) for k in range(self.patterns)]
 
     def check(self, qm) -> None:
         """Module patterns are checked against the module (:meth:`check_model`), not the memory's tensors."""

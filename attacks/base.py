@@ -39,7 +39,7 @@ from bitbench.defenses.tasks import task_for
 
 from .partial_forward import PartialForward
 
-__all__ = ["Perturbation", "Attack", "Victim", "check_rate", "check_int", "SEED_MAX", "check_indices", "attack_batch",
+__all__ = ["Perturbation", "Attack", "FixedChips", "Victim", "check_rate", "check_int", "SEED_MAX", "check_indices", "attack_batch",
            "guard_module", "cross_entropy_objective", "parse_sweep"]
 
 
@@ -284,6 +284,23 @@ def cross_entropy_objective(logits: torch.Tensor, y: torch.Tensor) -> tuple[torc
     loss = (rows + bad.double() * NONFINITE_LOSS).mean()
     acc = ((logits.detach().argmax(1) == y) & ~bad).float().mean().item()
     return loss, acc
+
+
+class FixedChips:
+    """For attacks whose perturbations are ``patterns`` fixed chips: chip k is drawn with seed ``base_seed + k``
+    (the same seeds for every model, so models meet the same chips)."""
+
+    patterns: int
+    base_seed: int
+
+    def num_perturbations(self) -> int:
+        return self.patterns
+
+    def seed(self, k: int) -> int:
+        return self.base_seed + k
+
+    def seeds(self) -> list[int]:
+        return [self.seed(k) for k in range(self.patterns)]
 
 
 class Victim:

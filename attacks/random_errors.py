@@ -49,7 +49,7 @@ from bitbench.defenses.buffers import buffer_region
 from bitbench.defenses.metadata import metadata_region
 
 from .activations import ActivationFaults
-from .base import Attack, Perturbation, check_indices, check_int, check_out, check_rate
+from .base import Attack, FixedChips, Perturbation, check_indices, check_int, check_out, check_rate
 from .runtime import BufferRuntime, combine
 from .selection import (attackable_bits, matching_tensors, metadata_ranges, parse_bit_positions, protected_bits,
                         tensor_ranges)
@@ -76,7 +76,7 @@ def layer_patterns(layers) -> list[str] | None:
 
 @register_attack("random", pattern=r"random_p" + _RATE,
                  pattern_help="random_p{p} (p: bit error rate as a fraction, random_p0.01 = 1%)")
-class RandomBitErrors(Attack):
+class RandomBitErrors(FixedChips, Attack):
     """Random bit errors at rate p (the shared seeded pattern definition; pattern k uses seed base_seed + k).
 
     Args:
@@ -123,15 +123,6 @@ class RandomBitErrors(Attack):
             raise SpecError("act_layers, act_format and act_calib configure the activation errors of act_p: set "
                             "act_p too (e.g. random_p0.01:act_p=0.001,act_format=bfloat16)")
         self.rate = self.p
-
-    def num_perturbations(self) -> int:
-        return self.patterns
-
-    def seed(self, k: int) -> int:
-        return self.base_seed + k
-
-    def seeds(self) -> list[int]:
-        return [self.seed(k) for k in range(self.patterns)]
 
     @property
     def data_errors(self) -> bool:
